@@ -1,0 +1,1 @@
+"""zentry.sentry.abi"""

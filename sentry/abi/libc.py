@@ -1,0 +1,179 @@
+"""libc, loaded once: the raw Linux calls Python 3.11's os module lacks.
+
+Every wrapper turns a -1 return into an OSError that names the call and its
+arguments (pyroute2/psutil style), so a failure deep in container setup says
+what was attempted: ``mount('proc', '/proc', 'proc', 0x0): [Errno 1] ...``.
+
+Constants are grouped by the header that defines them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+# --- <sched.h> / <linux/sched.h>: namespace clone flags ----------------------
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWTIME = 0x00000080
+
+#: OCI namespace type -> (clone flag, /proc/PID/ns/<name>)
+NAMESPACES: dict[str, tuple[int, str]] = {
+    "mount": (CLONE_NEWNS, "mnt"),
+    "pid": (CLONE_NEWPID, "pid"),
+    "network": (CLONE_NEWNET, "net"),
+    "ipc": (CLONE_NEWIPC, "ipc"),
+    "uts": (CLONE_NEWUTS, "uts"),
+    "user": (CLONE_NEWUSER, "user"),
+    "cgroup": (CLONE_NEWCGROUP, "cgroup"),
+    "time": (CLONE_NEWTIME, "time"),
+}
+
+# --- <sys/mount.h> / <linux/mount.h> ----------------------------------------
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
+MS_REMOUNT = 0x20
+MS_MANDLOCK = 0x40
+MS_DIRSYNC = 0x80
+MS_NOSYMFOLLOW = 0x100
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_SILENT = 0x8000
+MS_UNBINDABLE = 0x20000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
+MS_RELATIME = 0x200000
+MS_STRICTATIME = 0x1000000
+MS_LAZYTIME = 0x2000000
+
+MNT_FORCE = 0x1
+MNT_DETACH = 0x2
+MNT_EXPIRE = 0x4
+UMOUNT_NOFOLLOW = 0x8
+
+# --- <linux/prctl.h> ---------------------------------------------------------
+PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+PR_SET_NAME = 15
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# --- <asm/unistd_64.h>: the few numbers called through syscall(2) here -------
+SYS_pivot_root = 155
+SYS_setns = 308
+SYS_seccomp = 317
+SYS_pidfd_open = 434
+SYS_pidfd_send_signal = 424
+SYS_openat2 = 437
+SYS_capset = 126
+SYS_capget = 125
+
+
+def _check(result: int, call: str, *args: object) -> int:
+    if result == -1:
+        err = ctypes.get_errno()
+        shown = ", ".join(hex(a) if isinstance(a, int) and a > 9 else repr(a) for a in args)
+        raise OSError(err, f"{call}({shown}): {os.strerror(err)}")
+    return result
+
+
+def _b(value: str | bytes | None) -> bytes | None:
+    if value is None:
+        return None
+    return value if isinstance(value, bytes) else os.fsencode(value)
+
+
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.syscall.restype = ctypes.c_long
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    """mount(2)."""
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), "mount", source, target, fstype, flags, data)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    """umount2(2)."""
+    _check(_libc.umount2(_b(target), flags), "umount2", target, flags)
+
+
+def unshare(flags: int) -> None:
+    """unshare(2). Only correct in a single-threaded process (pitfall 9)."""
+    _check(_libc.unshare(flags), "unshare", flags)
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """setns(2) on an open /proc/PID/ns/* (or pidfd)."""
+    _check(_libc.syscall(SYS_setns, ctypes.c_int(fd), ctypes.c_int(nstype)), "setns", fd, nstype)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2)."""
+    _check(_libc.syscall(SYS_pivot_root, _b(new_root), _b(put_old)), "pivot_root", new_root, put_old)
+
+
+def sethostname(name: str) -> None:
+    data = name.encode()
+    _check(_libc.sethostname(data, len(data)), "sethostname", name)
+
+
+def setdomainname(name: str) -> None:
+    data = name.encode()
+    _check(_libc.setdomainname(data, len(data)), "setdomainname", name)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """prctl(2)."""
+    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), "prctl", option, arg2)
+
+
+def pidfd_open(pid: int, flags: int = 0) -> int:
+    """pidfd_open(2): a file descriptor that refers to a process."""
+    return _check(_libc.syscall(SYS_pidfd_open, ctypes.c_int(pid), ctypes.c_uint(flags)), "pidfd_open", pid)
+
+
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    """pidfd_send_signal(2): signal the process a pidfd names (no pid reuse race)."""
+    _check(
+        _libc.syscall(SYS_pidfd_send_signal, ctypes.c_int(pidfd), ctypes.c_int(sig), None, ctypes.c_uint(0)),
+        "pidfd_send_signal",
+        pidfd,
+        sig,
+    )
+
+
+def raw_syscall(number: int, *args: int | bytes | None) -> int:
+    """syscall(2) with integer/pointer arguments; -1 becomes OSError."""
+    cargs = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    return _check(_libc.syscall(ctypes.c_long(number), *cargs), f"syscall[{number}]", *args)
+
+
+def libc() -> ctypes.CDLL:
+    """The process-wide libc handle (for bindings that live next to their structs)."""
+    return _libc
