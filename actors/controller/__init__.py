@@ -1,0 +1,1 @@
+"""The controller actor: the lifecycle state of every container in a sandbox."""

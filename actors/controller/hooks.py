@@ -1,0 +1,68 @@
+"""OCI hooks: run with the container's state on stdin, each with its timeout.
+
+Failure rules (config.md "POSIX-platform Hooks"): a failing prestart,
+createRuntime, createContainer or startContainer hook fails the operation
+(the container is destroyed); a failing poststart or poststop hook is a
+warning and the lifecycle goes on. Hooks run through ``sh`` (the package),
+which gives stdin, environment and timeout in one call; ``args[0]`` is not
+passed as argv[0] (sh cannot), the hook's path is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import sh
+
+from zentry.bus.errors import SystemFailure
+
+log = logging.getLogger("zentry.hooks")
+
+FATAL_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer")
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass
+class HookResult:
+    kind: str
+    path: str
+    exit_code: int
+    duration_ns: int
+    error: str = ""
+
+
+def run_hooks(kind: str, config: dict, state: dict, on_result=None) -> list[HookResult]:
+    """Run ``config.hooks[kind]`` in order. Raises SystemFailure for a fatal kind."""
+    results = []
+    for hook in (config.get("hooks") or {}).get(kind) or []:
+        result = run_one(kind, hook, state)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+        if result.error:
+            if kind in FATAL_KINDS:
+                raise SystemFailure(f"{kind} hook {result.path} failed: {result.error}")
+            log.warning("%s hook %s failed (ignored): %s", kind, result.path, result.error)
+    return results
+
+
+def run_one(kind: str, hook: dict, state: dict) -> HookResult:
+    path = hook["path"]
+    args = list(hook.get("args") or [path])[1:]
+    env = dict(e.split("=", 1) for e in hook.get("env") or [] if "=" in e)
+    timeout = hook.get("timeout") or DEFAULT_TIMEOUT
+    t0 = time.perf_counter_ns()
+    try:
+        sh.Command(path)(*args, _in=json.dumps(state), _env=env, _timeout=timeout, _truncate_exc=False)
+        return HookResult(kind, path, 0, time.perf_counter_ns() - t0)
+    except sh.TimeoutException:
+        return HookResult(kind, path, -1, time.perf_counter_ns() - t0, f"timed out after {timeout}s")
+    except sh.ErrorReturnCode as err:
+        stderr = (err.stderr or b"").decode(errors="replace").strip().splitlines()
+        detail = f"exit status {err.exit_code}" + (f": {stderr[-1]}" if stderr else "")
+        return HookResult(kind, path, err.exit_code, time.perf_counter_ns() - t0, detail)
+    except (sh.CommandNotFound, OSError) as err:
+        return HookResult(kind, path, -1, time.perf_counter_ns() - t0, f"cannot run: {err}")

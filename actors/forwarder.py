@@ -1,0 +1,291 @@
+"""The signal forwarder: one foreground ``run``/``exec``, or one ``exec --detach``.
+
+It relays every catchable signal to the container process, keeps a
+terminal's size in step (SIGWINCH), copies a pty to its own stdio when no
+``--console-socket`` took the master, and exits with the process's status.
+
+An exec'd process is started here: the forwarder enters the container's PID
+namespace (for its children) and forks the process, which joins the other
+namespaces and the cgroup of the container's init, loads the sentry's
+filter, and hands the listener to the forwarder, who passes it to the
+sandbox actor's fd socket before letting the process execve.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import socket
+import struct
+import termios
+from typing import Callable
+
+from zentry.actors.sandbox import init as initmod
+from zentry.bus import fdpass
+from zentry.bus.errors import SystemFailure, ZentryError, from_wire
+from zentry.sentry.abi import libc
+
+#: Signals never forwarded: our own business, not the container's.
+NOT_FORWARDED = {signal.SIGCHLD, signal.SIGWINCH, signal.SIGURG, signal.SIGKILL, signal.SIGSTOP}
+FORWARDED = [s for s in signal.valid_signals() if isinstance(s, signal.Signals) and s not in NOT_FORWARDED]
+
+
+def relay(child_pid: int, send_signal: Callable[[int], None], master_fd: int | None = None) -> int:
+    """Forward signals (and pty traffic) until ``child_pid`` (our child) exits; its status."""
+    from zentry.actors.spawn import exit_status
+
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    handlers = {}
+    for sig in FORWARDED + [signal.SIGCHLD, signal.SIGWINCH]:
+        try:
+            handlers[sig] = signal.signal(sig, lambda *_: None)
+        except (OSError, ValueError):
+            pass
+    stdin_open = master_fd is not None and _is_readable(0)
+    saved_tty = None
+    if master_fd is not None:
+        if os.isatty(0):
+            saved_tty = termios.tcgetattr(0)
+            _raw(0)
+        _copy_winsize(0, master_fd)
+    try:
+        while True:
+            done, raw = os.waitpid(child_pid, os.WNOHANG)
+            if done:
+                if master_fd is not None:
+                    _drain(master_fd)
+                return exit_status(raw)
+            fds = [wake_r]
+            if master_fd is not None:
+                fds.append(master_fd)
+                if stdin_open:
+                    fds.append(0)
+            try:
+                ready, _, _ = select.select(fds, [], [], 0.5)
+            except InterruptedError:
+                continue
+            if wake_r in ready:
+                for sig in os.read(wake_r, 4096):
+                    if sig == signal.SIGWINCH and master_fd is not None:
+                        _copy_winsize(0, master_fd)
+                    elif sig not in (signal.SIGCHLD, signal.SIGWINCH):
+                        try:
+                            send_signal(sig)
+                        except (ZentryError, OSError):
+                            pass
+            if master_fd is not None and master_fd in ready:
+                if not _pump(master_fd, 1):
+                    master_fd_open = False
+            if stdin_open and 0 in ready:
+                try:
+                    data = os.read(0, 65536)
+                except OSError:
+                    data = b""
+                if data:
+                    _write_all(master_fd, data)
+                else:
+                    stdin_open = False
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if saved_tty is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved_tty)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _is_readable(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def _raw(fd: int) -> None:
+    import tty
+
+    tty.setraw(fd)
+
+
+def _copy_winsize(src: int, dst: int) -> None:
+    try:
+        size = fcntl.ioctl(src, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(dst, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass
+
+
+def _pump(src: int, dst: int) -> bool:
+    try:
+        data = os.read(src, 65536)
+    except OSError as err:
+        if err.errno == errno.EIO:  # slave side closed
+            return False
+        raise
+    if not data:
+        return False
+    _write_all(dst, data)
+    return True
+
+
+def _drain(master_fd: int) -> None:
+    while select.select([master_fd], [], [], 0.05)[0]:
+        if not _pump(master_fd, 1):
+            break
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def receive_console(listener: socket.socket, timeout: float = 30.0) -> int:
+    """Accept one connection on a console socket and take the pty master from it."""
+    listener.settimeout(timeout)
+    conn, _ = listener.accept()
+    try:
+        _msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 1)
+    finally:
+        conn.close()
+    if not fds:
+        raise SystemFailure("no pty master arrived on the console socket")
+    return fds[0]
+
+
+# --- exec ------------------------------------------------------------------------
+
+
+def start_exec(init_pid: int, cgroup_procs: list[str], container_config: dict, process: dict, fd_socket: str, container_id: str, console_socket: str) -> int:
+    """Fork the exec'd process into the container; returns its pid once it has execve'd.
+
+    Must be called with no ZeroMQ context alive in this process (it forks).
+    """
+    pid_ns = os.open(f"/proc/{init_pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.setns(pid_ns, libc.CLONE_NEWPID)
+    finally:
+        os.close(pid_ns)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ours.close()
+            code = _exec_child(theirs, init_pid, cgroup_procs, container_config, process, console_socket)
+        finally:
+            os._exit(code)
+    theirs.close()
+    try:
+        ours.settimeout(30)
+        while True:
+            data, fds, _f, _a = socket.recv_fds(ours, 65536, 2)
+            if fds:
+                _hand_listener(fd_socket, container_id, fds[0])
+                continue
+            line = data.decode(errors="replace")
+            if line == "ready":
+                break
+            _reap_failed(pid)
+            if line.startswith("error "):
+                _w, code, message = (line.split(" ", 2) + ["", ""])[:3]
+                raise from_wire(code, message)
+            raise SystemFailure("exec'd process exited during setup")
+        ours.send(b"start")
+        line = ours.recv(4096).decode(errors="replace")
+        if line:
+            _reap_failed(pid)
+            _w, code, message = (line.split(" ", 2) + ["", ""])[:3]
+            raise from_wire(code, message)
+        return pid
+    finally:
+        ours.close()
+
+
+def _reap_failed(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _hand_listener(fd_socket: str, container_id: str, fd: int) -> None:
+    try:
+        sock = fdpass.connect(fd_socket)
+        try:
+            fdpass.send_fds(sock, {"kind": "listener", "container_id": container_id}, [fd])
+            answer = sock.recv(256)
+        finally:
+            sock.close()
+    finally:
+        os.close(fd)
+    if answer != b"ok":
+        raise SystemFailure(f"the sandbox refused the exec's seccomp listener: {answer.decode(errors='replace')}")
+
+
+def _exec_child(chan: socket.socket, init_pid: int, cgroup_procs: list[str], config: dict, process: dict, console_socket: str) -> int:
+    try:
+        for sig in range(1, signal.NSIG):
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                try:
+                    signal.signal(sig, signal.SIG_DFL)
+                except (OSError, ValueError):
+                    pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        for procs in cgroup_procs:
+            try:
+                with open(procs, "w") as f:
+                    f.write("0")
+            except OSError as err:
+                raise SystemFailure(f"cannot join cgroup {os.path.dirname(procs)}: {err.strerror}") from err
+        console = None
+        if process.get("terminal"):
+            console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            console.connect(console_socket)
+        order = ["cgroup", "ipc", "uts", "net", "mnt"]
+        fds = []
+        for name in order:
+            path = f"/proc/{init_pid}/ns/{name}"
+            if os.readlink(path) != os.readlink(f"/proc/self/ns/{name}"):
+                fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        for fd in fds:
+            libc.setns(fd, 0)
+            os.close(fd)
+        initmod.apply_rlimits(process)
+        if console is not None:
+            initmod.setup_terminal(console)
+        cwd = process.get("cwd") or "/"
+        os.chdir(cwd)
+        env = [e for e in process.get("env") or [] if "=" in e]
+        args = process.get("args") or []
+        path = initmod.find_executable(args[0], env, cwd)
+        listener = initmod.install_sentry(config, bool(process.get("noNewPrivileges")))
+        if listener is not None:
+            fdpass.send_fds(chan, {"kind": "listener"}, [listener])
+            os.close(listener)
+        initmod.apply_user(process)
+        if process.get("noNewPrivileges"):
+            libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+        chan.send(b"ready")
+        if chan.recv(16) != b"start":
+            return 1
+        envp = dict(e.split("=", 1) for e in env)
+        try:
+            os.execve(path, args, envp)
+        except OSError as err:
+            raise SystemFailure(f'exec: "{args[0]}": {err.strerror}') from err
+    except BaseException as exc:
+        initmod.fail(chan, exc)
+        return 1
+    return 0
+
+
+def winsize(fd: int) -> tuple[int, int]:
+    rows, cols, _x, _y = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+    return rows, cols

@@ -1,0 +1,184 @@
+"""Bringing a sandbox up and tearing a dead one down, from the calling process.
+
+``create_container`` forks the three long-lived actors of a new sandbox
+(controller, gofer, sandbox) from the ``create`` process before it builds any
+ZeroMQ context, waits for each to report ready, then asks the controller to
+create the container. Any failure kills and reaps what was forked and
+removes the container's directory: nothing is left behind.
+
+``remove_orphan`` is the fallback for a container whose controller is dead
+(killed, host restart): it kills the recorded actor pids, removes the
+cgroup, and deletes the directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import time
+
+from zentry.actors.spawn import Child, fork_actor, reap
+from zentry.actors.state import STOPPED, Lock, Record, Store, pid_alive
+from zentry.bus.client import Client
+from zentry.bus.endpoints import Endpoints, bus_dir_for, make_private_dir
+from zentry.bus.errors import ActorGone, AlreadyExists, NotFound, ZentryError
+from zentry.bus.messages import Create, Created
+
+log = logging.getLogger("zentry.launch")
+
+SANDBOX_ID_ANNOTATIONS = ("io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID")
+CONTAINER_TYPE_ANNOTATIONS = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
+
+
+def sandbox_of(container_id: str, config: dict) -> str:
+    """The sandbox a container belongs to: its own, or its pod's (CRI annotations)."""
+    ann = config.get("annotations") or {}
+    ctype = next((ann[k] for k in CONTAINER_TYPE_ANNOTATIONS if k in ann), "")
+    sid = next((ann[k] for k in SANDBOX_ID_ANNOTATIONS if k in ann), "")
+    if ctype == "container" and sid and sid != container_id:
+        return sid
+    return container_id
+
+
+def create_container(store: Store, container_id: str, bundle: str, config: dict, *, console_socket: str = "", log_file: str | None = None) -> Created:
+    store.ensure_root()
+    sandbox_id = sandbox_of(container_id, config)
+    if sandbox_id != container_id:
+        return _join_sandbox(store, container_id, sandbox_id, bundle, config, console_socket)
+    cdir = store.dir(container_id)
+    try:
+        os.mkdir(cdir, 0o711)
+    except FileExistsError:
+        raise AlreadyExists(f"container {container_id!r} already exists") from None
+    children: list[Child] = []
+    try:
+        with Lock(store, container_id, create=True):
+            bus_dir = bus_dir_for(cdir)
+            make_private_dir(bus_dir)
+            endpoints = Endpoints(bus_dir)
+            from zentry.actors.controller.actor import controller_main
+            from zentry.actors.gofer.actor import gofer_main
+            from zentry.actors.sandbox.actor import sandbox_main
+
+            children.append(fork_actor("controller", lambda fd: controller_main(endpoints, sandbox_id, store.root, fd), log_file=log_file))
+            children[-1].wait_ready()
+            children.append(fork_actor("gofer", lambda fd: gofer_main(endpoints, sandbox_id, fd), log_file=log_file))
+            children.append(fork_actor("sandbox", lambda fd: sandbox_main(endpoints, sandbox_id, fd), detach=False, quiet_stdio=False))
+            for child in children[1:]:
+                child.wait_ready()
+            controller, gofer, sandbox = children
+            with Client(endpoints.actor("controller"), sender="cli", peer_pid=controller.pid) as client:
+                reply = client.request(
+                    Create(
+                        container_id=container_id,
+                        bundle=bundle,
+                        config=config,
+                        console_socket=console_socket,
+                        sandbox_id=sandbox_id,
+                        sandbox_pid=sandbox.pid,
+                        gofer_pid=gofer.pid,
+                    ),
+                    timeout=120,
+                )
+            return reply
+    except BaseException:
+        _kill_children(children)
+        if bus_dir_for(cdir) != cdir:
+            shutil.rmtree(bus_dir_for(cdir), ignore_errors=True)
+        shutil.rmtree(cdir, ignore_errors=True)
+        raise
+
+
+def _join_sandbox(store: Store, container_id: str, sandbox_id: str, bundle: str, config: dict, console_socket: str) -> Created:
+    owner = store.load(store.resolve(sandbox_id))
+    if owner.status == STOPPED or not pid_alive(owner.controller_pid):
+        raise NotFound(f"sandbox {sandbox_id!r} of container {container_id!r} is not running")
+    cdir = store.dir(container_id)
+    try:
+        os.mkdir(cdir, 0o711)
+    except FileExistsError:
+        raise AlreadyExists(f"container {container_id!r} already exists") from None
+    try:
+        endpoints = Endpoints(owner.bus_dir)
+        with Client(endpoints.actor("controller"), sender="cli", peer_pid=owner.controller_pid) as client:
+            return client.request(
+                Create(
+                    container_id=container_id,
+                    bundle=bundle,
+                    config=config,
+                    console_socket=console_socket,
+                    sandbox_id=sandbox_id,
+                    sandbox_pid=owner.sandbox_pid,
+                    gofer_pid=owner.gofer_pid,
+                ),
+                timeout=120,
+            )
+    except BaseException:
+        shutil.rmtree(cdir, ignore_errors=True)
+        raise
+
+
+def _kill_children(children: list[Child]) -> None:
+    for child in children:
+        if child.ready_fd >= 0:
+            os.close(child.ready_fd)
+            child.ready_fd = -1
+        try:
+            os.kill(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for child in children:
+        reap(child.pid, timeout=5)
+
+
+def wait_gone(pids: list[int], timeout: float = 5.0) -> bool:
+    """Wait until none of ``pids`` is alive (they need not be our children)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        if not any(pid_alive(p) for p in pids):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def remove_dir(store: Store, rec: Record) -> None:
+    """Remove what remains of a deleted container's directories."""
+    cdir = store.dir(rec.id)
+    if rec.bus_dir and rec.bus_dir != cdir and rec.sandbox_id == rec.id:
+        shutil.rmtree(rec.bus_dir, ignore_errors=True)
+    shutil.rmtree(cdir, ignore_errors=True)
+
+
+def remove_orphan(store: Store, rec: Record) -> None:
+    """Clean up a container whose controller is gone: processes, cgroup, files."""
+    from zentry.actors.sandbox.cgroups import Cgroup
+
+    pids = [p for p in (rec.sandbox_pid, rec.gofer_pid, rec.controller_pid) if p and pid_alive(p)]
+    if rec.sandbox_id == rec.id:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_gone(pids)
+    try:
+        Cgroup.for_container((rec.config.get("linux") or {}).get("cgroupsPath"), rec.id).destroy()
+    except ZentryError as err:
+        log.warning("cannot remove cgroup of %s: %s", rec.id, err)
+    except OSError as err:
+        log.warning("cannot remove cgroup of %s: %s", rec.id, err)
+    remove_dir(store, rec)
+
+
+def controller_client(rec: Record) -> Client:
+    """A client for the controller of ``rec``'s sandbox; ActorGone if it is dead."""
+    if not pid_alive(rec.controller_pid):
+        raise ActorGone(f"the controller of container {rec.id!r} is not running")
+    return Client(Endpoints(rec.bus_dir).actor("controller"), sender="cli", peer_pid=rec.controller_pid)

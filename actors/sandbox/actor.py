@@ -1,0 +1,495 @@
+"""The sandbox actor: container inits, their namespaces and cgroups, reaping, the sentry.
+
+It is a child of the ``create`` process, so its stdio are the container's and,
+once ``create`` exits, the engine's subreaper (conmon, the containerd shim)
+becomes its parent: the pid in ``--pid-file`` is this process, and it exits
+with the container init's status (128+N for signal N) when the last
+container of the sandbox has exited.
+
+Each init is started through a short-lived intermediate child that enters
+the container's PID namespace (new, or joined by path) and forks the init;
+the intermediate exits at once and, the sandbox being a child subreaper,
+the init is reparented here, so the sandbox reaps it and learns its status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import time
+
+import psutil
+import zmq
+
+from zentry.actors.spawn import exit_status, report_ready
+from zentry.bus import codec, fdpass
+from zentry.bus.actor import Actor, Request, handles
+from zentry.bus.endpoints import Endpoints
+from zentry.bus.envelope import Envelope
+from zentry.bus.errors import ConfigError, NotFound, SystemFailure, Timeout, WrongState, from_wire
+from zentry.bus.message import Message
+from zentry.bus.messages import (
+    Destroy,
+    Exited,
+    Freeze,
+    Ok,
+    ProcessExited,
+    Processes,
+    ProcessList,
+    ProcessStarted,
+    Release,
+    ReportExit,
+    SetResources,
+    SetStrace,
+    Signal,
+    SignalSent,
+    Spawn,
+    Spawned,
+    Stats,
+    StatsReply,
+    Syscall,
+    Thaw,
+)
+from zentry.sentry.abi import libc
+
+log = logging.getLogger("zentry.sandbox")
+
+#: How long an init may take to get ready (namespaces, mounts, filter).
+SPAWN_TIMEOUT = 30.0
+
+
+@dataclasses.dataclass
+class Box:
+    """One container as the sandbox holds it."""
+
+    container_id: str
+    config: dict
+    pid: int
+    pidfd: int
+    chan: socket.socket | None
+    cgroup: object | None
+    exit_status: int | None = None
+
+
+class Sandbox(Actor):
+    name = "sandbox"
+
+    def __init__(self, endpoints: Endpoints, *, sandbox_id: str, ready_fd: int) -> None:
+        super().__init__(endpoints, sandbox_id=sandbox_id)
+        self.ready_fd = ready_fd
+        self.boxes: dict[str, Box] = {}
+        self.exit_code = 0
+        self.ran_any = False
+        self.controller: zmq.Socket | None = None
+        self.sentry = None
+        self.fd_listener: socket.socket | None = None
+
+    # --- lifecycle -------------------------------------------------------------
+    def on_start(self) -> None:
+        libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+        # Exit reports to the controller are fire-and-forget: the sandbox never
+        # blocks on the controller (which may be blocked on us).
+        self.controller = self.ctx.socket(zmq.DEALER)
+        self.controller.setsockopt(zmq.LINGER, 2000)
+        self.controller.connect(self.endpoints.actor("controller"))
+        self.fd_listener = fdpass.listen(self.endpoints.fd_socket)
+        self.watch_fd(self.fd_listener.fileno(), self._on_fd_connection)
+        self._start_sentry()
+        report_ready(self.ready_fd)
+
+    def on_stop(self) -> None:
+        for box in list(self.boxes.values()):
+            self._kill_and_reap(box)
+        if self.sentry is not None:
+            self.sentry.stop()
+        if self.fd_listener is not None:
+            self.fd_listener.close()
+        if self.controller is not None:
+            self.controller.close()
+
+    def _start_sentry(self) -> None:
+        try:
+            from zentry.sentry.kernel import Sentry
+        except ImportError:
+            return
+        self.sentry = Sentry(on_event=self._on_syscall_event, on_fatal=self._on_sentry_fatal)
+        self.sentry.start()
+
+    def _on_syscall_event(self, event: dict) -> None:
+        # Called on the sentry's thread: it owns its own publisher.
+        pub = getattr(self, "_sentry_pub", None)
+        if pub is None:
+            from zentry.bus.events import Publisher
+
+            pub = self._sentry_pub = Publisher(self.ctx, self.endpoints.events_in, sandbox_id=self.sandbox_id, actor="sentry")
+        pub.publish(
+            Syscall(
+                container_id=str(event.get("container", "")),
+                pid=int(event.get("pid", 0)),
+                tid=int(event.get("tid", 0)),
+                syscall=str(event.get("syscall", "")),
+                args=list(event.get("args", [])),
+                result=int(event.get("result", 0)),
+                errno=str(event.get("errno", "") or ""),
+                duration_ns=int(event.get("duration_ns", 0)),
+            )
+        )
+
+    def _on_sentry_fatal(self, container_id: str, exc: BaseException) -> None:
+        # Fail closed: a container whose syscalls nobody serves must not run on.
+        log.error("sentry failed for %s: %s; killing the container", container_id, exc)
+        box = self.boxes.get(container_id)
+        if box is not None:
+            try:
+                libc.pidfd_send_signal(box.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+            if box.cgroup is not None:
+                try:
+                    box.cgroup.kill_all(signal.SIGKILL)
+                except Exception:
+                    pass
+
+    def _add_listener(self, container_id: str, fd: int, config: dict) -> None:
+        if self.sentry is None:
+            os.close(fd)
+            return
+        from zentry.sentry.kernel import ContainerView
+
+        box_cg = self.boxes[container_id].cgroup if container_id in self.boxes else None
+        view = ContainerView(
+            container_id=container_id,
+            hostname=config.get("hostname") or "",
+            domainname=config.get("domainname") or "",
+            memory_limit_bytes=_call(box_cg, "memory_limit"),
+            cpu_quota_us=(_call(box_cg, "cpu_quota") or (None, None))[0],
+            cpu_period_us=(_call(box_cg, "cpu_quota") or (None, None))[1],
+            cpuset=_call(box_cg, "cpuset"),
+        )
+        self.sentry.add_listener(fd, view)
+
+    # --- listener handover for exec'd processes ---------------------------------
+    def _on_fd_connection(self, _fd: int) -> None:
+        conn, _ = self.fd_listener.accept()
+        conn.settimeout(5)
+        try:
+            header, fds = fdpass.recv_fds(conn)
+            cid = str(header.get("container_id", ""))
+            if header.get("kind") == "listener" and fds and cid in self.boxes:
+                self._add_listener(cid, fds[0], self.boxes[cid].config)
+                conn.send(b"ok")
+            else:
+                for fd in fds:
+                    os.close(fd)
+                conn.send(b"error unknown container or message")
+        except (OSError, EOFError) as err:
+            log.warning("fd handover failed: %s", err)
+        finally:
+            conn.close()
+
+    # --- requests ----------------------------------------------------------------
+    def box(self, container_id: str) -> Box:
+        try:
+            return self.boxes[container_id]
+        except KeyError:
+            raise NotFound(f"sandbox has no container {container_id!r}") from None
+
+    @handles(Spawn)
+    def spawn(self, msg: Spawn, req: Request) -> Message:
+        from zentry.actors.sandbox.cgroups import Cgroup
+
+        if msg.container_id in self.boxes:
+            raise WrongState(f"container {msg.container_id!r} already has an init")
+        linux = msg.config.get("linux") or {}
+        cgroup = Cgroup.for_container(linux.get("cgroupsPath"), msg.container_id)
+        cgroup.create()
+        try:
+            cgroup.apply(linux.get("resources") or {})
+            pid, chan = self._fork_init(msg)
+        except BaseException:
+            cgroup.destroy()
+            raise
+        pidfd = libc.pidfd_open(pid)
+        box = Box(container_id=msg.container_id, config=msg.config, pid=pid, pidfd=pidfd, chan=chan, cgroup=cgroup)
+        self.boxes[msg.container_id] = box
+        try:
+            cgroup.add(pid)
+            chan.send(b"go")
+            self._await_ready(box)
+        except BaseException:
+            self._kill_and_reap(box)
+            raise
+        self.watch_fd(pidfd, lambda _fd, cid=msg.container_id: self._on_exit(cid))
+        self.ran_any = True
+        self.publish(ProcessStarted(container_id=msg.container_id, pid=pid, args=list((msg.config.get("process") or {}).get("args") or [])), parent=req.id)
+        return Spawned(pid=pid, cgroup_procs=_cgroup_procs(pid))
+
+    def _fork_init(self, msg: Spawn) -> tuple[int, socket.socket]:
+        """Fork the intermediate, which enters the pid namespace and forks the init."""
+        from zentry.actors.sandbox.init import container_init
+
+        pid_ns = next((ns for ns in (msg.config.get("linux") or {}).get("namespaces") or [] if ns["type"] == "pid"), None)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.set_inheritable(False)
+        theirs.set_inheritable(False)
+        middle = os.fork()
+        if middle == 0:
+            code = 1
+            try:
+                ours.close()
+                if pid_ns is not None:
+                    if pid_ns.get("path"):
+                        fd = os.open(pid_ns["path"], os.O_RDONLY | os.O_CLOEXEC)
+                        libc.setns(fd, libc.CLONE_NEWPID)
+                        os.close(fd)
+                    else:
+                        libc.unshare(libc.CLONE_NEWPID)
+                init = os.fork()
+                if init == 0:
+                    code = container_init(theirs, msg.config, msg.rootfs, msg.gofer_pid, msg.console_socket)
+                else:
+                    theirs.send(f"pid {init}".encode())
+                    code = 0
+            except BaseException as exc:
+                from zentry.actors.sandbox.init import fail
+
+                fail(theirs, exc)
+            finally:
+                os._exit(code)
+        theirs.close()
+        try:
+            _, raw = os.waitpid(middle, 0)
+            ours.settimeout(SPAWN_TIMEOUT)
+            line = ours.recv(4096).decode()
+            if not line.startswith("pid "):
+                _raise_line(line, "container init did not start")
+            return int(line[4:]), ours
+        except BaseException:
+            ours.close()
+            raise
+
+    def _await_ready(self, box: Box) -> None:
+        deadline = time.monotonic() + SPAWN_TIMEOUT
+        chan = box.chan
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"container {box.container_id!r} init did not get ready within {SPAWN_TIMEOUT:g}s")
+            chan.settimeout(left)
+            data, fds, _flags, _ = socket.recv_fds(chan, 65536, 4)
+            if fds:
+                header = codec.unpack(data)
+                if header.get("kind") == "listener":
+                    self._add_listener(box.container_id, fds[0], box.config)
+                    for extra in fds[1:]:
+                        os.close(extra)
+                else:
+                    for fd in fds:
+                        os.close(fd)
+                continue
+            line = data.decode(errors="replace")
+            if line == "ready":
+                return
+            _raise_line(line, f"container {box.container_id!r} init exited during setup")
+
+    @handles(Release)
+    def release(self, msg: Release, req: Request) -> Message:
+        box = self.box(msg.container_id)
+        if box.chan is None:
+            raise WrongState(f"container {msg.container_id!r} was already started")
+        chan, box.chan = box.chan, None
+        try:
+            chan.send(b"start")
+            chan.settimeout(10)
+            # The channel is close-on-exec: EOF means execve succeeded.
+            line = chan.recv(4096).decode(errors="replace")
+        except OSError as err:
+            raise SystemFailure(f"cannot start container {msg.container_id!r}: {err}") from err
+        finally:
+            chan.close()
+        if line:
+            _raise_line(line, "container init failed")
+        return Ok()
+
+    @handles(Signal)
+    def signal(self, msg: Signal, req: Request) -> Message:
+        box = self.box(msg.container_id)
+        pids = [box.pid]
+        if msg.all and box.cgroup is not None:
+            pids = box.cgroup.pids()
+            box.cgroup.kill_all(msg.signal)
+            if msg.signal == signal.SIGKILL:
+                _try(box.cgroup.thaw)
+        elif box.exit_status is None:
+            try:
+                libc.pidfd_send_signal(box.pidfd, msg.signal)
+            except ProcessLookupError:
+                pass
+        self.publish(SignalSent(container_id=msg.container_id, signal=msg.signal, pids=pids), parent=req.id)
+        return Ok()
+
+    @handles(Freeze)
+    def freeze(self, msg: Freeze, req: Request) -> Message:
+        self.box(msg.container_id).cgroup.freeze()
+        return Ok()
+
+    @handles(Thaw)
+    def thaw(self, msg: Thaw, req: Request) -> Message:
+        self.box(msg.container_id).cgroup.thaw()
+        return Ok()
+
+    @handles(SetResources)
+    def set_resources(self, msg: SetResources, req: Request) -> Message:
+        self.box(msg.container_id).cgroup.update(msg.resources)
+        return Ok()
+
+    @handles(Processes)
+    def processes(self, msg: Processes, req: Request) -> Message:
+        box = self.box(msg.container_id)
+        out = []
+        for pid in sorted(box.cgroup.pids()):
+            try:
+                p = psutil.Process(pid)
+                with p.oneshot():
+                    out.append(
+                        {
+                            "pid": pid,
+                            "ppid": p.ppid(),
+                            "uid": p.uids().real,
+                            "stime": int(p.create_time()),
+                            "time": sum(p.cpu_times()[:2]),
+                            "cmd": " ".join(p.cmdline()) or p.name(),
+                            "tty": p.terminal() or "?",
+                        }
+                    )
+            except psutil.Error:
+                continue
+        return ProcessList(processes=out)
+
+    @handles(Stats)
+    def stats(self, msg: Stats, req: Request) -> Message:
+        return StatsReply(stats=self.box(msg.container_id).cgroup.stats())
+
+    @handles(SetStrace)
+    def set_strace(self, msg: SetStrace, req: Request) -> Message:
+        if self.sentry is not None:
+            self.sentry.set_strace(msg.on)
+        return Ok()
+
+    @handles(Destroy)
+    def destroy(self, msg: Destroy, req: Request) -> Message:
+        box = self.boxes.get(msg.container_id)
+        if box is None:
+            return Ok()
+        status = self._kill_and_reap(box)
+        return Exited(container_id=msg.container_id, exit_status=status)
+
+    # --- exits ------------------------------------------------------------------
+    def _kill_and_reap(self, box: Box) -> int:
+        if box.exit_status is None:
+            if box.cgroup is not None:
+                _try(lambda: box.cgroup.kill_all(signal.SIGKILL))
+                _try(box.cgroup.thaw)
+            try:
+                libc.pidfd_send_signal(box.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                _, raw = os.waitpid(box.pid, 0)
+                box.exit_status = exit_status(raw)
+            except ChildProcessError:
+                box.exit_status = 128 + signal.SIGKILL
+        self._finish(box)
+        return box.exit_status
+
+    def _on_exit(self, container_id: str) -> None:
+        box = self.boxes.get(container_id)
+        if box is None:
+            return
+        try:
+            done, raw = os.waitpid(box.pid, os.WNOHANG)
+        except ChildProcessError:
+            done, raw = box.pid, (128 + signal.SIGKILL) << 8
+        if not done:
+            return
+        box.exit_status = exit_status(raw)
+        self._finish(box)
+
+    def _finish(self, box: Box) -> None:
+        """After an init exited: cgroup gone, controller told, maybe the sandbox ends."""
+        if self.boxes.pop(box.container_id, None) is None:
+            return
+        self.unwatch_fd(box.pidfd)
+        os.close(box.pidfd)
+        if box.chan is not None:
+            box.chan.close()
+        if box.cgroup is not None:
+            _try(box.cgroup.destroy)
+        self.publish(ProcessExited(container_id=box.container_id, pid=box.pid, exit_status=box.exit_status))
+        report = Envelope.wrap(ReportExit(container_id=box.container_id, exit_status=box.exit_status), sender=self.name)
+        try:
+            self.controller.send(report.encode(), flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self.exit_code = box.exit_status
+        if not self.boxes and self.ran_any:
+            self.stop("last container exited")
+
+
+def _raise_line(line: str, fallback: str) -> None:
+    if line.startswith("error "):
+        _word, code, message = (line.split(" ", 2) + ["", ""])[:3]
+        raise from_wire(code, message)
+    raise SystemFailure(fallback)
+
+
+def _try(fn) -> None:
+    try:
+        fn()
+    except Exception as err:  # cleanup paths: report, carry on
+        log.warning("cleanup step failed: %s", err)
+
+
+def _call(obj: object | None, name: str):
+    fn = getattr(obj, name, None)
+    if fn is None:
+        return None
+    try:
+        return fn()
+    except Exception:
+        return None
+
+
+def _cgroup_procs(pid: int) -> list[str]:
+    """cgroup.procs files of every hierarchy ``pid`` is in (v1 and v2)."""
+    out = []
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _num, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") else "/sys/fs/cgroup"
+        else:
+            first = controllers.split(",")[0]
+            if first.startswith("name="):
+                first = first[5:]
+            base = os.path.join("/sys/fs/cgroup", first)
+            if not os.path.isdir(base):
+                base = os.path.join("/sys/fs/cgroup", controllers)
+        procs = os.path.join(base, path.lstrip("/"), "cgroup.procs")
+        if os.path.exists(procs):
+            out.append(procs)
+    return out
+
+
+def sandbox_main(endpoints: Endpoints, sandbox_id: str, ready_fd: int) -> int:
+    """Entry point in the forked child; returns the last container's exit status."""
+    actor = Sandbox(endpoints, sandbox_id=sandbox_id, ready_fd=ready_fd)
+    code = actor.run()
+    return actor.exit_code if code == 0 else code

@@ -1,0 +1,82 @@
+"""Capabilities: names, the bounding set, and capset(2) (<linux/capability.h>)."""
+
+from __future__ import annotations
+
+import ctypes
+
+from zentry.bus.errors import ConfigError
+from zentry.sentry.abi import libc
+
+#: CAP_* name -> number, <linux/capability.h>
+CAPS: dict[str, int] = {
+    name: i
+    for i, name in enumerate(
+        [
+            "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+            "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+            "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
+            "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
+            "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
+            "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
+            "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+            "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+        ]
+    )
+}
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _Header(ctypes.Structure):
+    """struct __user_cap_header_struct { __u32 version; int pid; };"""
+
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _Data(ctypes.Structure):
+    """struct __user_cap_data_struct { __u32 effective, permitted, inheritable; };"""
+
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return max(CAPS.values())
+
+
+def mask(names: list[str] | None) -> int:
+    bits = 0
+    for name in names or []:
+        number = CAPS.get(name.upper() if name.upper().startswith("CAP_") else "CAP_" + name.upper())
+        if number is None:
+            raise ConfigError(f"unknown capability {name!r}")
+        bits |= 1 << number
+    return bits
+
+
+def apply(capabilities: dict | None) -> None:
+    """Apply process.capabilities: drop the bounding set, then capset, then ambient.
+
+    Call after setresuid with PR_SET_KEEPCAPS (the permitted set survives).
+    """
+    caps = capabilities or {}
+    top = last_cap()
+    bounding = mask(caps.get("bounding"))
+    for number in range(top + 1):
+        if not bounding & (1 << number):
+            libc.prctl(libc.PR_CAPBSET_DROP, number)
+    eff, perm, inh = mask(caps.get("effective")), mask(caps.get("permitted")), mask(caps.get("inheritable"))
+    header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_Data * 2)()
+    for i in range(2):
+        data[i].effective = (eff >> (32 * i)) & 0xFFFFFFFF
+        data[i].permitted = (perm >> (32 * i)) & 0xFFFFFFFF
+        data[i].inheritable = (inh >> (32 * i)) & 0xFFFFFFFF
+    libc.raw_syscall(libc.SYS_capset, ctypes.addressof(header), ctypes.addressof(data))
+    libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
+    for number in range(top + 1):
+        if mask(caps.get("ambient")) & (1 << number):
+            libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_RAISE, number)

@@ -1,0 +1,263 @@
+"""The container init: a single-threaded child of the sandbox actor that becomes the container.
+
+It is forked by the sandbox actor, which has already arranged for its
+children to be born in the container's new PID namespace, so this process
+is PID 1 there. Steps, each on the far side of a handshake with the
+sandbox over a SOCK_SEQPACKET pair (``chan``):
+
+1. wait for ``go`` (the sandbox has put us in the container's cgroup);
+2. join or create namespaces; join a *copy* of the gofer's mount namespace
+   (the root the gofer prepared), pivot into it, finish /proc, masked and
+   read-only paths;
+3. hostname, sysctls, rlimits, oom score, terminal, cwd, resolve the
+   executable (a missing one is reported now, at create, as runc does);
+4. drop to the process's user and capabilities, no_new_privs;
+5. load the sentry's seccomp filter and hand its listener to the sandbox;
+6. say ``ready``; wait for ``start``; execve.
+
+Any failure is sent as ``error <code> <message>`` and the process exits.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import stat
+import sys
+
+from zentry.actors.sandbox import caps
+from zentry.bus import fdpass
+from zentry.bus.errors import ConfigError, ExecNotFound, ExecPermission, SystemFailure, ZentryError, to_wire
+from zentry.sentry.abi import libc
+
+RLIMITS = {
+    name: getattr(resource, name)
+    for name in dir(resource)
+    if name.startswith("RLIMIT_") and isinstance(getattr(resource, name), int)
+}
+
+
+def send_line(chan: socket.socket, line: str) -> None:
+    chan.send(line.encode())
+
+
+def fail(chan: socket.socket, exc: BaseException) -> None:
+    code, message = to_wire(exc)
+    try:
+        send_line(chan, f"error {code} {' '.join(message.split())}")
+    except OSError:
+        pass
+
+
+def find_executable(name: str, env: list[str], cwd: str) -> str:
+    """The path execve will run, or the error engines turn into 126/127."""
+    if "/" in name:
+        path = name if name.startswith("/") else os.path.join(cwd, name)
+        _check_exec(path, name)
+        return path
+    path_var = next((e[5:] for e in env if e.startswith("PATH=")), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    denied = None
+    for d in path_var.split(":"):
+        candidate = os.path.join(d or ".", name)
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
+            return candidate
+        denied = candidate
+    if denied:
+        raise ExecPermission(f'exec: "{name}": permission denied')
+    raise ExecNotFound(f'exec: "{name}": executable file not found in $PATH')
+
+
+def _check_exec(path: str, name: str) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ExecNotFound(f'exec: "{name}": stat {path}: no such file or directory') from None
+    if stat.S_ISDIR(st.st_mode) or not os.access(path, os.X_OK):
+        raise ExecPermission(f'exec: "{name}": permission denied')
+
+
+def join_namespaces(config: dict, *, skip: set[str]) -> None:
+    """setns into namespaces given by path, unshare the new ones (except ``skip``)."""
+    flags = 0
+    for ns in (config.get("linux") or {}).get("namespaces") or []:
+        kind = ns["type"]
+        if kind in skip:
+            continue
+        flag, _name = libc.NAMESPACES[kind]
+        if ns.get("path"):
+            try:
+                fd = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as err:
+                raise ConfigError(f"cannot open {kind} namespace {ns['path']!r}: {err.strerror}") from err
+            try:
+                libc.setns(fd, flag)
+            finally:
+                os.close(fd)
+        else:
+            flags |= flag
+    if flags:
+        libc.unshare(flags)
+
+
+def apply_rlimits(process: dict) -> None:
+    for rl in process.get("rlimits") or []:
+        number = RLIMITS.get(rl["type"])
+        if number is None:
+            raise ConfigError(f"unknown rlimit {rl['type']!r}")
+        try:
+            resource.setrlimit(number, (rl["soft"], rl["hard"]))
+        except (ValueError, OSError) as err:
+            raise SystemFailure(f"cannot set {rl['type']} to {rl['soft']}:{rl['hard']}: {err}") from err
+
+
+def apply_user(process: dict) -> None:
+    user = process.get("user") or {}
+    uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    libc.prctl(libc.PR_SET_KEEPCAPS, 1)
+    os.setgroups([int(g) for g in user.get("additionalGids") or []])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if "umask" in user:
+        os.umask(int(user["umask"]))
+    caps.apply(process.get("capabilities"))
+    libc.prctl(libc.PR_SET_KEEPCAPS, 0)
+
+
+def setup_terminal(console: socket.socket) -> None:
+    """Open a pty in the container's devpts, send the master, make the slave our tty."""
+    import fcntl
+    import termios
+
+    master, slave = os.openpty()
+    try:
+        socket.send_fds(console, [b"/dev/ptmx"], [master])
+    finally:
+        os.close(master)
+        console.close()
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+
+
+def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: int, console_socket: str) -> int:
+    """Runs in the forked child; never returns on success (execve)."""
+    try:
+        for sig in range(1, signal.NSIG):
+            if sig in (signal.SIGKILL, signal.SIGSTOP):
+                continue
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if chan.recv(16) != b"go":
+            return 1
+        process = config.get("process") or {}
+        linux = config.get("linux") or {}
+
+        console = None
+        if process.get("terminal"):
+            console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                console.connect(console_socket)
+            except OSError as err:
+                raise SystemFailure(f"cannot connect to console socket {console_socket!r}: {err.strerror}") from err
+
+        # Namespaces: the pid namespace was made by the sandbox before our
+        # fork; the mount namespace is a copy of the gofer's.
+        join_namespaces(config, skip={"mount", "pid"})
+        mntns = os.open(f"/proc/{gofer_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            libc.setns(mntns, libc.CLONE_NEWNS)
+        finally:
+            os.close(mntns)
+        libc.unshare(libc.CLONE_NEWNS)
+
+        from zentry.actors.gofer import rootfs as rootfs_mod
+
+        rootfs_mod.enter_rootfs(rootfs)
+        rootfs_mod.finish_in_container(config)
+
+        if any(ns["type"] == "uts" and not ns.get("path") for ns in linux.get("namespaces") or []):
+            if config.get("hostname"):
+                libc.sethostname(config["hostname"])
+            if config.get("domainname"):
+                libc.setdomainname(config["domainname"])
+        for key, value in (linux.get("sysctl") or {}).items():
+            path = "/proc/sys/" + key.replace(".", "/")
+            try:
+                with open(path, "w") as f:
+                    f.write(str(value))
+            except OSError as err:
+                raise ConfigError(f"cannot set sysctl {key}={value}: {err.strerror}") from err
+        apply_rlimits(process)
+        if "oomScoreAdj" in process:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(process["oomScoreAdj"]))
+
+        if console is not None:
+            setup_terminal(console)
+        cwd = process.get("cwd") or "/"
+        os.makedirs(cwd, exist_ok=True)
+        os.chdir(cwd)
+        env = [e for e in process.get("env") or [] if "=" in e]
+        args = process.get("args") or []
+        path = find_executable(args[0], env, cwd)
+
+        # The filters go on while we are still privileged (no_new_privs is
+        # not needed then); the listener is handed over at once, with no
+        # trapped call in between (seccomp-notify pitfall 7). Dropping to
+        # the user afterwards uses only calls the filter allows.
+        listener = install_sentry(config, bool(process.get("noNewPrivileges")))
+        if listener is not None:
+            fdpass.send_fds(chan, {"kind": "listener"}, [listener])
+            os.close(listener)
+        apply_user(process)
+        if process.get("noNewPrivileges"):
+            libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+        send_line(chan, "ready")
+        if chan.recv(16) != b"start":
+            return 1  # the sandbox went away or changed its mind
+        envp = {}
+        for e in env:
+            k, _, v = e.partition("=")
+            envp[k] = v
+        try:
+            os.execve(path, args, envp)
+        except OSError as err:
+            raise SystemFailure(f'exec: "{args[0]}": {err.strerror}') from err
+    except ZentryError as exc:
+        fail(chan, exc)
+        return 127 if isinstance(exc, ExecNotFound) else 1
+    except OSError as exc:
+        fail(chan, SystemFailure(f"container init: {exc}"))
+        return 1
+    except BaseException as exc:
+        fail(chan, exc)
+        return 1
+    return 0
+
+
+def install_sentry(config: dict, no_new_privs: bool) -> int | None:
+    """Load the seccomp filters; returns the sentry's listener fd (None if disabled)."""
+    if os.environ.get("ZENTRY_NO_SENTRY") == "1":
+        return None
+    try:
+        from zentry.sentry import filter as sentry_filter
+    except ImportError:
+        return None
+    install = getattr(sentry_filter, "install", None)
+    if install is None:
+        return None
+    seccomp = (config.get("linux") or {}).get("seccomp")
+    return install(seccomp, no_new_privs=no_new_privs)

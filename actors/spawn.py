@@ -1,0 +1,149 @@
+"""Starting actors: fork from the calling process, report readiness on a pipe.
+
+Actors are forked (no second interpreter start) before the caller builds a
+ZeroMQ context, and each builds its own after the fork. The child writes one
+line on a readiness pipe — ``ok`` once it serves, or ``error <code> <message>``
+— so the parent learns of a failed start at once and with its reason (the
+handshake runc calls its sync pipe).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+from zentry.bus.errors import ActorGone, Timeout, ZentryError, from_wire, to_wire
+
+log = logging.getLogger("zentry.spawn")
+
+#: Signals an actor ignores: terminal and job-control signals belong to the
+#: container's foreground process, not to the runtime's machinery.
+IGNORED_IN_ACTORS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE)
+
+
+@dataclass
+class Child:
+    """A forked actor as its parent sees it."""
+
+    name: str
+    pid: int
+    ready_fd: int
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the child reports; raise its error (or ActorGone/Timeout)."""
+        deadline = time.monotonic() + timeout
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout(f"{self.name} (pid {self.pid}) did not become ready within {timeout:g}s")
+                r, _, _ = select.select([self.ready_fd], [], [], left)
+                if not r:
+                    continue
+                chunk = os.read(self.ready_fd, 65536)
+                if not chunk:
+                    raise ActorGone(f"{self.name} (pid {self.pid}) exited during start-up")
+                data += chunk
+        finally:
+            os.close(self.ready_fd)
+            self.ready_fd = -1
+        line = data.decode(errors="replace").strip()
+        if line == "ok":
+            return
+        _word, code, message = (line.split(" ", 2) + ["", ""])[:3]
+        raise from_wire(code, message)
+
+
+def report_ready(fd: int) -> None:
+    os.write(fd, b"ok\n")
+    os.close(fd)
+
+
+def report_error(fd: int, exc: BaseException) -> None:
+    code, message = to_wire(exc)
+    message = " ".join(message.split())  # one line
+    try:
+        os.write(fd, f"error {code} {message}\n".encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def fork_actor(name: str, main: Callable[[int], int], *, detach: bool = True, quiet_stdio: bool = True, log_file: str | None = None) -> Child:
+    """Fork a child running ``main(ready_fd)``; its return value is the exit status.
+
+    ``detach``: own session, so terminal signals and the caller's process
+    group do not reach it. ``quiet_stdio``: stdin/stdout/stderr become
+    /dev/null (or ``log_file`` for stderr), so the actor never holds an
+    engine's stdio pipes open. The sandbox actor keeps stdio (it is the
+    container's) and its process group.
+    """
+    r, w = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        return Child(name=name, pid=pid, ready_fd=r)
+    status = 1
+    try:
+        os.close(r)
+        if detach:
+            os.setsid()
+        for sig in IGNORED_IN_ACTORS:
+            signal.signal(sig, signal.SIG_IGN)
+        if quiet_stdio:
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            err = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if log_file else null
+            os.dup2(err, 2)
+            for fd in {null, err}:
+                if fd > 2:
+                    os.close(fd)
+        status = main(w)
+    except ZentryError as exc:
+        report_error(w, exc)
+    except BaseException as exc:  # the child must never return into the caller's code
+        report_error(w, exc)
+        try:
+            traceback.print_exc()
+        except Exception:
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        os._exit(status if isinstance(status, int) else 1)
+
+
+def reap(pid: int, timeout: float = 5.0) -> int | None:
+    """waitpid with a deadline; returns the raw status or None if still running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+
+
+def exit_status(raw: int) -> int:
+    """A wait status as a shell does: the code, or 128+N for signal N."""
+    if os.WIFSIGNALED(raw):
+        return 128 + os.WTERMSIG(raw)
+    return os.waitstatus_to_exitcode(raw)

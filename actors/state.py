@@ -1,0 +1,219 @@
+"""Container records on disk, the status table, IDs and locks.
+
+On-disk format (owned by the controller; the CLI only reads it)::
+
+    <root>/<id>/state.json   one JSON object, written atomically
+                             (temp file, fsync, rename) after every change:
+      id, status, bundle, pid (sandbox actor), init_pid, created (RFC 3339),
+      sandbox_id, bus_dir, controller_pid, gofer_pid, sandbox_pid,
+      exit_status (null until stopped), annotations, config (OCI config),
+      owner
+    <root>/<id>/lock         flock(2) target serialising changes to <id>
+
+A record whose controller is gone is reported ``stopped`` (its sandbox
+cannot be running without it).
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+from zentry.bus.errors import Ambiguous, InvalidArgument, NotFound, WrongState
+
+CREATING, CREATED, RUNNING, PAUSED, STOPPED = "creating", "created", "running", "paused", "stopped"
+
+#: status -> statuses it may move to (the one transition table)
+TRANSITIONS: dict[str, frozenset[str]] = {
+    CREATING: frozenset({CREATED, STOPPED}),
+    CREATED: frozenset({RUNNING, STOPPED, PAUSED}),
+    RUNNING: frozenset({PAUSED, STOPPED}),
+    PAUSED: frozenset({RUNNING, STOPPED}),
+    STOPPED: frozenset({STOPPED}),
+}
+
+_ID_RE = re.compile(r"^[\w+\-.]+$")
+OCI_VERSION = "1.2.0"
+DEFAULT_ROOT = "/run/zentry"
+
+
+def validate_id(container_id: str) -> str:
+    if not container_id or not _ID_RE.match(container_id) or container_id in (".", ".."):
+        raise InvalidArgument(f"invalid container id {container_id!r}: must match {_ID_RE.pattern}")
+    if len(container_id) > 1024:
+        raise InvalidArgument("invalid container id: longer than 1024 characters")
+    return container_id
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Record:
+    """One container as the controller keeps it."""
+
+    id: str
+    bundle: str
+    sandbox_id: str
+    bus_dir: str
+    status: str = CREATING
+    pid: int = 0
+    init_pid: int = 0
+    controller_pid: int = 0
+    gofer_pid: int = 0
+    sandbox_pid: int = 0
+    created: str = field(default_factory=now_rfc3339)
+    exit_status: int | None = None
+    owner: str = "root"
+    annotations: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    cgroup_procs: list[str] = field(default_factory=list)
+
+    def require_status(self, action: str, *allowed: str) -> None:
+        """A user error when the container is not in one of ``allowed``."""
+        if self.status not in allowed:
+            raise WrongState(f"cannot {action} container {self.id!r} in state {self.status}")
+
+    def change_status(self, new: str) -> str:
+        """Move to ``new``; an impossible transition is a bug."""
+        old = self.status
+        assert new in TRANSITIONS[old], f"invalid status transition {old} -> {new} for {self.id}"
+        self.status = new
+        return old
+
+    def oci_state(self) -> dict[str, Any]:
+        """The OCI state (runtime.md) plus zentry's extras."""
+        state: dict[str, Any] = {
+            "ociVersion": OCI_VERSION,
+            "id": self.id,
+            "status": self.status,
+            "bundle": self.bundle,
+            "rootfs": (self.config.get("root") or {}).get("path", ""),
+            "created": self.created,
+            "owner": self.owner,
+            "annotations": self.annotations,
+            "sandbox": self.sandbox_id,
+        }
+        if self.status in (CREATED, RUNNING, PAUSED):
+            state["pid"] = self.pid
+        else:
+            state["pid"] = 0
+        if self.exit_status is not None:
+            state["exitStatus"] = self.exit_status
+        return state
+
+
+class Store:
+    """The state directory of one ``--root``."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+
+    def dir(self, container_id: str) -> str:
+        return os.path.join(self.root, container_id)
+
+    def path(self, container_id: str) -> str:
+        return os.path.join(self.dir(container_id), "state.json")
+
+    def ensure_root(self) -> None:
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+
+    def ids(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.root) if os.path.isfile(os.path.join(self.root, n, "state.json")))
+        except FileNotFoundError:
+            return []
+
+    def resolve(self, partial: str) -> str:
+        """The full id for an id or a unique prefix of one."""
+        validate_id(partial)
+        if os.path.isfile(self.path(partial)):
+            return partial
+        matches = [i for i in self.ids() if i.startswith(partial)]
+        if not matches:
+            raise NotFound(f"container {partial!r} does not exist")
+        if len(matches) > 1:
+            raise Ambiguous(f"container id {partial!r} is ambiguous: it matches {', '.join(matches)}")
+        return matches[0]
+
+    def load(self, container_id: str) -> Record:
+        try:
+            with open(self.path(container_id)) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise NotFound(f"container {container_id!r} does not exist") from None
+        except (OSError, ValueError) as err:
+            raise NotFound(f"container {container_id!r} has an unreadable state file: {err}") from err
+        known = {k: v for k, v in data.items() if k in Record.__dataclass_fields__}
+        return Record(**known)
+
+    def save(self, record: Record) -> None:
+        """Write atomically: temp file, fsync, rename, fsync the directory."""
+        d = self.dir(record.id)
+        tmp = os.path.join(d, f".state.json.{os.getpid()}")
+        data = json.dumps(asdict(record), separators=(",", ":")).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.path(record.id))
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def records(self) -> Iterator[Record]:
+        for cid in self.ids():
+            try:
+                yield self.load(cid)
+            except NotFound:
+                continue
+
+
+class Lock:
+    """An flock(2) on ``<root>/<id>/lock`` (created with its directory)."""
+
+    def __init__(self, store: Store, container_id: str, *, create: bool = False) -> None:
+        self.path = os.path.join(store.dir(container_id), "lock")
+        self.create = create
+        self.fd = -1
+
+    def __enter__(self) -> "Lock":
+        if self.create:
+            os.makedirs(os.path.dirname(self.path), mode=0o711, exist_ok=True)
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.create else 0)
+        try:
+            self.fd = os.open(self.path, flags, 0o600)
+        except FileNotFoundError:
+            raise NotFound(f"container {os.path.basename(os.path.dirname(self.path))!r} does not exist") from None
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError as err:
+        return err.errno == errno.EPERM
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False

@@ -1,0 +1,312 @@
+"""The actor loop: a ROUTER socket, a handler table, a control lane, timers.
+
+An actor subclass declares its handlers explicitly::
+
+    class Controller(Actor):
+        name = "controller"
+
+        @handles(Start)
+        def start(self, msg: Start, req: Request) -> Message: ...
+
+A handler returns the reply message, or ``DEFERRED`` after keeping ``req`` to
+answer later with ``req.reply(...)`` (e.g. ``wait``). An exception in a
+handler becomes an ``Error`` reply; it never kills the actor. Frames the
+decoder refuses are counted and answered with a structured error when their
+id can be read. ``Ping`` and ``Shutdown`` arrive on a separate control socket
+that is always served first, so they never wait behind slow work.
+
+Lifecycle hooks: ``on_start`` (sockets bound, before serving), ``on_stop``,
+``on_failure(exc)`` (the loop itself crashed). Requests still deferred when
+the actor stops are failed with ``ActorGone`` at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import zmq
+
+from zentry.bus import envelope as envmod
+from zentry.bus.endpoints import Endpoints, chmod_socket
+from zentry.bus.envelope import Envelope
+from zentry.bus.errors import ActorGone, ProtocolError, UnknownMessage, ZentryError, to_wire
+from zentry.bus.events import Publisher
+from zentry.bus.message import Message
+from zentry.bus.messages import ActorStarted, ActorStopped, Error, Heartbeat, Ok, Ping, Pong, RequestHandled, Shutdown
+
+log = logging.getLogger("zentry.actor")
+
+#: A handler's return value meaning "I will reply later through req.reply()".
+DEFERRED = object()
+
+
+def handles(*types: type[Message]) -> Callable:
+    """Mark a method as the handler of the given request types."""
+
+    def mark(fn: Callable) -> Callable:
+        fn._zentry_handles = types  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+class Request:
+    """A request being answered: its envelope and where the reply goes."""
+
+    __slots__ = ("actor", "sock", "identity", "env", "started_ns", "answered")
+
+    def __init__(self, actor: "Actor", sock: zmq.Socket, identity: bytes, env: Envelope) -> None:
+        self.actor = actor
+        self.sock = sock
+        self.identity = identity
+        self.env = env
+        self.started_ns = time.perf_counter_ns()
+        self.answered = False
+
+    @property
+    def id(self) -> str:
+        return self.env.id
+
+    def reply(self, msg: Message) -> None:
+        """Send the reply (once); later calls are ignored."""
+        if self.answered:
+            return
+        self.answered = True
+        self.actor._send_reply(self, msg)
+
+
+class Actor:
+    """Base class of controller, sandbox, gofer (and test actors)."""
+
+    name = "actor"
+    heartbeat_interval = 10.0
+    _table: dict[str, str] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table = dict(getattr(cls, "_table", {}))
+        for attr, fn in vars(cls).items():
+            for t in getattr(fn, "_zentry_handles", ()):
+                table[t.TAG] = attr
+        cls._table = table
+
+    def __init__(self, endpoints: Endpoints, *, sandbox_id: str, publish_events: bool = True) -> None:
+        self.endpoints = endpoints
+        self.sandbox_id = sandbox_id
+        self.publish_events = publish_events
+        self.pid = os.getpid()
+        self.started_ns = time.monotonic_ns()
+        self.handled = 0
+        self.errors = 0
+        self.bad_frames = 0
+        self.ctx: zmq.Context | None = None
+        self.events: Publisher | None = None
+        self._stopping: str | None = None
+        self._pending: set[Request] = set()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_seq = itertools.count()
+        self._fd_watches: dict[int, Callable[[int], None]] = {}
+        self._poller = zmq.Poller()
+
+    # --- lifecycle hooks (override) ----------------------------------------
+    def on_start(self) -> None:
+        """Sockets are bound; set up before the first request is served."""
+
+    def on_stop(self) -> None:
+        """The loop has ended (normally); release what on_start made."""
+
+    def on_failure(self, exc: BaseException) -> None:
+        """The loop itself crashed (not a handler: those become error replies)."""
+
+    # --- services for subclasses --------------------------------------------
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn))
+
+    def watch_fd(self, fd: int, callback: Callable[[int], None]) -> None:
+        """Call ``callback(fd)`` from the loop whenever ``fd`` is readable."""
+        self._fd_watches[fd] = callback
+        self._poller.register(fd, zmq.POLLIN)
+
+    def unwatch_fd(self, fd: int) -> None:
+        if self._fd_watches.pop(fd, None) is not None:
+            self._poller.unregister(fd)
+
+    def publish(self, msg: Message, *, parent: str = "", container_id: str | None = None) -> None:
+        if self.events is not None:
+            self.events.publish(msg, parent=parent, container_id=container_id)
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the loop to end after the current message."""
+        if self._stopping is None:
+            self._stopping = reason
+
+    # --- the loop --------------------------------------------------------------
+    def run(self) -> int:
+        """Bind, serve until stopped, clean up. Returns an exit status."""
+        self.ctx = zmq.Context()
+        router = control = None
+        try:
+            router = self._bind(self.endpoints.actor(self.name))
+            control = self._bind(self.endpoints.control(self.name))
+            if self.publish_events:
+                self.events = Publisher(self.ctx, self.endpoints.events_in, sandbox_id=self.sandbox_id, actor=self.name)
+            self._poller.register(control, zmq.POLLIN)
+            self._poller.register(router, zmq.POLLIN)
+            self.on_start()
+            self.publish(ActorStarted(actor=self.name, pid=self.pid))
+            if self.heartbeat_interval:
+                self.call_later(self.heartbeat_interval, self._heartbeat)
+            self._loop(router, control)
+            self.on_stop()
+            return 0
+        except BaseException as exc:
+            log.exception("%s loop failed", self.name)
+            self.on_failure(exc)
+            return 1
+        finally:
+            reason = self._stopping or "failed"
+            for req in list(self._pending):
+                req.reply(Error(code=ActorGone.code, message=f"{self.name} is stopping ({reason}); request not answered"))
+            self.publish(ActorStopped(actor=self.name, pid=self.pid, reason=reason))
+            if self.events is not None:
+                self.events.close()
+            for sock in (router, control):
+                if sock is not None:
+                    sock.close(linger=100)
+            self.ctx.term()
+
+    def _bind(self, endpoint: str) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 100)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if endpoint.startswith("ipc://"):
+            try:
+                os.unlink(endpoint[len("ipc://"):])
+            except FileNotFoundError:
+                pass
+        old = os.umask(0o177)
+        try:
+            sock.bind(endpoint)
+        finally:
+            os.umask(old)
+        chmod_socket(endpoint)
+        return sock
+
+    def _loop(self, router: zmq.Socket, control: zmq.Socket) -> None:
+        while self._stopping is None:
+            timeout = None
+            if self._timers:
+                timeout = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
+            ready = dict(self._poller.poll(timeout))
+            # Control lane first, always.
+            while control.poll(0):
+                self._serve(control, control.recv_multipart())
+            if ready.get(router) and self._stopping is None:
+                for _ in range(64):
+                    if not router.poll(0):
+                        break
+                    self._serve(router, router.recv_multipart())
+                    if self._stopping is not None:
+                        break
+            for fd, callback in list(self._fd_watches.items()):
+                if ready.get(fd):
+                    callback(fd)
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:
+                _t, _n, fn = heapq.heappop(self._timers)
+                fn()
+
+    def _serve(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self.bad_frames += 1
+            return
+        identity, frame = frames[0], frames[-1]
+        try:
+            env = envmod.decode(frame)
+        except (ProtocolError, UnknownMessage) as err:
+            self.bad_frames += 1
+            mid = err.details.get("id")
+            if mid:
+                bogus = Envelope(type="?", id=str(mid), parent="", sender="?", time_ns=0, body=Ok())
+                req = Request(self, sock, identity, bogus)
+                req.reply(Error(code=err.code, message=str(err)))
+            return
+        req = Request(self, sock, identity, env)
+        if env.body.KIND != "request":
+            req.reply(Error(code=ProtocolError.code, message=f"{env.type} is a {env.body.KIND}, not a request"))
+            return
+        attr = self._table.get(env.type)
+        if attr is None:
+            req.reply(Error(code=UnknownMessage.code, message=f"{self.name} does not handle {env.type}"))
+            return
+        self._pending.add(req)
+        try:
+            result = getattr(self, attr)(env.body, req)
+        except Exception as exc:  # becomes the caller's error, never the actor's death
+            if not isinstance(exc, ZentryError):
+                log.exception("%s: handler for %s failed", self.name, env.type)
+            code, message = to_wire(exc)
+            result = Error(code=code, message=message)
+        if result is not DEFERRED:
+            req.reply(result if result is not None else Ok())
+
+    def _send_reply(self, req: Request, msg: Message) -> None:
+        self._pending.discard(req)
+        self.handled += 1
+        is_error = isinstance(msg, Error)
+        if is_error:
+            self.errors += 1
+        env = Envelope.wrap(msg, sender=self.name, parent=req.env.id)
+        try:
+            req.sock.send_multipart([req.identity, env.encode()], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the caller went away
+        if req.env.type != Ping.TAG:
+            self.publish(
+                RequestHandled(
+                    request=req.env.type,
+                    sender=req.env.sender,
+                    duration_ns=time.perf_counter_ns() - req.started_ns,
+                    error=msg.code if is_error else "",
+                    message=msg.message if is_error else "",
+                ),
+                parent=req.env.id,
+                container_id=getattr(req.env.body, "container_id", None),
+            )
+
+    def _heartbeat(self) -> None:
+        self.publish(
+            Heartbeat(
+                actor=self.name,
+                pid=self.pid,
+                uptime_ns=time.monotonic_ns() - self.started_ns,
+                handled=self.handled,
+                published=self.events.published if self.events else 0,
+            )
+        )
+        self.call_later(self.heartbeat_interval, self._heartbeat)
+
+    # --- the control lane's own requests ----------------------------------------
+    @handles(Ping)
+    def _ping(self, msg: Ping, req: Request) -> Message:
+        return Pong(
+            actor=self.name,
+            pid=self.pid,
+            uptime_ns=time.monotonic_ns() - self.started_ns,
+            handled=self.handled,
+            errors=self.errors,
+            bad_frames=self.bad_frames,
+        )
+
+    @handles(Shutdown)
+    def _shutdown(self, msg: Shutdown, req: Request) -> Message:
+        self.stop(msg.reason or "shutdown requested")
+        return Ok()
+
+
+Actor._table = {t.TAG: attr for attr, fn in vars(Actor).items() for t in getattr(fn, "_zentry_handles", ())}

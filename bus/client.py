@@ -1,0 +1,115 @@
+"""Request/reply from the caller's side: a DEALER matched by message id.
+
+Every request has a deadline; a missed one raises :class:`Timeout`. When the
+caller knows the actor's pid, a dead actor is noticed within one poll slice
+and raises :class:`ActorGone` instead of waiting out the deadline. A request
+is re-sent after a deadline only when its type is declared idempotent.
+Error replies are raised as the exception class their wire code names.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import zmq
+
+from zentry.bus import envelope as envmod
+from zentry.bus.envelope import Envelope
+from zentry.bus.errors import ActorGone, ProtocolError, Timeout, from_wire
+from zentry.bus.message import Message
+from zentry.bus.messages import Error
+
+_SLICE_MS = 50
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+class Client:
+    """A blocking request/reply client for one actor endpoint."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        sender: str = "cli",
+        ctx: zmq.Context | None = None,
+        peer_pid: int | None = None,
+        curve_server_key: bytes | None = None,
+        curve_keypair: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.sender = sender
+        self.peer_pid = peer_pid
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if curve_server_key:
+            public, secret = curve_keypair or zmq.curve_keypair()
+            self.sock.curve_serverkey = curve_server_key
+            self.sock.curve_publickey = public
+            self.sock.curve_secretkey = secret
+        self.sock.connect(endpoint)
+
+    def request(self, msg: Message, *, timeout: float = 10.0, parent: str = "", retries: int = 1) -> Message:
+        """Send ``msg`` and return the reply; raise the error a reply carries."""
+        if msg.KIND != "request":
+            raise ProtocolError(f"{msg.TAG} is not a request")
+        if self.endpoint.startswith("ipc://") and not os.path.exists(self.endpoint[6:]):
+            raise ActorGone(f"no actor listens at {self.endpoint}")
+        attempts = 1 + (retries if msg.IDEMPOTENT else 0)
+        env = Envelope.wrap(msg, sender=self.sender, parent=parent)
+        frame = env.encode()
+        for attempt in range(attempts):
+            self.sock.send(frame)
+            reply = self._await(env.id, time.monotonic() + timeout, msg.TAG)
+            if reply is not None:
+                return self._unwrap(reply)
+        raise Timeout(f"no reply to {msg.TAG} from {self.endpoint} within {timeout:g}s")
+
+    def _await(self, mid: str, deadline: float, tag: str) -> Envelope | None:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if self.sock.poll(min(_SLICE_MS, int(left * 1000) + 1)):
+                frame = self.sock.recv()
+                try:
+                    env = envmod.decode(frame)
+                except ProtocolError:
+                    continue  # a bad frame is not our reply
+                if env.parent == mid:
+                    return env
+                continue  # a late reply to an earlier request
+            if self.peer_pid is not None and not _alive(self.peer_pid):
+                raise ActorGone(f"actor (pid {self.peer_pid}) at {self.endpoint} died before answering {tag}")
+
+    @staticmethod
+    def _unwrap(env: Envelope) -> Message:
+        if isinstance(env.body, Error):
+            raise from_wire(env.body.code, env.body.message, env.body.details)
+        return env.body
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

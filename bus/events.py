@@ -1,0 +1,153 @@
+"""Event publishing and the per-sandbox event stream.
+
+Every actor owns a PUB socket connected to its sandbox's ``events.in``; the
+controller runs the stream: an XSUB/XPUB forwarder that republishes on
+``events.sock`` and keeps a bounded ring of recent events for late taps.
+
+Frames on the stream are three parts: ``[topic, seq, envelope]``. The topic
+is ``<sandbox>.<container>.<actor>.<kind>`` (``-`` for no container) so a
+subscriber filters by prefix; ``seq`` is a per-publisher counter (msgpack
+int) from which a subscriber counts what it lost. Publishing never blocks:
+PUB drops at its high-water mark, and the loss shows up as a seq gap.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Iterable
+
+import zmq
+
+from zentry.bus import codec
+from zentry.bus.envelope import Envelope
+from zentry.bus.message import Message
+
+#: Messages a PUB socket queues for a slow peer before it drops.
+PUB_HWM = 10000
+#: Events kept by the stream for ``zentry tap --since``.
+RING_SIZE = 4096
+
+
+def topic(sandbox_id: str, container_id: str | None, actor: str, kind: str) -> bytes:
+    return f"{sandbox_id}.{container_id or '-'}.{actor}.{kind}".encode()
+
+
+def event_kind(msg: Message) -> str:
+    """The last part of a topic: ``event.syscall`` -> ``syscall``."""
+    return msg.TAG.split(".", 1)[-1]
+
+
+class Publisher:
+    """One actor's (or one thread's) event publisher. Not thread-safe: one per thread."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str | None, *, sandbox_id: str, actor: str) -> None:
+        self.sandbox_id = sandbox_id
+        self.actor = actor
+        self.seq = 0
+        self.published = 0
+        self.sock: zmq.Socket | None = None
+        if endpoint:
+            sock = ctx.socket(zmq.PUB)
+            sock.setsockopt(zmq.SNDHWM, PUB_HWM)
+            sock.setsockopt(zmq.LINGER, 200)
+            sock.connect(endpoint)
+            self.sock = sock
+
+    def publish(self, msg: Message, *, parent: str = "", container_id: str | None = None) -> None:
+        if self.sock is None:
+            return
+        cid = container_id if container_id is not None else getattr(msg, "container_id", None)
+        env = Envelope.wrap(msg, sender=self.actor, parent=parent)
+        self.seq += 1
+        try:
+            self.sock.send_multipart(
+                [topic(self.sandbox_id, cid, self.actor, event_kind(msg)), codec.pack(self.seq), env.encode()],
+                flags=zmq.NOBLOCK,
+            )
+            self.published += 1
+        except zmq.Again:
+            pass  # dropped: the gap in seq tells the subscriber
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class EventStream(threading.Thread):
+    """The sandbox's stream: XSUB (actors publish in) -> XPUB (taps subscribe).
+
+    Runs in a thread of the controller with its own sockets. Keeps the last
+    ``RING_SIZE`` frames with their arrival time for ``history()``.
+    """
+
+    def __init__(self, ctx: zmq.Context, inbound: str, outbound: str, extra_outbound: Iterable[str] = ()) -> None:
+        super().__init__(name="event-stream", daemon=True)
+        self.ctx = ctx
+        self.inbound = inbound
+        self.outbound = outbound
+        self.extra_outbound = list(extra_outbound)
+        self.ring: collections.deque[tuple[int, list[bytes]]] = collections.deque(maxlen=RING_SIZE)
+        self.lock = threading.Lock()
+        self.forwarded = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from zentry.bus.endpoints import chmod_socket
+
+        try:
+            xsub = self.ctx.socket(zmq.XSUB)
+            xsub.setsockopt(zmq.LINGER, 0)
+            xsub.bind(self.inbound)
+            chmod_socket(self.inbound)
+            xsub.send(b"\x01")  # subscribe to everything upstream
+            xpub = self.ctx.socket(zmq.XPUB)
+            xpub.setsockopt(zmq.LINGER, 0)
+            xpub.setsockopt(zmq.SNDHWM, PUB_HWM)
+            xpub.bind(self.outbound)
+            chmod_socket(self.outbound)
+            for ep in self.extra_outbound:
+                xpub.bind(ep)
+        except BaseException as err:  # reported by wait_ready()
+            self.error = err
+            self._ready.set()
+            return
+        self._ready.set()
+        poller = zmq.Poller()
+        poller.register(xsub, zmq.POLLIN)
+        poller.register(xpub, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                for sock, _ev in poller.poll(100):
+                    if sock is xsub:
+                        frames = xsub.recv_multipart(copy=True)
+                        with self.lock:
+                            self.ring.append((time.time_ns(), frames))
+                        try:
+                            xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+                        except zmq.Again:
+                            pass
+                        self.forwarded += 1
+                    else:
+                        # A tap (un)subscribed. Upstream stays subscribed to
+                        # everything, since the ring keeps every event.
+                        xpub.recv()
+        finally:
+            xsub.close()
+            xpub.close()
+
+    def wait_ready(self, timeout: float = 5.0) -> None:
+        self._ready.wait(timeout)
+        if self.error is not None:
+            raise self.error
+
+    def history(self, since_ns: int) -> list[list[bytes]]:
+        with self.lock:
+            return [frames for t, frames in self.ring if t >= since_ns]
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,43 @@
+"""zentry create: make a container that waits for start."""
+
+from __future__ import annotations
+
+import os
+
+HELP = "create a container (it waits for start)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", "-b", default=".", help="bundle directory (default: current directory)")
+    p.add_argument("--console-socket", default="", help="unix socket that receives the pty master")
+    p.add_argument("--pid-file", default=None, help="file to write the sandbox pid to (written last)")
+    p.add_argument("--no-pivot", action="store_true", help="accepted for runc compatibility")
+    p.add_argument("--no-new-keyring", action="store_true", help="accepted for runc compatibility")
+    p.add_argument("--preserve-fds", type=int, default=0, help="accepted for runc compatibility")
+    p.add_argument("container_id", metavar="ID")
+
+
+def create(args, ctx):
+    """Shared by create and run: validate, launch, return the Created reply."""
+    from zentry.actors import launch
+    from zentry.actors.oci import load_bundle
+    from zentry.actors.state import validate_id
+    from zentry.bus.errors import InvalidArgument
+
+    validate_id(args.container_id)
+    bundle = os.path.abspath(args.bundle)
+    config = load_bundle(bundle)
+    if (config.get("process") or {}).get("terminal") and not args.console_socket:
+        raise InvalidArgument("cannot allocate a pty without --console-socket (process.terminal is true)")
+    if ctx.strace:
+        config.setdefault("annotations", {})["dev.zentry.strace"] = "true"
+    return launch.create_container(ctx.store(), args.container_id, bundle, config, console_socket=args.console_socket, log_file=ctx.log_file)
+
+
+def run(args, ctx) -> int:
+    from zentry.cmd.common import write_pid_file
+
+    created = create(args, ctx)
+    if args.pid_file:
+        write_pid_file(args.pid_file, created.pid)
+    return 0

@@ -1,0 +1,119 @@
+"""zentry exec: run a new process inside a running container."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+
+HELP = "run a process in a running container"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--process", "-p", default=None, help="process.json (OCI process object)")
+    p.add_argument("--cwd", default=None)
+    p.add_argument("--env", "-e", action="append", default=[])
+    p.add_argument("--user", "-u", default=None, help="uid[:gid]")
+    p.add_argument("--additional-gids", "-g", action="append", default=[])
+    p.add_argument("--cap", "-c", action="append", default=[])
+    p.add_argument("--tty", "-t", action="store_true")
+    p.add_argument("--detach", "-d", action="store_true")
+    p.add_argument("--pid-file", default=None)
+    p.add_argument("--console-socket", default="")
+    p.add_argument("--no-new-privs", action="store_true")
+    p.add_argument("--process-label", default=None, help="ignored (no SELinux)")
+    p.add_argument("--apparmor", default=None, help="ignored (no AppArmor)")
+    p.add_argument("--preserve-fds", type=int, default=0)
+    p.add_argument("container_id", metavar="ID")
+    p.add_argument("command", nargs="*")
+
+
+def build_process(args, base: dict) -> dict:
+    from zentry.bus.errors import InvalidArgument
+
+    if args.process:
+        try:
+            with open(args.process) as f:
+                process = json.load(f)
+        except (OSError, ValueError) as err:
+            raise InvalidArgument(f"cannot read process file {args.process}: {err}") from err
+        if not isinstance(process, dict) or not process.get("args"):
+            raise InvalidArgument(f"process file {args.process}: args must be a non-empty array")
+        return process
+    if not args.command:
+        raise InvalidArgument("exec needs a command (or --process)")
+    process = json.loads(json.dumps(base))
+    process["args"] = list(args.command)
+    process["terminal"] = bool(args.tty)
+    if args.cwd:
+        process["cwd"] = args.cwd
+    if args.env:
+        names = {e.split("=", 1)[0] for e in args.env}
+        process["env"] = [e for e in process.get("env") or [] if e.split("=", 1)[0] not in names] + list(args.env)
+    if args.user:
+        uid, _, gid = args.user.partition(":")
+        try:
+            process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+        except ValueError:
+            raise InvalidArgument(f"invalid --user {args.user!r}: expected uid[:gid]") from None
+    if args.additional_gids:
+        process.setdefault("user", {})["additionalGids"] = [int(g) for g in args.additional_gids]
+    if args.no_new_privs:
+        process["noNewPrivileges"] = True
+    if args.cap:
+        caps = process.setdefault("capabilities", {})
+        for kind in ("bounding", "effective", "permitted"):
+            caps[kind] = sorted(set(caps.get(kind) or []) | set(args.cap))
+    return process
+
+
+def run(args, ctx) -> int:
+    from zentry.actors import forwarder
+    from zentry.actors.spawn import fork_actor, report_ready
+    from zentry.bus.errors import InvalidArgument
+    from zentry.bus.messages import ExecInfo
+    from zentry.cmd.common import ask, load, write_pid_file
+
+    rec = load(ctx.store(), args.container_id)
+    rec.require_status("exec in", "created", "running")
+    target = ask(rec, ExecInfo(container_id=rec.id))
+    process = build_process(args, target.config.get("process") or {})
+    listener = tmpdir = None
+    if process.get("terminal") and not args.console_socket:
+        if args.detach:
+            raise InvalidArgument("cannot allocate a pty for a detached exec without --console-socket")
+        tmpdir = tempfile.mkdtemp(prefix="zentry-console-")
+        args.console_socket = os.path.join(tmpdir, "console.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(args.console_socket)
+        listener.listen(1)
+
+    def start() -> int:
+        return forwarder.start_exec(target.init_pid, target.cgroup_procs, target.config, process, target.fd_socket, rec.id, args.console_socket)
+
+    try:
+        if args.detach:
+            def forwarder_main(ready_fd: int) -> int:
+                pid = start()
+                report_ready(ready_fd)
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                os.close(null)
+                return forwarder.relay(pid, lambda sig: os.kill(pid, sig))
+
+            child = fork_actor("forwarder", forwarder_main, detach=True, quiet_stdio=False)
+            child.wait_ready()
+            if args.pid_file:
+                write_pid_file(args.pid_file, child.pid)
+            return 0
+        pid = start()
+        master = forwarder.receive_console(listener) if listener is not None else None
+        return forwarder.relay(pid, lambda sig: os.kill(pid, sig), master)
+    finally:
+        if listener is not None:
+            listener.close()
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)

@@ -1,0 +1,156 @@
+"""The zentry command line: global flags, the command table, errors to exit codes.
+
+Each subcommand is one module of this package with ``HELP``,
+``add_arguments(parser)`` and ``run(args, ctx) -> int``. Commands parse,
+ask an actor, print; lifecycle logic lives in ``actors/``.
+
+Errors: every failure is one line on stderr (``zentry: <message>``) and,
+with ``--log FILE --log-format json``, one ``{"level":"error","msg":…,"time":…}``
+line in the log (containerd shows the user only that). Exit status 1, as
+runc; engines derive 126/127 from the message text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+from zentry.bus.errors import ZentryError, to_wire
+
+#: The command table: group -> module names (module ``zentry.cmd.<name>``).
+COMMANDS: dict[str, list[str]] = {
+    "oci": ["create", "start", "run", "exec", "kill", "delete", "state", "list", "ps", "pause", "resume", "events", "wait", "update", "spec", "features"],
+    "extras": ["do"],
+}
+
+#: Where a command's module name differs from its verb.
+VERBS = {"list": "list_", "exec": "exec_", "do": "do_"}
+
+EXIT_FAILURE = 1
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import version as dist_version
+
+        return dist_version("zentry")
+    except Exception:
+        return "0.0.0"
+
+
+@dataclass
+class Context:
+    """What every command gets besides its own arguments."""
+
+    root: str
+    log_file: str | None
+    log_format: str
+    debug: bool
+    systemd_cgroup: bool
+    strace: bool
+
+    def store(self):
+        from zentry.actors.state import Store
+
+        return Store(self.root)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "level": record.levelname.lower().replace("warning", "warning"),
+                "msg": record.getMessage(),
+                "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat().replace("+00:00", "Z"),
+            }
+        )
+
+
+def setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
+    root = logging.getLogger("zentry")
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if log_file:
+        handler: logging.Handler = logging.FileHandler(log_file)
+        handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    elif debug:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zentry", description="zentry: a sandboxed, runc-compatible OCI container runtime")
+    parser.add_argument("--version", action="version", version=f"zentry version {version()}\nspec: 1.2.0")
+    parser.add_argument("--root", default=os.environ.get("ZENTRY_ROOT", "/run/zentry"), help="state directory (default /run/zentry)")
+    parser.add_argument("--log", default=None, help="log file (engines read its last error line)")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"], help="log format")
+    parser.add_argument("--debug", action="store_true", help="debug logging")
+    parser.add_argument("--systemd-cgroup", action="store_true", help="use systemd cgroups (not available without systemd)")
+    parser.add_argument("--strace", action="store_true", help="publish every trapped syscall on the tap")
+    parser.add_argument("--rootless", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--criu", default=None, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group, names in COMMANDS.items():
+        for name in names:
+            module = importlib.import_module(f"zentry.cmd.{VERBS.get(name, name)}")
+            p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+            module.add_arguments(p)
+            p.set_defaults(_module=module)
+    return parser
+
+
+def fail(ctx_log: logging.Logger, message: str) -> int:
+    ctx_log.error(message)
+    print(f"zentry: {message}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log, args.log_format, args.debug)
+    log = logging.getLogger("zentry.cli")
+    if not args.command:
+        parser.print_help()
+        return 0
+    ctx = Context(
+        root=args.root,
+        log_file=args.log,
+        log_format=args.log_format,
+        debug=args.debug,
+        systemd_cgroup=args.systemd_cgroup,
+        strace=args.strace,
+    )
+    try:
+        if args.systemd_cgroup and not os.path.isdir("/run/systemd/system"):
+            from zentry.bus.errors import Unsupported
+
+            raise Unsupported("--systemd-cgroup: systemd is not running on this host; use cgroupfs paths")
+        return int(args._module.run(args, ctx) or 0)
+    except ZentryError as err:
+        return fail(log, str(err))
+    except KeyboardInterrupt:
+        return fail(log, "interrupted")
+    except OSError as err:
+        return fail(log, to_wire(err)[1])
+    except Exception as err:  # a bug: still one line, and the traceback in the log
+        log.debug("unexpected error", exc_info=True)
+        return fail(log, f"internal error: {type(err).__name__}: {err}")
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,82 @@
+"""zentry run: create, start, and (unless --detach) wait in the foreground."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+
+HELP = "create and start a container, then wait for it (unless --detach)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", "-b", default=".", help="bundle directory (default: current directory)")
+    p.add_argument("--console-socket", default="", help="unix socket that receives the pty master")
+    p.add_argument("--pid-file", default=None)
+    p.add_argument("--detach", "-d", action="store_true", help="do not wait for the container")
+    p.add_argument("--keep", action="store_true", help="do not delete the container after it exits")
+    p.add_argument("--no-pivot", action="store_true", help="accepted for runc compatibility")
+    p.add_argument("--no-new-keyring", action="store_true", help="accepted for runc compatibility")
+    p.add_argument("--preserve-fds", type=int, default=0, help="accepted for runc compatibility")
+    p.add_argument("container_id", metavar="ID")
+
+
+def run(args, ctx) -> int:
+    from zentry.actors.oci import load_bundle
+
+    config = load_bundle(os.path.abspath(args.bundle))
+    terminal = bool((config.get("process") or {}).get("terminal"))
+    return run_foreground(args, ctx, terminal)
+
+
+def run_foreground(args, ctx, terminal: bool) -> int:
+    from zentry.actors import forwarder, launch
+    from zentry.bus.errors import InvalidArgument, ZentryError
+    from zentry.bus.messages import Delete, Kill, Start
+    from zentry.cmd.common import ask, load, write_pid_file
+    from zentry.cmd.create import create
+
+    listener = tmpdir = None
+    if terminal and not args.console_socket:
+        if args.detach:
+            raise InvalidArgument("cannot allocate a pty for a detached container without --console-socket")
+        tmpdir = tempfile.mkdtemp(prefix="zentry-console-")
+        args.console_socket = os.path.join(tmpdir, "console.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(args.console_socket)
+        listener.listen(1)
+    try:
+        created = create(args, ctx)
+        store = ctx.store()
+        rec = load(store, args.container_id)
+        try:
+            master = forwarder.receive_console(listener) if listener is not None else None
+            ask(rec, Start(container_id=rec.id))
+            if args.pid_file:
+                write_pid_file(args.pid_file, created.pid)
+        except BaseException:
+            ask(rec, Delete(container_id=rec.id, force=True))
+            launch.wait_gone([rec.controller_pid, rec.gofer_pid, created.pid])
+            launch.remove_dir(store, rec)
+            raise
+        if args.detach:
+            return 0
+
+        def send(sig: int) -> None:
+            ask(rec, Kill(container_id=rec.id, signal=sig), timeout=5)
+
+        status = forwarder.relay(created.pid, send, master)
+        if not args.keep:
+            try:
+                ask(rec, Delete(container_id=rec.id, force=True))
+            except ZentryError:
+                launch.remove_orphan(store, rec)
+            launch.wait_gone([rec.controller_pid, rec.gofer_pid], timeout=10)
+            launch.remove_dir(store, rec)
+        return status
+    finally:
+        if listener is not None:
+            listener.close()
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
