@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ def add_arguments(p) -> None:
     p.add_argument("--apparmor", default=None, help="ignored (no AppArmor)")
     p.add_argument("--preserve-fds", type=int, default=0)
     p.add_argument("container_id", metavar="ID")
-    p.add_argument("command", nargs="*")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
 
 
 def build_process(args, base: dict) -> dict:

@@ -86,6 +86,8 @@ def setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
+    else:
+        root.addHandler(logging.NullHandler())  # errors reach stderr once, from main()
 
 
 def build_parser() -> argparse.ArgumentParser:

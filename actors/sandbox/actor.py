@@ -249,7 +249,7 @@ class Sandbox(Actor):
                         libc.unshare(libc.CLONE_NEWPID)
                 init = os.fork()
                 if init == 0:
-                    code = container_init(theirs, msg.config, msg.rootfs, msg.gofer_pid, msg.console_socket)
+                    code = container_init(theirs, msg.config, msg.rootfs, msg.gofer_pid, msg.console_socket, self.pid)
                 else:
                     theirs.send(f"pid {init}".encode())
                     code = 0

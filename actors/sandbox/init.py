@@ -148,7 +148,7 @@ def setup_terminal(console: socket.socket) -> None:
         os.close(slave)
 
 
-def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: int, console_socket: str) -> int:
+def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: int, console_socket: str, sandbox_pid: int) -> int:
     """Runs in the forked child; never returns on success (execve)."""
     try:
         for sig in range(1, signal.NSIG):
@@ -159,9 +159,16 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
             except (OSError, ValueError):
                 pass
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         if chan.recv(16) != b"go":
             return 1
+        # By "go" the intermediate is gone and we are the sandbox's child: from
+        # now on the sandbox's death kills us (fail closed). Checked after
+        # setting, in case it died in between. (As PID 1 of a new pid
+        # namespace our parent is outside it: getppid() is 0. A sandbox that
+        # died before the prctl closes ``chan``, which ends setup anyway.)
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() not in (0, sandbox_pid):
+            raise SystemFailure(f"container init: the sandbox (pid {sandbox_pid}) is not our parent (pid {os.getppid()})")
         process = config.get("process") or {}
         linux = config.get("linux") or {}
 

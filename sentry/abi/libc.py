@@ -177,3 +177,144 @@ def raw_syscall(number: int, *args: int | bytes | None) -> int:
 def libc() -> ctypes.CDLL:
     """The process-wide libc handle (for bindings that live next to their structs)."""
     return _libc
+
+
+# --- additions for the gofer: openat2(2) and mount_setattr(2) ----------------
+# <asm/unistd_64.h>
+SYS_mount_setattr = 442
+
+# <linux/fcntl.h>
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+
+# <linux/openat2.h>: open_how.resolve bits
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+RESOLVE_CACHED = 0x20
+
+# <linux/mount.h>: mount_attr.attr_set / attr_clr bits
+MOUNT_ATTR_RDONLY = 0x00000001
+MOUNT_ATTR_NOSUID = 0x00000002
+MOUNT_ATTR_NODEV = 0x00000004
+MOUNT_ATTR_NOEXEC = 0x00000008
+MOUNT_ATTR__ATIME = 0x00000070
+MOUNT_ATTR_RELATIME = 0x00000000
+MOUNT_ATTR_NOATIME = 0x00000010
+MOUNT_ATTR_STRICTATIME = 0x00000020
+MOUNT_ATTR_NODIRATIME = 0x00000080
+MOUNT_ATTR_NOSYMFOLLOW = 0x00200000
+
+# <sys/mount.h>: flags missing above
+MS_I_VERSION = 1 << 23
+
+
+class OpenHow(ctypes.Structure):
+    """``struct open_how`` from <linux/openat2.h> (24 bytes)::
+
+        struct open_how {
+            __u64 flags;
+            __u64 mode;
+            __u64 resolve;
+        };
+    """
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class MountAttr(ctypes.Structure):
+    """``struct mount_attr`` from <linux/mount.h> (MOUNT_ATTR_SIZE_VER0, 32 bytes)::
+
+        struct mount_attr {
+            __u64 attr_set;
+            __u64 attr_clr;
+            __u64 propagation;
+            __u64 userns_fd;
+        };
+    """
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def openat2_resolve(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat2(2) from plain arguments: open ``path`` relative to ``dirfd`` under ``resolve``.
+
+    (``openat2`` below, added for the sentry, takes a prepared open_how.)
+    """
+    how = OpenHow(flags, mode, resolve)
+    return _check(
+        _libc.syscall(
+            ctypes.c_long(SYS_openat2), ctypes.c_int(dirfd), _b(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))
+        ),
+        "openat2",
+        dirfd,
+        path,
+        flags,
+        resolve,
+    )
+
+
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: int = 0, propagation: int = 0) -> None:
+    """mount_setattr(2): change the attributes of a mount (recursively with AT_RECURSIVE)."""
+    attr = MountAttr(attr_set, attr_clr, propagation, 0)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(SYS_mount_setattr),
+            ctypes.c_int(dirfd),
+            _b(path),
+            ctypes.c_uint(flags),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        "mount_setattr",
+        dirfd,
+        path,
+        flags,
+        attr_set,
+        attr_clr,
+    )
+
+
+# --- added for the sentry: tracee memory, openat2, per-thread fs credentials ----------
+SYS_setgroups = 116
+SYS_setfsuid = 122
+SYS_setfsgid = 123
+SYS_process_vm_readv = 310
+SYS_process_vm_writev = 311
+
+_libc.process_vm_readv.restype = ctypes.c_ssize_t
+_libc.process_vm_readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+_libc.process_vm_writev.restype = ctypes.c_ssize_t
+_libc.process_vm_writev.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+
+
+def openat2(dirfd: int, path: bytes, how: ctypes.Array | bytes | ctypes.Structure) -> int:
+    """openat2(2) with a prepared ``struct open_how`` (24 bytes); -1 becomes OSError."""
+    res = _libc.syscall(ctypes.c_long(SYS_openat2), ctypes.c_int(dirfd), path, how, ctypes.c_size_t(24))
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"openat2({dirfd}, {path!r}): {os.strerror(err)}")
+    return res
+
+
+def thread_setfsuid(uid: int) -> int:
+    """setfsuid(2) as a raw syscall: it changes only the calling thread. Returns the previous fsuid."""
+    return _libc.syscall(ctypes.c_long(SYS_setfsuid), ctypes.c_uint(uid))
+
+
+def thread_setfsgid(gid: int) -> int:
+    """setfsgid(2) as a raw syscall (calling thread only). Returns the previous fsgid."""
+    return _libc.syscall(ctypes.c_long(SYS_setfsgid), ctypes.c_uint(gid))
+
+
+def thread_setgroups(gids: tuple[int, ...] | list[int]) -> None:
+    """setgroups(2) as a raw syscall: unlike glibc's wrapper it changes only the calling thread."""
+    arr = (ctypes.c_uint * max(1, len(gids)))(*gids)
+    _check(_libc.syscall(ctypes.c_long(SYS_setgroups), ctypes.c_size_t(len(gids)), arr), "setgroups", len(gids))

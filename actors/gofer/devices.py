@@ -1,0 +1,132 @@
+"""The container's /dev: default devices, linux.devices, and the /dev links.
+
+Default devices (runtime-linux.md) are the host's own nodes bind-mounted onto
+empty files, which works even where mknod is refused (user namespaces, nodev
+filesystems). ``linux.devices`` entries are made with mknod and fall back to
+a bind mount of the host node at the same path.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+
+from zentry.actors.gofer.mounts import container_path, fd_path
+from zentry.actors.gofer.resolve import ensure_in_root
+from zentry.bus.errors import ConfigError, SystemFailure
+from zentry.sentry.abi import libc
+
+#: runtime-linux.md: every container gets these (ptmx is a link into /dev/pts)
+DEFAULT_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
+
+#: runtime-linux.md "Dev symbolic links": link -> target, made when /proc is mounted
+DEV_SYMLINKS = (
+    ("/dev/fd", "/proc/self/fd"),
+    ("/dev/stdin", "/proc/self/fd/0"),
+    ("/dev/stdout", "/proc/self/fd/1"),
+    ("/dev/stderr", "/proc/self/fd/2"),
+)
+
+_TYPES = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+
+
+def _bind_host_node(root_fd: int, path: str, host_path: str) -> None:
+    fd = ensure_in_root(root_fd, path, directory=False)
+    try:
+        libc.mount(host_path, fd_path(fd), None, libc.MS_BIND, None)
+    finally:
+        os.close(fd)
+
+
+def _parse_device(dev: dict) -> tuple[str, int, int, int, int, int]:
+    """(path, S_IF* type, rdev, permission bits, uid, gid) of a linux.devices entry."""
+    if not isinstance(dev, dict):
+        raise ConfigError(f"linux.devices entry {dev!r} is not an object")
+    path = dev.get("path")
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"linux.devices entry {dev!r} has no path")
+    kind = _TYPES.get(dev.get("type"))
+    if kind is None:
+        raise ConfigError(f'device "{path}": type {dev.get("type")!r} is not one of c, b, u, p')
+    if kind == stat.S_IFIFO:
+        rdev = 0
+    else:
+        major, minor = dev.get("major"), dev.get("minor")
+        if not isinstance(major, int) or not isinstance(minor, int):
+            raise ConfigError(f'device "{path}": major and minor are required for type {dev["type"]}')
+        rdev = os.makedev(major, minor)
+    mode = dev.get("fileMode", 0o666)
+    if not isinstance(mode, int):
+        raise ConfigError(f'device "{path}": fileMode {mode!r} is not a number')
+    return container_path(path), kind, rdev, mode & 0o7777, int(dev.get("uid", 0)), int(dev.get("gid", 0))
+
+
+def make_device(root_fd: int, dev: dict) -> None:
+    """Create one linux.devices entry inside the root (mknod, else bind from the host)."""
+    path, kind, rdev, mode, uid, gid = _parse_device(dev)
+    parent, name = posixpath.split(path)
+    dir_fd = ensure_in_root(root_fd, parent, directory=True)
+    try:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if stat.S_IFMT(st.st_mode) == kind and (kind == stat.S_IFIFO or st.st_rdev == rdev):
+                return
+            raise ConfigError(f'device "{path}": a file that is not this device already exists there')
+        try:
+            os.mknod(name, kind | mode, rdev, dir_fd=dir_fd)
+        except PermissionError:
+            if not os.path.exists(path):
+                raise
+            _bind_host_node(root_fd, path, path)
+            return
+        os.chmod(name, mode, dir_fd=dir_fd)  # mknod applied the umask
+        os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    finally:
+        os.close(dir_fd)
+
+
+def create_devices(root_fd: int, config: dict, rootfs: str) -> None:
+    """Default devices, linux.devices and /dev/ptmx inside the root at ``root_fd``."""
+    devices = (config.get("linux") or {}).get("devices") or []
+    if not isinstance(devices, list):
+        raise ConfigError("linux.devices is not a list")
+    listed = {container_path(d["path"]) for d in devices if isinstance(d, dict) and isinstance(d.get("path"), str)}
+    for path in DEFAULT_DEVICES:
+        if path in listed:
+            continue
+        try:
+            _bind_host_node(root_fd, path, path)
+        except OSError as err:
+            raise SystemFailure(f'cannot bind-mount device "{path}" (rootfs {rootfs}): {err}') from err
+    for dev in devices:
+        try:
+            make_device(root_fd, dev)
+        except OSError as err:
+            raise SystemFailure(f'cannot create device "{dev.get("path")}" (rootfs {rootfs}): {err}') from err
+    dev_fd = ensure_in_root(root_fd, "/dev", directory=True)
+    try:
+        try:
+            os.stat("ptmx", dir_fd=dev_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.symlink("pts/ptmx", "ptmx", dir_fd=dev_fd)
+    except OSError as err:
+        raise SystemFailure(f'cannot link "/dev/ptmx" (rootfs {rootfs}): {err}') from err
+    finally:
+        os.close(dev_fd)
+
+
+def create_dev_symlinks() -> None:
+    """/dev/fd, /dev/stdin... inside the container, once /proc is there (runtime-linux.md)."""
+    if not os.path.isdir("/proc/self/fd") or not os.path.isdir("/dev"):
+        return
+    for link, target in DEV_SYMLINKS:
+        if os.path.lexists(link):
+            continue
+        try:
+            os.symlink(target, link)
+        except OSError as err:
+            raise SystemFailure(f'cannot link "{link}" to "{target}": {err}') from err

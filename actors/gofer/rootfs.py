@@ -1,0 +1,260 @@
+"""The container's root filesystem view: built by the gofer, entered by the container init.
+
+Three steps, in three processes (design.md §2, §6; notes pitfalls 9-11):
+
+1. ``prepare_rootfs`` runs in the gofer, a single-threaded process that has
+   already unshared its mount namespace. It makes the mounts private, binds
+   the bundle's rootfs onto ``mountpoint`` and mounts every ``mounts`` entry
+   and the default devices below it. proc, sysfs, mqueue and cgroup mounts
+   (and anything below them) wait for step 3: they depend on the namespaces
+   of the process that mounts them.
+2. ``enter_rootfs`` runs in the container init after it has joined the
+   gofer's mount namespace and unshared a copy of it: pivot_root into the
+   view, so the gofer's own namespace is not changed.
+3. ``finish_in_container`` runs as PID 1 of the container's pid namespace:
+   the deferred mounts, the /dev links, maskedPaths, readonlyPaths and a
+   read-only root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from zentry.actors.gofer import devices, mounts
+from zentry.actors.gofer.mounts import current_flags, parse_options
+from zentry.bus.errors import ConfigError, SystemFailure
+from zentry.sentry.abi import libc
+
+L = libc
+
+#: linux.rootfsPropagation -> flags applied (recursively) to the mountpoint
+ROOTFS_PROPAGATION = {
+    "private": L.MS_PRIVATE,
+    "slave": L.MS_SLAVE,
+    "shared": L.MS_SHARED,
+    "unbindable": L.MS_UNBINDABLE,
+}
+
+
+def _rootfs_path(config: dict, bundle_dir: str) -> str:
+    root = config.get("root")
+    path = root.get("path") if isinstance(root, dict) else None
+    if not isinstance(path, str) or not path:
+        raise ConfigError("config.json has no root.path")
+    path = path if os.path.isabs(path) else os.path.join(bundle_dir, path)
+    if not os.path.isdir(path):
+        raise ConfigError(f'root.path "{path}" is not a directory')
+    return path
+
+
+def _mount_list(config: dict) -> list[dict]:
+    entries = config.get("mounts") or []
+    if not isinstance(entries, list) or not all(isinstance(m, dict) for m in entries):
+        raise ConfigError("config.json mounts is not a list of objects")
+    return entries
+
+
+def _propagation(config: dict) -> int | None:
+    value = (config.get("linux") or {}).get("rootfsPropagation")
+    if value in (None, ""):
+        return None
+    if value not in ROOTFS_PROPAGATION:
+        raise ConfigError(f"linux.rootfsPropagation {value!r} is not one of {', '.join(ROOTFS_PROPAGATION)}")
+    return ROOTFS_PROPAGATION[value]
+
+
+def _wants_devices(config: dict, entries: list[dict]) -> bool:
+    """Devices are made unless /dev is bind-mounted from the host (then it has them)."""
+    for entry in entries:
+        if mounts.destination(entry) == "/dev" and mounts.is_bind(entry, parse_options(entry.get("options"))):
+            return False
+    return True
+
+
+def prepare_rootfs(config: dict, bundle_dir: str, mountpoint: str) -> None:
+    """Build the container's filesystem view at ``mountpoint`` (gofer side).
+
+    The caller is alone in a mount namespace of its own: every mount made
+    here stays in it. Raises ConfigError for a bad config, SystemFailure when
+    a mount fails (the message names what, where and the rootfs).
+    """
+    rootfs = _rootfs_path(config, bundle_dir)
+    entries = _mount_list(config)
+    plan = mounts.plan_in_container(entries)
+    propagation = _propagation(config)
+    label = (config.get("linux") or {}).get("mountLabel") or None
+    try:
+        # Nothing we mount may leak to the host; a slave "/" still lets host
+        # mounts appear in a slave or shared rootfs, as the spec describes.
+        base = L.MS_SLAVE if propagation in (L.MS_SLAVE, L.MS_SHARED) else L.MS_PRIVATE
+        L.mount(None, "/", None, L.MS_REC | base, None)
+        os.makedirs(mountpoint, exist_ok=True)
+        L.mount(rootfs, mountpoint, None, L.MS_BIND | L.MS_REC, None)
+    except OSError as err:
+        raise SystemFailure(f'cannot bind rootfs "{rootfs}" on "{mountpoint}": {err}') from err
+
+    root_fd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for entry, inside in zip(entries, plan):
+            if not inside:
+                mounts.mount_in_root(root_fd, entry, bundle_dir, rootfs, label)
+        if _wants_devices(config, entries):
+            devices.create_devices(root_fd, config, rootfs)
+    finally:
+        os.close(root_fd)
+
+    if propagation is not None:
+        try:
+            L.mount(None, mountpoint, None, L.MS_REC | propagation, None)
+        except OSError as err:
+            raise SystemFailure(f"cannot set rootfs propagation on {mountpoint}: {err}") from err
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    return field.encode().decode("unicode_escape").encode("latin-1").decode(errors="surrogateescape")
+
+
+def _mountinfo() -> list[tuple[str, list[str]]]:
+    """(mount point, optional fields) of every mount, in mount order."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            out.append((_unescape(fields[4]), fields[6:sep]))
+    return out
+
+
+def enter_rootfs(mountpoint: str) -> None:
+    """Make ``mountpoint`` the process's "/" (pivot_root; old root detached).
+
+    The caller must be single-threaded, in a mount namespace that is its own
+    copy of the gofer's (setns, then unshare(CLONE_NEWNS)).
+    """
+    try:
+        mountpoint = os.path.realpath(mountpoint)
+        tops = [optional for point, optional in _mountinfo() if point == mountpoint]
+        # pivot_root refuses a shared new root; it becomes shared again (a new
+        # peer group) once pivoted, which is what rootfsPropagation=shared asks.
+        shared = bool(tops) and any(o.startswith("shared:") for o in tops[-1])
+        os.chdir(mountpoint)
+        if shared:
+            L.mount(None, ".", None, L.MS_PRIVATE, None)
+        # pivot_root(".", ".") stacks the old root on top of the new one;
+        # detaching "." then drops it without needing a put_old directory.
+        L.pivot_root(".", ".")
+        L.umount2(".", L.MNT_DETACH)
+        os.chdir("/")
+        if shared:
+            L.mount(None, "/", None, L.MS_SHARED, None)
+    except OSError as err:
+        raise SystemFailure(f'cannot enter rootfs "{mountpoint}": {err}') from err
+
+
+def _mount_cgroup(dest: str, fstype: str, opts: mounts.MountOptions) -> None:
+    """cgroup v2 as is; a v1 (or hybrid) host gets a tmpfs with one mount per hierarchy."""
+    flags = opts.flags
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f if line.strip()]
+    except OSError as err:
+        raise SystemFailure(f'cannot mount cgroup on "{dest}": /proc/self/cgroup unreadable (mount proc first): {err}') from err
+    if fstype == "cgroup2" or all(hid == "0" for hid, _, _ in lines):
+        L.mount("cgroup2", dest, "cgroup2", flags, opts.data_string)
+        return
+    L.mount("tmpfs", dest, "tmpfs", (flags & ~L.MS_RDONLY) | L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC, "mode=755")
+    for hid, controllers, _ in lines:
+        if hid == "0":
+            name, sub_type, data = "unified", "cgroup2", None
+        elif controllers.startswith("name="):
+            name, sub_type, data = controllers[len("name="):], "cgroup", f"none,{controllers}"
+        else:
+            name, sub_type, data = controllers, "cgroup", controllers
+        if not name:
+            continue
+        sub = os.path.join(dest, name)
+        os.makedirs(sub, exist_ok=True)
+        L.mount("cgroup", sub, sub_type, flags, data)
+        if sub_type == "cgroup" and "," in name:
+            for alias in name.split(","):
+                if not os.path.lexists(os.path.join(dest, alias)):
+                    os.symlink(name, os.path.join(dest, alias))
+    if flags & L.MS_RDONLY:
+        mounts.remount_bind(dest, L.MS_RDONLY)
+
+
+def _mount_inside(entry: dict, label: str | None) -> None:
+    dest = mounts.destination(entry)
+    fstype = entry.get("type") or None
+    opts = parse_options(entry.get("options"))
+    try:
+        os.makedirs(dest, exist_ok=True)
+        if fstype in ("cgroup", "cgroup2"):
+            _mount_cgroup(dest, fstype, opts)
+        else:
+            data = mounts.selinux_data(opts.data_string, label) if fstype not in ("proc", "sysfs") else opts.data_string
+            L.mount(entry.get("source") or fstype, dest, fstype, opts.flags, data)
+        mounts.finish_mount(dest, opts)
+    except OSError as err:
+        raise SystemFailure(f'cannot mount "{fstype}" on "{dest}" in the container: {err}') from err
+
+
+def mask_path(path: str) -> None:
+    """Hide ``path``: /dev/null over a file, an empty read-only tmpfs over a directory."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            L.mount("tmpfs", path, "tmpfs", L.MS_RDONLY | L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC, None)
+        else:
+            L.mount("/dev/null", path, None, L.MS_BIND, None)
+    except OSError as err:
+        raise SystemFailure(f'cannot mask "{path}": {err}') from err
+
+
+def readonly_path(path: str) -> None:
+    """Make ``path`` (and what is mounted below it) read-only; a missing path is ignored."""
+    try:
+        L.mount(path, path, None, L.MS_BIND | L.MS_REC, None)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return
+        raise SystemFailure(f'cannot make "{path}" read-only: {err}') from err
+    try:
+        mounts.remount_bind(path, L.MS_RDONLY)
+    except OSError as err:
+        raise SystemFailure(f'cannot make "{path}" read-only: {err}') from err
+
+
+def finish_in_container(config: dict) -> None:
+    """The container-side part of the rootfs: run as PID 1, root already pivoted."""
+    entries = _mount_list(config)
+    label = (config.get("linux") or {}).get("mountLabel") or None
+    for entry, inside in zip(entries, mounts.plan_in_container(entries)):
+        if inside:
+            _mount_inside(entry, label)
+    devices.create_dev_symlinks()
+    linux = config.get("linux") or {}
+    for path in linux.get("maskedPaths") or []:
+        mask_path(path)
+    for path in linux.get("readonlyPaths") or []:
+        readonly_path(path)
+    if (config.get("root") or {}).get("readonly"):
+        try:
+            L.mount(None, "/", None, L.MS_REMOUNT | L.MS_BIND | L.MS_RDONLY | current_flags("/"), None)
+        except OSError as err:
+            raise SystemFailure(f"cannot make the root filesystem read-only: {err}") from err
+
+
+def cleanup(mountpoint: str) -> None:
+    """Best effort: lazily unmount everything at and below ``mountpoint``."""
+    for _ in range(1000):  # stacked mounts are detached one at a time
+        try:
+            L.umount2(mountpoint, L.MNT_DETACH)
+        except OSError:
+            return

@@ -1,0 +1,180 @@
+"""Reading a bundle's config.json: schema validation plus the checks runc makes.
+
+``load_bundle`` is the one entry point: it reads ``<bundle>/config.json``,
+validates it against the OCI runtime schema (our own interpreter,
+``validate.py``), applies the semantic rules the schema cannot express, and
+returns the document with ``root.path`` made absolute. Every failure is a
+``ConfigError`` whose message is one line that says where and what:
+``invalid config.json: process.args: must be a non-empty array``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+
+from zentry.bus.errors import ConfigError
+
+from .schema import first_config_error
+
+log = logging.getLogger(__name__)
+
+#: the ociVersion range zentry accepts (see features.py)
+OCI_VERSION_MIN = (1, 0, 0)
+OCI_VERSION_MAX = (1, 2, 0)
+
+NAMESPACE_TYPES = ("mount", "pid", "network", "uts", "ipc", "user", "cgroup", "time")
+HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
+
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+
+_READ_ERRORS = {
+    errno.ENOENT: "no such file",
+    errno.ENOTDIR: "no such file",
+    errno.EACCES: "permission denied",
+    errno.EISDIR: "is a directory",
+}
+
+
+def load_bundle(bundle_dir: str, *, require_process: bool = True) -> dict:
+    """The validated config of the bundle at ``bundle_dir``.
+
+    ``require_process`` is true for ``create``/``run`` (the container needs
+    something to run). ``root.path`` comes back absolute (symlinks resolved),
+    relative paths being relative to the bundle. Raises ``ConfigError``.
+    """
+    bundle = os.path.abspath(bundle_dir)
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        why = _READ_ERRORS.get(err.errno, os.strerror(err.errno or 0).lower())
+        raise ConfigError(f'cannot read config.json in bundle "{bundle}": {why}') from err
+    config = parse_config(raw)
+    check_config(config, bundle, require_process=require_process)
+    config["root"]["path"] = resolve_root(config, bundle)
+    return config
+
+
+def parse_config(raw: bytes | str) -> dict:
+    """The schema-valid config document in ``raw`` JSON text, or ``ConfigError``."""
+    try:
+        config = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as err:
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else str(err)
+        where = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
+        raise ConfigError(f"invalid config.json: not valid JSON: {reason}{where}") from err
+    error = first_config_error(config)
+    if error is not None:
+        raise ConfigError(f"invalid config.json: {error}")
+    return config
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def resolve_root(config: dict, bundle: str) -> str:
+    """``root.path`` as an absolute path with symlinks resolved."""
+    return os.path.realpath(os.path.join(bundle, config["root"]["path"]))
+
+
+def _fail(where: str, what: str) -> ConfigError:
+    return ConfigError(f"invalid config.json: {where}: {what}")
+
+
+def check_config(config: dict, bundle: str, *, require_process: bool = True) -> list[str]:
+    """The semantic rules; raises ``ConfigError`` on the first broken one.
+
+    ``config`` must already be schema-valid. Returns warnings (also logged)
+    for settings that are suspicious but allowed.
+    """
+    warnings: list[str] = []
+    _check_version(config["ociVersion"])
+    _check_root(config, bundle)
+    _check_process(config, require_process)
+    _check_namespaces(config, warnings)
+    for i, mount in enumerate(config.get("mounts", [])):
+        dest = mount["destination"]
+        if not os.path.isabs(dest):
+            raise _fail(f"mounts[{i}].destination", f'"{dest}" must be an absolute path')
+    for kind in HOOK_KINDS:
+        for i, hook in enumerate(config.get("hooks", {}).get(kind, [])):
+            if not os.path.isabs(hook["path"]):
+                raise _fail(f"hooks.{kind}[{i}].path", f'"{hook["path"]}" must be an absolute path')
+    for warning in warnings:
+        log.warning("config.json: %s", warning)
+    return warnings
+
+
+def _check_version(version: str) -> None:
+    match = _SEMVER.match(version)
+    if not match:
+        raise _fail("ociVersion", f'"{version}" is not a valid version (MAJOR.MINOR.PATCH)')
+    if int(match.group(1)) != OCI_VERSION_MIN[0]:
+        lo = ".".join(map(str, OCI_VERSION_MIN))
+        hi = ".".join(map(str, OCI_VERSION_MAX))
+        raise _fail("ociVersion", f'"{version}" is not supported (zentry supports {lo} to {hi})')
+
+
+def _check_root(config: dict, bundle: str) -> None:
+    if "root" not in config:
+        raise _fail("root", "missing (required on Linux)")
+    root = resolve_root(config, bundle)
+    if not os.path.exists(root):
+        raise _fail("root.path", f'"{root}" does not exist')
+    if not os.path.isdir(root):
+        raise _fail("root.path", f'"{root}" is not a directory')
+
+
+def _check_process(config: dict, require_process: bool) -> None:
+    process = config.get("process")
+    if process is None:
+        if require_process:
+            raise _fail("process", "missing (required to create a container)")
+        return
+    if not process.get("args"):
+        raise _fail("process.args", "must be a non-empty array")
+    if not os.path.isabs(process["cwd"]):
+        raise _fail("process.cwd", f'"{process["cwd"]}" must be an absolute path')
+    seen: set[str] = set()
+    for i, rlimit in enumerate(process.get("rlimits", [])):
+        if rlimit["type"] in seen:
+            raise _fail(f"process.rlimits[{i}]", f'duplicate rlimit "{rlimit["type"]}"')
+        seen.add(rlimit["type"])
+
+
+def _check_namespaces(config: dict, warnings: list[str]) -> None:
+    linux = config.get("linux", {})
+    new: set[str] = set()  # namespaces created, not joined
+    seen: set[str] = set()
+    for i, ns in enumerate(linux.get("namespaces", [])):
+        kind = ns["type"]
+        if kind not in NAMESPACE_TYPES:
+            raise _fail(f"linux.namespaces[{i}].type", f'unknown namespace type "{kind}"')
+        if kind in seen:
+            raise _fail(f"linux.namespaces[{i}]", f'duplicate namespace type "{kind}"')
+        seen.add(kind)
+        path = ns.get("path")
+        if path:
+            if not os.path.isabs(path):
+                raise _fail(f"linux.namespaces[{i}].path", f'"{path}" must be an absolute path')
+        else:
+            new.add(kind)
+
+    has_uid, has_gid = bool(linux.get("uidMappings")), bool(linux.get("gidMappings"))
+    if "user" in new and not (has_uid and has_gid):
+        raise _fail("linux", "a new user namespace needs both uidMappings and gidMappings")
+    if "user" not in seen and (has_uid or has_gid):
+        warnings.append("linux.uidMappings/gidMappings are ignored without a user namespace")
+    # A joined uts namespace counts: its owner chose to share it (as runc does).
+    if config.get("hostname") and "uts" not in seen:
+        raise _fail("hostname", "setting a hostname needs a private uts namespace")
+    if config.get("domainname") and "uts" not in seen:
+        raise _fail("domainname", "setting a domainname needs a private uts namespace")
+    if linux.get("timeOffsets") and "time" not in new:
+        raise _fail("linux.timeOffsets", "time offsets need a new time namespace")

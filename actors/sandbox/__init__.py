@@ -1,0 +1,1 @@
+"""The sandbox actor: namespaces, cgroups, container inits, reaping, and the sentry."""
