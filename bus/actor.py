@@ -32,14 +32,18 @@ from typing import Any, Callable
 import zmq
 
 from zentry.bus import envelope as envmod
-from zentry.bus.endpoints import Endpoints, chmod_socket
+from zentry.bus.endpoints import Endpoints, check_endpoint, chmod_socket
 from zentry.bus.envelope import Envelope
-from zentry.bus.errors import ActorGone, ProtocolError, UnknownMessage, ZentryError, to_wire
+from zentry.bus.errors import ActorGone, Internal, ProtocolError, UnknownMessage, ZentryError, to_wire
 from zentry.bus.events import Publisher
 from zentry.bus.message import Message
 from zentry.bus.messages import ActorStarted, ActorStopped, Error, Heartbeat, Ok, Ping, Pong, RequestHandled, Shutdown
 
 log = logging.getLogger("zentry.actor")
+
+# Plain ints: the zmq enums' __and__ costs more than the syscall-free check itself.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 #: A handler's return value meaning "I will reply later through req.reply()".
 DEFERRED = object()
@@ -85,6 +89,8 @@ class Actor:
 
     name = "actor"
     heartbeat_interval = 10.0
+    #: CURVE secret key (z85) of the actor's sockets; required for tcp:// endpoints.
+    curve_secret_key: bytes | None = None
     _table: dict[str, str] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -157,6 +163,9 @@ class Actor:
                 self.events = Publisher(self.ctx, self.endpoints.events_in, sandbox_id=self.sandbox_id, actor=self.name)
             self._poller.register(control, zmq.POLLIN)
             self._poller.register(router, zmq.POLLIN)
+            if self.events is not None and self.events.sock is not None:
+                # readable when the stream subscribes: send what waited for it
+                self._poller.register(self.events.sock, zmq.POLLIN)
             self.on_start()
             self.publish(ActorStarted(actor=self.name, pid=self.pid))
             if self.heartbeat_interval:
@@ -172,6 +181,9 @@ class Actor:
             reason = self._stopping or "failed"
             for req in list(self._pending):
                 req.reply(Error(code=ActorGone.code, message=f"{self.name} is stopping ({reason}); request not answered"))
+            for sock in (control, router):
+                if sock is not None:
+                    self._refuse_queued(sock, reason)
             self.publish(ActorStopped(actor=self.name, pid=self.pid, reason=reason))
             if self.events is not None:
                 self.events.close()
@@ -181,7 +193,11 @@ class Actor:
             self.ctx.term()
 
     def _bind(self, endpoint: str) -> zmq.Socket:
+        check_endpoint(endpoint, self.curve_secret_key)  # tcp only with CURVE
         sock = self.ctx.socket(zmq.ROUTER)
+        if self.curve_secret_key:
+            sock.curve_server = True
+            sock.curve_secretkey = self.curve_secret_key
         sock.setsockopt(zmq.LINGER, 100)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         if endpoint.startswith("ipc://"):
@@ -203,16 +219,18 @@ class Actor:
             if self._timers:
                 timeout = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
             ready = dict(self._poller.poll(timeout))
-            # Control lane first, always.
-            while control.poll(0):
-                self._serve(control, control.recv_multipart())
-            if ready.get(router) and self._stopping is None:
-                for _ in range(64):
-                    if not router.poll(0):
-                        break
-                    self._serve(router, router.recv_multipart())
-                    if self._stopping is not None:
-                        break
+            # Control lane first, always: drained before every main-socket
+            # message, so a ping or shutdown that arrived while a slow handler
+            # ran is served before the main requests queued behind it.
+            # getsockopt(EVENTS) is poll(0) without building a Poller each time.
+            for _ in range(64):
+                while control.getsockopt(_EVENTS) & _POLLIN:
+                    self._serve(control, control.recv_multipart())
+                if self._stopping is not None or not router.getsockopt(_EVENTS) & _POLLIN:
+                    break
+                self._serve(router, router.recv_multipart())
+            if self.events is not None and self.events.sock is not None and ready.get(self.events.sock):
+                self.events.flush()
             for fd, callback in list(self._fd_watches.items()):
                 if ready.get(fd):
                     callback(fd)
@@ -220,6 +238,25 @@ class Actor:
             while self._timers and self._timers[0][0] <= now:
                 _t, _n, fn = heapq.heappop(self._timers)
                 fn()
+
+    def _refuse_queued(self, sock: zmq.Socket, reason: str) -> None:
+        """Fail at once the requests already queued on ``sock`` that the loop
+        will never read (the actor is stopping), instead of letting their
+        callers wait out their deadlines."""
+        for _ in range(1024):
+            if not sock.poll(0):
+                return
+            frames = sock.recv_multipart()
+            if len(frames) < 2:
+                continue
+            try:
+                _fields, mid = envmod.decode_header(frames[-1])
+            except ProtocolError:
+                continue
+            bogus = Envelope(type="?", id=mid, parent="", sender="?", time_ns=0, body=Ok())
+            Request(self, sock, frames[0], bogus).reply(
+                Error(code=ActorGone.code, message=f"{self.name} is stopping ({reason}); request not answered")
+            )
 
     def _serve(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         if len(frames) < 2:
@@ -258,12 +295,19 @@ class Actor:
     def _send_reply(self, req: Request, msg: Message) -> None:
         self._pending.discard(req)
         self.handled += 1
+        try:
+            if not isinstance(msg, Message) or msg.KIND != "reply":
+                raise TypeError(f"handler returned {msg!r}, not a reply message")
+            frame = envmod.encode_message(msg, sender=self.name, parent=req.env.id)[1]
+        except Exception as exc:  # a handler's bad reply is its caller's error, never the actor's death
+            log.exception("%s: cannot send the reply to %s", self.name, req.env.type)
+            msg = Error(code=Internal.code, message=f"{self.name}: bad reply to {req.env.type}: {exc}")
+            frame = Envelope.wrap(msg, sender=self.name, parent=req.env.id).encode()
         is_error = isinstance(msg, Error)
         if is_error:
             self.errors += 1
-        env = Envelope.wrap(msg, sender=self.name, parent=req.env.id)
         try:
-            req.sock.send_multipart([req.identity, env.encode()], flags=zmq.NOBLOCK)
+            req.sock.send_multipart([req.identity, frame], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the caller went away
         if req.env.type != Ping.TAG:

@@ -63,6 +63,8 @@ class Client:
             self.sock.curve_publickey = public
             self.sock.curve_secretkey = secret
         self.sock.connect(endpoint)
+        self._poller = zmq.Poller()  # one, not one per Socket.poll() call
+        self._poller.register(self.sock, zmq.POLLIN)
 
     def request(self, msg: Message, *, timeout: float = 10.0, parent: str = "", retries: int = 1) -> Message:
         """Send ``msg`` and return the reply; raise the error a reply carries."""
@@ -71,11 +73,10 @@ class Client:
         if self.endpoint.startswith("ipc://") and not os.path.exists(self.endpoint[6:]):
             raise ActorGone(f"no actor listens at {self.endpoint}")
         attempts = 1 + (retries if msg.IDEMPOTENT else 0)
-        env = Envelope.wrap(msg, sender=self.sender, parent=parent)
-        frame = env.encode()
+        mid, frame = envmod.encode_message(msg, sender=self.sender, parent=parent)
         for attempt in range(attempts):
             self.sock.send(frame)
-            reply = self._await(env.id, time.monotonic() + timeout, msg.TAG)
+            reply = self._await(mid, time.monotonic() + timeout, msg.TAG)
             if reply is not None:
                 return self._unwrap(reply)
         raise Timeout(f"no reply to {msg.TAG} from {self.endpoint} within {timeout:g}s")
@@ -85,7 +86,7 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            if self.sock.poll(min(_SLICE_MS, int(left * 1000) + 1)):
+            if self._poller.poll(min(_SLICE_MS, int(left * 1000) + 1)):
                 frame = self.sock.recv()
                 try:
                     env = envmod.decode(frame)

@@ -25,15 +25,21 @@ from zentry.bus.message import Message, lookup
 PROTOCOL_VERSION = 1
 
 _counter = itertools.count(1)
-_pid_prefix = [os.getpid(), f"{os.getpid():x}-"]
+_prefix = f"{os.getpid():x}-"
+
+
+def _after_fork() -> None:
+    global _prefix
+    _prefix = f"{os.getpid():x}-"
+
+
+# Reset in the child, instead of a getpid() per message.
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def new_id() -> str:
     """A message id unique on this host (pid + counter; reset after fork)."""
-    pid = os.getpid()
-    if pid != _pid_prefix[0]:
-        _pid_prefix[:] = [pid, f"{pid:x}-"]
-    return _pid_prefix[1] + str(next(_counter))
+    return _prefix + str(next(_counter))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,12 @@ class Envelope:
 
     def encode(self) -> bytes:
         return codec.pack([self.version, self.type, self.id, self.parent, self.sender, self.time_ns, self.body.to_wire()])
+
+
+def encode_message(body: Message, *, sender: str, parent: str = "", id: str | None = None) -> tuple[str, bytes]:
+    """``(id, frame)`` of ``Envelope.wrap(...).encode()`` without building the Envelope (the hot path)."""
+    mid = id or new_id()
+    return mid, codec.pack([PROTOCOL_VERSION, body.TAG, mid, parent, sender, time.time_ns(), body.to_wire()])
 
 
 def decode_header(frame: bytes) -> tuple[list, str]:

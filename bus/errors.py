@@ -135,7 +135,11 @@ ERROR_CODES.setdefault("internal", Internal)
 def from_wire(code: str, message: str, details: dict | None = None) -> ZentryError:
     """The exception for an ``Error`` reply; unknown codes become ``Internal``."""
     cls = ERROR_CODES.get(code, Internal)
-    err = cls(message, **(details or {}))
+    err = cls(message)
+    # Not ``cls(message, **details)``: details come off the wire, and a key
+    # named "message" would make that a TypeError instead of the error.
+    if details:
+        err.details.update(details)
     return err
 
 

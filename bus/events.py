@@ -24,6 +24,9 @@ from zentry.bus import codec
 from zentry.bus.envelope import Envelope
 from zentry.bus.message import Message
 
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
 #: Messages a PUB socket queues for a slow peer before it drops.
 PUB_HWM = 10000
 #: Events kept by the stream for ``zentry tap --since``.
@@ -40,7 +43,19 @@ def event_kind(msg: Message) -> str:
 
 
 class Publisher:
-    """One actor's (or one thread's) event publisher. Not thread-safe: one per thread."""
+    """One actor's (or one thread's) event publisher. Not thread-safe: one per thread.
+
+    The socket is an XPUB (the same wire as PUB) so that the publisher sees
+    the stream's subscription arrive: until it has, a PUB would silently
+    drop everything (ZeroMQ's slow joiner), which lost every actor's
+    ``event.actor_started``. Events published before then wait in a bounded
+    backlog (``BACKLOG`` events; beyond it they are dropped and show as a seq
+    gap) and go out on the next ``publish`` or ``flush`` after the
+    subscription; the actor loop calls ``flush`` when the socket turns
+    readable. Publishing never blocks.
+    """
+
+    BACKLOG = 1000
 
     def __init__(self, ctx: zmq.Context, endpoint: str | None, *, sandbox_id: str, actor: str) -> None:
         self.sandbox_id = sandbox_id
@@ -48,8 +63,10 @@ class Publisher:
         self.seq = 0
         self.published = 0
         self.sock: zmq.Socket | None = None
+        self._live = False
+        self._backlog: collections.deque[list[bytes]] = collections.deque()
         if endpoint:
-            sock = ctx.socket(zmq.PUB)
+            sock = ctx.socket(zmq.XPUB)
             sock.setsockopt(zmq.SNDHWM, PUB_HWM)
             sock.setsockopt(zmq.LINGER, 200)
             sock.connect(endpoint)
@@ -61,20 +78,44 @@ class Publisher:
         cid = container_id if container_id is not None else getattr(msg, "container_id", None)
         env = Envelope.wrap(msg, sender=self.actor, parent=parent)
         self.seq += 1
+        frames = [topic(self.sandbox_id, cid, self.actor, event_kind(msg)), codec.pack(self.seq), env.encode()]
+        if not self._live and not self.flush():
+            if len(self._backlog) < self.BACKLOG:
+                self._backlog.append(frames)
+            return
+        self._send(frames)
+
+    def _send(self, frames: list[bytes]) -> None:
         try:
-            self.sock.send_multipart(
-                [topic(self.sandbox_id, cid, self.actor, event_kind(msg)), codec.pack(self.seq), env.encode()],
-                flags=zmq.NOBLOCK,
-            )
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK)  # type: ignore[union-attr]
             self.published += 1
         except zmq.Again:
             pass  # dropped: the gap in seq tells the subscriber
 
+    def flush(self) -> bool:
+        """Read (un)subscriptions; once subscribed, send the backlog. True when live."""
+        sock = self.sock
+        if sock is None:
+            return False
+        while sock.getsockopt(_EVENTS) & _POLLIN:
+            try:
+                sub = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if sub[:1] == b"\x01":
+                self._live = True
+        if self._live:
+            while self._backlog:
+                self._send(self._backlog.popleft())
+        return self._live
+
     def close(self) -> None:
         if self.sock is not None:
+            if self._backlog and not self.flush():
+                self.sock.poll(200)  # within the linger we allow anyway
+            self.flush()
             self.sock.close()
             self.sock = None
-
 
 class EventStream(threading.Thread):
     """The sandbox's stream: XSUB (actors publish in) -> XPUB (taps subscribe).
@@ -92,7 +133,9 @@ class EventStream(threading.Thread):
         self.ring: collections.deque[tuple[int, list[bytes]]] = collections.deque(maxlen=RING_SIZE)
         self.lock = threading.Lock()
         self.forwarded = 0
-        self._stop = threading.Event()
+        # Not ``_stop``: that name is threading.Thread's own method (join()
+        # and is_alive() call it), and an Event there breaks both.
+        self._halt = threading.Event()
         self._ready = threading.Event()
         self.error: BaseException | None = None
 
@@ -121,7 +164,7 @@ class EventStream(threading.Thread):
         poller.register(xsub, zmq.POLLIN)
         poller.register(xpub, zmq.POLLIN)
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 for sock, _ev in poller.poll(100):
                     if sock is xsub:
                         frames = xsub.recv_multipart(copy=True)
@@ -150,4 +193,4 @@ class EventStream(threading.Thread):
             return [frames for t, frames in self.ring if t >= since_ns]
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()

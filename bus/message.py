@@ -35,25 +35,37 @@ class Message:
     KIND: ClassVar[str] = ""  # "request", "reply" or "event"
     IDEMPOTENT: ClassVar[bool] = False
     _FIELDS: ClassVar[tuple[tuple[str, Callable[[Any], bool], str, bool], ...]] = ()
+    _NAMES: ClassVar[tuple[str, ...]] = ()
+    _FAST: ClassVar[tuple[tuple[str, frozenset, Callable[[Any], bool], str, bool], ...]] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name, _check, _tn, _req in self._FIELDS}
+        return {name: getattr(self, name) for name in self._NAMES}
 
     @classmethod
     def from_wire(cls, body: Any) -> "Message":
-        if not isinstance(body, dict):
+        if type(body) is not dict:
             raise ProtocolError(f"{cls.TAG}: body must be a map, not {type(body).__name__}")
         values = {}
-        for name, check, type_name, required in cls._FIELDS:
-            if name not in body:
+        # _FAST mirrors _FIELDS with the exact wire types a value may have
+        # (msgpack decodes to exact int/float/str/bytes/bool), so the common
+        # case is one type() lookup instead of a predicate call.
+        for name, exact, check, type_name, required in cls._FAST:
+            value = body.get(name, _ABSENT)
+            if value is _ABSENT:
                 if required:
                     raise ProtocolError(f"{cls.TAG}: missing field {name!r}")
                 continue
-            value = body[name]
-            if not check(value):
+            if type(value) not in exact and not check(value):
                 raise ProtocolError(f"{cls.TAG}: field {name!r} must be {type_name}, got {type(value).__name__}")
             values[name] = value
         return cls(**values)
+
+
+_ABSENT = object()
+
+#: type name -> the exact Python types that pass without calling the checker
+_EXACT = {"int": frozenset({int}), "float": frozenset({int, float}), "str": frozenset({str}),
+          "bytes": frozenset({bytes}), "bool": frozenset({bool})}
 
 
 def doc(text: str, default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING) -> Any:
@@ -118,6 +130,8 @@ def message(tag: str, kind: str, *, idempotent: bool = False) -> Callable[[type]
         dc.KIND = kind
         dc.IDEMPOTENT = idempotent
         dc._FIELDS = tuple(fields)
+        dc._NAMES = tuple(f[0] for f in fields)
+        dc._FAST = tuple((n, _EXACT.get(tn, frozenset()), c, tn, r) for n, c, tn, r in fields)
         REGISTRY[tag] = dc
         return dc
 

@@ -26,7 +26,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from zentry.bus.errors import ConfigError, InvalidArgument, SystemFailure, Unsupported
 
@@ -968,15 +968,3 @@ def _stats_v2(cg: Cgroup) -> dict:
         data["blkio"] = {"ioServiceBytesRecursive": service_bytes, "ioServicedRecursive": serviced}
     return data
 
-
-def leftover_dirs(pattern_prefix: str, hierarchy: Hierarchy | None = None) -> list[str]:
-    """Directories named ``<prefix>*`` directly under each hierarchy root (test helper)."""
-    h = hierarchy or host_hierarchy()
-    tops: Iterable[str] = [h.root] if h.version == 2 else set(h.mounts.values())
-    found = []
-    for top in tops:
-        try:
-            found += [os.path.join(top, n) for n in os.listdir(top) if n.startswith(pattern_prefix)]
-        except FileNotFoundError:
-            continue
-    return sorted(found)

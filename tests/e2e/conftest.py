@@ -1,0 +1,133 @@
+"""E2E fixtures: podman and containerd with private state, driving the runtime
+under test.
+
+The runtime is `$ZENTRY_E2E_RUNTIME` (e.g. `$(which runc)` to check the
+harness itself), else the installed `zentry` console script.  Its state root
+for podman (which passes no --root) is `$ZENTRY_E2E_RUNTIME_ROOT`, default
+/run/<basename>; the leak guard requires it to gain no entry.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from helpers.bundle import zentry_command
+from helpers.engines import Containerd, Podman, _cgroup_dirs_under, podman_session_cleanup
+from helpers.skips import IS_ROOT, require_tool
+
+
+def _resolve_runtime() -> tuple[str | None, str]:
+    """(runtime path or None, why it is missing)."""
+    env = os.environ.get("ZENTRY_E2E_RUNTIME")
+    if env:
+        path = shutil.which(env) or env
+        if not os.access(path, os.X_OK):
+            return None, f"ZENTRY_E2E_RUNTIME={env} is not an executable"
+        return os.path.abspath(path), ""
+    # Prefer the script beside this interpreter to a pyenv shim (podman and
+    # the containerd shim run it with their own environment).
+    script = Path(sysconfig.get_path("scripts"), "zentry")
+    path = str(script) if os.access(script, os.X_OK) else shutil.which("zentry")
+    if path is None:
+        return None, "no zentry executable installed (pip install -e .) and ZENTRY_E2E_RUNTIME unset"
+    if zentry_command() is None:
+        return None, f"{path} exists but its entry module zentry.cmd.main does not yet"
+    return path, ""
+
+
+RUNTIME, RUNTIME_MISSING = _resolve_runtime()
+
+
+@pytest.fixture(scope="session")
+def runtime() -> str:
+    """Absolute path of the OCI runtime under test (skips when absent)."""
+    if not IS_ROOT:
+        pytest.skip("e2e tests drive podman/containerd as root: run as uid 0")
+    if RUNTIME is None:
+        pytest.skip(f"runtime under test is absent: {RUNTIME_MISSING}")
+    return RUNTIME
+
+
+@pytest.fixture(scope="session")
+def runtime_state_root(runtime: str) -> str:
+    """The runtime's default --root (podman passes none)."""
+    return os.environ.get("ZENTRY_E2E_RUNTIME_ROOT") or f"/run/{os.path.basename(runtime)}"
+
+
+@pytest.fixture
+def rootfs(busybox_rootfs) -> Path:
+    """A private busybox root filesystem for `--rootfs`."""
+    return busybox_rootfs("rootfs")
+
+
+@pytest.fixture(scope="session")
+def _podman_session(runtime: str):
+    require_tool("podman", "podman e2e tests")
+    require_tool("conmon", "podman needs conmon to run containers")
+    before = _cgroup_dirs_under(Podman.CGROUP_PARENT)
+    yield
+    podman_session_cleanup(before)
+
+
+@pytest.fixture
+def podman(_podman_session, runtime: str, runtime_state_root: str, leak_guard) -> Podman:
+    """A Podman (callable: `podman(*args, timeout=120, input=None)` ->
+    CompletedProcess) with private containers.conf/root/runroot/tmpdir and
+    `--runtime <runtime under test>`; every container and pod is removed and
+    the folder deleted afterwards."""
+    base = tempfile.mkdtemp(prefix="zp-", dir="/tmp")  # short: conmon socket paths
+    leak_guard.add_needle(base)
+    leak_guard.ignore_cgroup(Podman.CGROUP_PARENT)
+    leak_guard.ignore_cgroup(f"{Podman.CGROUP_PARENT}/conmon")
+    leak_guard.add_state_dir(runtime_state_root, shared=True)
+    engine = Podman(Path(base), runtime)
+    yield engine
+    # Our containers' and pods' ids name their cgroups (libpod-<id>) and the
+    # runtime's state entries: watch exactly those.
+    for object_id in engine.object_ids():
+        leak_guard.add_needle(object_id)
+    errors = engine.cleanup()
+    if errors:
+        pytest.fail("podman cleanup failed:\n  " + "\n  ".join(errors), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def containerd(runtime: str) -> Containerd:
+    """A private containerd daemon for the session (namespace `e2e-<pid>`),
+    stopped by pid at the end with all its state."""
+    for tool in ("containerd", "ctr", "containerd-shim-runc-v2"):
+        require_tool(tool, "containerd e2e tests")
+    base = tempfile.mkdtemp(prefix="zc-", dir="/tmp")
+    # No "zentry" in the namespace: other sessions' cleanups match that word.
+    daemon = Containerd(Path(base), f"e2e-{os.getpid()}", runtime)
+    try:
+        daemon.start()
+    except Exception:
+        daemon.stop()
+        raise
+    yield daemon
+    errors = daemon.stop()
+    if errors:
+        raise RuntimeError("containerd teardown: " + "; ".join(errors))
+
+
+@pytest.fixture
+def ctr(containerd: Containerd, leak_guard) -> Containerd:
+    """The session's containerd, for one test: its namespace is emptied (tasks
+    killed and deleted, containers deleted) after the test, and the leak
+    guard watches the daemon's folder, namespace cgroups and global dirs."""
+    leak_guard.add_needle(str(containerd.base))
+    leak_guard.add_needle(containerd.namespace)
+    leak_guard.ignore_cgroup(containerd.namespace)  # the namespace's parent cgroup
+    leak_guard.add_state_dir(str(containerd.runtime_root))
+    for d in ("/run/containerd/s", "/run/containerd/fifo"):  # global: others' too
+        leak_guard.add_state_dir(d, shared=True)
+    yield containerd
+    errors = containerd.clean_namespace()
+    if errors:
+        pytest.fail("containerd cleanup failed:\n  " + "\n  ".join(errors), pytrace=False)
