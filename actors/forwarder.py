@@ -33,18 +33,51 @@ NOT_FORWARDED = {signal.SIGCHLD, signal.SIGWINCH, signal.SIGURG, signal.SIGKILL,
 FORWARDED = [s for s in signal.valid_signals() if isinstance(s, signal.Signals) and s not in NOT_FORWARDED]
 
 
-def relay(child_pid: int, send_signal: Callable[[int], None], master_fd: int | None = None) -> int:
+class SignalCatcher:
+    """Catch every forwardable signal into a pipe, from before the container starts.
+
+    Installed before ``start`` so that a signal arriving while the container
+    starts is queued for it, not acted on by the forwarder itself.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old_wakeup = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        self._handlers = {}
+        for sig in FORWARDED + [signal.SIGCHLD, signal.SIGWINCH]:
+            try:
+                self._handlers[sig] = signal.signal(sig, lambda *_: None)
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._old_wakeup)
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+    def __enter__(self) -> "SignalCatcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def relay(child_pid: int, send_signal: Callable[[int], None], master_fd: int | None = None, catcher: SignalCatcher | None = None) -> int:
     """Forward signals (and pty traffic) until ``child_pid`` (our child) exits; its status."""
+    own = catcher is None
+    catcher = catcher or SignalCatcher()
+    try:
+        return _relay(child_pid, send_signal, master_fd, catcher.read_fd)
+    finally:
+        if own:
+            catcher.close()
+
+
+def _relay(child_pid: int, send_signal: Callable[[int], None], master_fd: int | None, wake_r: int) -> int:
     from zentry.actors.spawn import exit_status
 
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    handlers = {}
-    for sig in FORWARDED + [signal.SIGCHLD, signal.SIGWINCH]:
-        try:
-            handlers[sig] = signal.signal(sig, lambda *_: None)
-        except (OSError, ValueError):
-            pass
     stdin_open = master_fd is not None and _is_readable(0)
     saved_tty = None
     if master_fd is not None:
@@ -78,8 +111,7 @@ def relay(child_pid: int, send_signal: Callable[[int], None], master_fd: int | N
                         except (ZentryError, OSError):
                             pass
             if master_fd is not None and master_fd in ready:
-                if not _pump(master_fd, 1):
-                    master_fd_open = False
+                _pump(master_fd, 1)
             if stdin_open and 0 in ready:
                 try:
                     data = os.read(0, 65536)
@@ -90,13 +122,8 @@ def relay(child_pid: int, send_signal: Callable[[int], None], master_fd: int | N
                 else:
                     stdin_open = False
     finally:
-        signal.set_wakeup_fd(old_wakeup)
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
         if saved_tty is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved_tty)
-        os.close(wake_r)
-        os.close(wake_w)
 
 
 def _is_readable(fd: int) -> bool:

@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("--network", default="none", choices=["none", "host"], help="none (default) or the host's network")
     p.add_argument("--cwd", default=None, help="working directory (default: the current one)")
     p.add_argument("--tty", "-t", action="store_true", help="allocate a terminal")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments (after --)")
+    p.add_argument("command", nargs="*", help="command and arguments (after --)")
 
 
 def do_config(args) -> dict:
@@ -64,8 +64,6 @@ def run(args, ctx) -> int:
     from zentry.bus.errors import InvalidArgument
     from zentry.cmd.run import run_foreground
 
-    if args.command and args.command[0] == "--":
-        args.command = args.command[1:]
     if not args.command:
         raise InvalidArgument("do needs a command: zentry do -- CMD [ARGS...]")
 

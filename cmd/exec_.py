@@ -28,7 +28,30 @@ def add_arguments(p) -> None:
     p.add_argument("--apparmor", default=None, help="ignored (no AppArmor)")
     p.add_argument("--preserve-fds", type=int, default=0)
     p.add_argument("container_id", metavar="ID")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
+    p.add_argument("command", nargs="*", help="command and arguments")
+
+
+#: Options of exec that take a value (for splitting ID and command in argv).
+VALUE_OPTIONS = {"--process", "-p", "--cwd", "--env", "-e", "--user", "-u", "--additional-gids", "-g", "--cap", "-c",
+                 "--pid-file", "--console-socket", "--process-label", "--apparmor", "--preserve-fds"}
+
+
+def split_command(argv: list[str]) -> list[str]:
+    """Put ``--`` after the container ID, so the command's own flags stay its own.
+
+    runc stops parsing its flags at the first positional (the ID); argparse
+    would otherwise read ``exec ID sh -c x`` as exec's ``-c``.
+    """
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return argv
+        if arg.startswith("-") and arg != "-":
+            i += 1 if "=" in arg or arg not in VALUE_OPTIONS else 2
+            continue
+        return argv[: i + 1] + ["--"] + argv[i + 1 :]
+    return argv
 
 
 def build_process(args, base: dict) -> dict:
@@ -110,9 +133,10 @@ def run(args, ctx) -> int:
             if args.pid_file:
                 write_pid_file(args.pid_file, child.pid)
             return 0
-        pid = start()
-        master = forwarder.receive_console(listener) if listener is not None else None
-        return forwarder.relay(pid, lambda sig: os.kill(pid, sig), master)
+        with forwarder.SignalCatcher() as catcher:
+            pid = start()
+            master = forwarder.receive_console(listener) if listener is not None else None
+            return forwarder.relay(pid, lambda sig: os.kill(pid, sig), master, catcher)
     finally:
         if listener is not None:
             listener.close()

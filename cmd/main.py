@@ -44,6 +44,17 @@ def version() -> str:
         return "0.0.0"
 
 
+class _VersionAction(argparse.Action):
+    """--version, resolved only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"zentry version {version()}\nspec: 1.2.0")
+        parser.exit()
+
+
 @dataclass
 class Context:
     """What every command gets besides its own arguments."""
@@ -92,7 +103,7 @@ def setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zentry", description="zentry: a sandboxed, runc-compatible OCI container runtime")
-    parser.add_argument("--version", action="version", version=f"zentry version {version()}\nspec: 1.2.0")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument("--root", default=os.environ.get("ZENTRY_ROOT", "/run/zentry"), help="state directory (default /run/zentry)")
     parser.add_argument("--log", default=None, help="log file (engines read its last error line)")
     parser.add_argument("--log-format", default="text", choices=["text", "json"], help="log format")
@@ -101,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strace", action="store_true", help="publish every trapped syscall on the tap")
     parser.add_argument("--rootless", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--criu", default=None, help=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     for group, names in COMMANDS.items():
         for name in names:
             module = importlib.import_module(f"zentry.cmd.{VERBS.get(name, name)}")
@@ -117,12 +128,33 @@ def fail(ctx_log: logging.Logger, message: str) -> int:
     return EXIT_FAILURE
 
 
+def split_subcommand_argv(argv: list[str]) -> list[str]:
+    """exec: a ``--`` after the ID; do: a ``--`` before the command, if missing."""
+    for i, arg in enumerate(argv):
+        if arg == "exec":
+            from zentry.cmd.exec_ import split_command
+
+            return argv[: i + 1] + split_command(argv[i + 1 :])
+        if arg == "do":
+            rest = argv[i + 1 :]
+            for j, token in enumerate(rest):
+                if token == "--":
+                    break
+                if not token.startswith("-") and not (j > 0 and rest[j - 1] in ("--network", "--cwd")):
+                    rest = rest[:j] + ["--"] + rest[j:]
+                    break
+            return argv[: i + 1] + rest
+        if not arg.startswith("-") and i > 0 and argv[i - 1] not in ("--root", "--log", "--log-format", "--rootless", "--criu"):
+            break
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(split_subcommand_argv(list(sys.argv[1:] if argv is None else argv)))
     setup_logging(args.log, args.log_format, args.debug)
     log = logging.getLogger("zentry.cli")
-    if not args.command:
+    if not args.verb:
         parser.print_help()
         return 0
     ctx = Context(

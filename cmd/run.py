@@ -38,6 +38,7 @@ def run_foreground(args, ctx, terminal: bool) -> int:
     from zentry.cmd.create import create
 
     listener = tmpdir = None
+    catcher = forwarder.SignalCatcher() if not args.detach else None
     if terminal and not args.console_socket:
         if args.detach:
             raise InvalidArgument("cannot allocate a pty for a detached container without --console-socket")
@@ -66,7 +67,7 @@ def run_foreground(args, ctx, terminal: bool) -> int:
         def send(sig: int) -> None:
             ask(rec, Kill(container_id=rec.id, signal=sig), timeout=5)
 
-        status = forwarder.relay(created.pid, send, master)
+        status = forwarder.relay(created.pid, send, master, catcher)
         if not args.keep:
             try:
                 ask(rec, Delete(container_id=rec.id, force=True))
@@ -76,6 +77,8 @@ def run_foreground(args, ctx, terminal: bool) -> int:
             launch.remove_dir(store, rec)
         return status
     finally:
+        if catcher is not None:
+            catcher.close()
         if listener is not None:
             listener.close()
         if tmpdir:

@@ -149,10 +149,29 @@ def zentry(zentry_root: Path) -> Callable[..., subprocess.CompletedProcess]:
     def run(*args: str, timeout: float = ZENTRY_TIMEOUT, input: str | None = None,
             env: dict | None = None, cwd: str | os.PathLike | None = None,
             check: bool = False) -> subprocess.CompletedProcess:
+        # stdout/stderr are files, not pipes: a detached container keeps the
+        # stdio of `create`/`run -d` (as with runc), so a pipe would never
+        # reach EOF and the call would look hung. We wait for the CLI to exit.
         argv = [*prefix, "--root", str(zentry_root), *map(str, args)]
-        return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
-                              env=env, cwd=cwd, check=check,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                    stdout=out, stderr=err, env=env, cwd=cwd)
+            try:
+                if input is not None:
+                    proc.stdin.write(input.encode())
+                    proc.stdin.close()
+                code = proc.wait(timeout)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(argv, code, out.read().decode(errors="replace"),
+                                                 err.read().decode(errors="replace"))
+        if check:
+            result.check_returncode()
+        return result
 
     run.root = zentry_root  # type: ignore[attr-defined]
     return run

@@ -159,15 +159,18 @@ class Sandbox(Actor):
             return
         from zentry.sentry.kernel import ContainerView
 
-        box_cg = self.boxes[container_id].cgroup if container_id in self.boxes else None
+        box = self.boxes.get(container_id)
+        cg = box.cgroup if box is not None else None
+        cpus = _call(cg, "cpu_quota")  # CPUs' worth, or None
         view = ContainerView(
             container_id=container_id,
             hostname=config.get("hostname") or "",
             domainname=config.get("domainname") or "",
-            memory_limit_bytes=_call(box_cg, "memory_limit"),
-            cpu_quota_us=(_call(box_cg, "cpu_quota") or (None, None))[0],
-            cpu_period_us=(_call(box_cg, "cpu_quota") or (None, None))[1],
-            cpuset=_call(box_cg, "cpuset"),
+            memory_limit_bytes=_call(cg, "memory_limit"),
+            cpu_quota_us=int(cpus * 100_000) if cpus else None,
+            cpu_period_us=100_000 if cpus else None,
+            cpuset=",".join(str(c) for c in _call(cg, "cpuset") or []) or None,
+            init_pid=box.pid if box is not None else None,
         )
         self.sentry.add_listener(fd, view)
 
@@ -207,7 +210,7 @@ class Sandbox(Actor):
         cgroup = Cgroup.for_container(linux.get("cgroupsPath"), msg.container_id)
         cgroup.create()
         try:
-            cgroup.apply(linux.get("resources") or {})
+            cgroup.apply(with_default_devices(linux))
             pid, chan = self._fork_init(msg)
         except BaseException:
             cgroup.destroy()
@@ -437,6 +440,35 @@ class Sandbox(Actor):
         self.exit_code = box.exit_status
         if not self.boxes and self.ran_any:
             self.stop("last container exited")
+
+
+#: Devices every container may use whatever its rules say (runtime-linux.md's
+#: default devices, the pty multiplexer and the ptys), as runc allows them.
+DEFAULT_ALLOWED_DEVICES = [
+    {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},  # null
+    {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},  # zero
+    {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},  # full
+    {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},  # random
+    {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},  # urandom
+    {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},  # tty
+    {"allow": True, "type": "c", "major": 5, "minor": 1, "access": "rwm"},  # console
+    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},  # ptmx
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},  # pts/*
+]
+
+
+def with_default_devices(linux: dict) -> dict:
+    """linux.resources with the default devices and linux.devices allowed after the rules."""
+    resources = dict(linux.get("resources") or {})
+    rules = list(resources.get("devices") or [])
+    if rules:
+        extra = [
+            {"allow": True, "type": d.get("type", "c"), "major": d["major"], "minor": d["minor"], "access": "rwm"}
+            for d in linux.get("devices") or []
+            if d.get("type") in ("c", "b", "u") and "major" in d and "minor" in d
+        ]
+        resources["devices"] = rules + DEFAULT_ALLOWED_DEVICES + extra
+    return resources
 
 
 def _raise_line(line: str, fallback: str) -> None:

@@ -57,17 +57,25 @@ def mask(names: list[str] | None) -> int:
     return bits
 
 
-def apply(capabilities: dict | None) -> None:
-    """Apply process.capabilities: drop the bounding set, then capset, then ambient.
+def drop_bounding(capabilities: dict | None) -> None:
+    """Drop every capability not in process.capabilities.bounding.
 
-    Call after setresuid with PR_SET_KEEPCAPS (the permitted set survives).
+    Needs CAP_SETPCAP in the effective set: call before leaving uid 0.
+    """
+    bounding = mask((capabilities or {}).get("bounding"))
+    for number in range(last_cap() + 1):
+        if not bounding & (1 << number):
+            libc.prctl(libc.PR_CAPBSET_DROP, number)
+
+
+def apply(capabilities: dict | None) -> None:
+    """Set effective/permitted/inheritable (capset), then the ambient set.
+
+    Call after setresuid with PR_SET_KEEPCAPS (the permitted set survives)
+    and after :func:`drop_bounding`.
     """
     caps = capabilities or {}
     top = last_cap()
-    bounding = mask(caps.get("bounding"))
-    for number in range(top + 1):
-        if not bounding & (1 << number):
-            libc.prctl(libc.PR_CAPBSET_DROP, number)
     eff, perm, inh = mask(caps.get("effective")), mask(caps.get("permitted")), mask(caps.get("inheritable"))
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_Data * 2)()
@@ -77,6 +85,7 @@ def apply(capabilities: dict | None) -> None:
         data[i].inheritable = (inh >> (32 * i)) & 0xFFFFFFFF
     libc.raw_syscall(libc.SYS_capset, ctypes.addressof(header), ctypes.addressof(data))
     libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
+    ambient = mask(caps.get("ambient"))
     for number in range(top + 1):
-        if mask(caps.get("ambient")) & (1 << number):
+        if ambient & (1 << number):
             libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_RAISE, number)

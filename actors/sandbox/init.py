@@ -119,6 +119,7 @@ def apply_rlimits(process: dict) -> None:
 def apply_user(process: dict) -> None:
     user = process.get("user") or {}
     uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    caps.drop_bounding(process.get("capabilities"))
     libc.prctl(libc.PR_SET_KEEPCAPS, 1)
     os.setgroups([int(g) for g in user.get("additionalGids") or []])
     os.setresgid(gid, gid, gid)

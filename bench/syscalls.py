@@ -1,0 +1,140 @@
+"""Syscall costs under zentry's filter and sentry, against native and a C floor, in one run.
+
+    python bench/syscalls.py [--iterations N] [--cpu N]
+
+Rows (median ns per call of several runs of a C loop compiled here with gcc):
+native getpid; getpid allowed in BPF (target <= 1.3x native); uname trapped
+and emulated by the sentry vs a C pipe round trip between two processes, the
+floor of any user-space answer (target <= 1.5x); open+read+close mediated by
+the sentry vs native (target <= 10x). Tracee and sentry are pinned to one CPU
+(across CPUs every round trip costs 4-8x more on this kind of machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+C_LOOP = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static long long now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1000000000LL + t.tv_nsec; }
+
+int main(int argc, char **argv) {
+    const char *mode = argv[1]; long n = atol(argv[2]); const char *path = argc > 3 ? argv[3] : "/etc/hostname";
+    char buf[256]; struct utsname u; long long t0, t1;
+    if (!strcmp(mode, "pipe")) {
+        int a[2], b[2]; if (pipe(a) || pipe(b)) return 2;
+        pid_t pid = fork();
+        if (pid == 0) { char c; close(a[1]); close(b[0]); while (read(a[0], &c, 1) == 1) if (write(b[1], &c, 1) != 1) break; _exit(0); }
+        char c = 'x';
+        for (int i = 0; i < 1000; i++) { if (write(a[1], &c, 1) != 1 || read(b[0], &c, 1) != 1) return 3; }
+        t0 = now();
+        for (long i = 0; i < n; i++) { if (write(a[1], &c, 1) != 1 || read(b[0], &c, 1) != 1) return 3; }
+        t1 = now();
+        close(a[1]); waitpid(pid, 0, 0);
+    } else {
+        for (int i = 0; i < 100; i++) { syscall(SYS_getpid); uname(&u); }
+        t0 = now();
+        for (long i = 0; i < n; i++) {
+            if (!strcmp(mode, "getpid")) syscall(SYS_getpid);
+            else if (!strcmp(mode, "uname")) { if (uname(&u)) return 4; }
+            else { int fd = open(path, O_RDONLY); if (fd < 0 || read(fd, buf, sizeof buf) < 0) return 5; close(fd); }
+        }
+        t1 = now();
+    }
+    printf("%lld\n", (t1 - t0) / n);
+    return 0;
+}
+"""
+
+
+def build(tmp: str) -> str:
+    src = os.path.join(tmp, "loop.c")
+    exe = os.path.join(tmp, "loop")
+    with open(src, "w") as f:
+        f.write(C_LOOP)
+    subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
+    return exe
+
+
+def measure(exe: str, mode: str, n: int, runs: int, sentry=None) -> float:
+    from zentry.sentry.harness import run
+
+    results = []
+    for _ in range(runs):
+        if sentry is None:
+            out = subprocess.run([exe, mode, str(n)], check=True, capture_output=True).stdout
+        else:
+            r = run([exe, mode, str(n)], sentry=sentry, timeout=300)
+            if r.returncode != 0:
+                raise RuntimeError(f"{mode} under the sentry exited {r.returncode}: {r.stderr!r}")
+            out = r.stdout
+        results.append(int(out))
+    return statistics.median(results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=20000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--cpu", type=int, default=0, help="CPU to pin tracee and sentry to (-1: no pinning)")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/syscalls.py needs root (seccomp listener, process_vm_*)", file=sys.stderr)
+        return 2
+    if not shutil.which("gcc"):
+        print("bench/syscalls.py needs gcc", file=sys.stderr)
+        return 2
+    if args.cpu >= 0:
+        os.sched_setaffinity(0, {args.cpu})  # before the sentry thread exists: it inherits
+    from zentry.sentry.kernel import Sentry
+
+    n, runs = args.iterations, args.runs
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build(tmp)
+        sentry = Sentry()
+        sentry.start()
+        try:
+            native_getpid = measure(exe, "getpid", n * 10, runs)
+            bpf_getpid = measure(exe, "getpid", n * 10, runs, sentry)
+            floor = measure(exe, "pipe", n, runs)
+            uname = measure(exe, "uname", n, runs, sentry)
+            native_open = measure(exe, "open", n, runs)
+            mediated_open = measure(exe, "open", n // 4, runs, sentry)
+        finally:
+            sentry.stop()
+    rows = [
+        ("getpid, native", native_getpid, None, None),
+        ("getpid, allowed in BPF", bpf_getpid, bpf_getpid / native_getpid, 1.3),
+        ("C pipe round trip (floor)", floor, None, None),
+        ("uname, trapped + emulated", uname, uname / floor, 1.5),
+        ("open+read+close, native", native_open, None, None),
+        ("open+read+close, mediated", mediated_open, mediated_open / native_open, 10.0),
+    ]
+    print(f"{'path':<30} {'ns/call':>10} {'ratio':>7} {'target':>7}  ok")
+    for name, ns, ratio, target in rows:
+        r = f"{ratio:6.2f}x" if ratio is not None else ""
+        t = f"<={target}x" if target is not None else ""
+        ok = ("yes" if ratio <= target else "NO") if ratio is not None else ""
+        print(f"{name:<30} {ns:>10.0f} {r:>7} {t:>7}  {ok}")
+    print(f"(median of {runs} runs; iterations: getpid {n * 10}, others {n}, mediated open {n // 4}; cpu {args.cpu})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

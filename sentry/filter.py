@@ -1,0 +1,202 @@
+"""Compiles seccomp policies to BPF (one compiler: libseccomp via pyseccomp) and loads them.
+
+Two filters are stacked on a container process:
+
+1. the OCI profile (``linux.seccomp`` of config.json), translated by
+   ``oci.translate`` to a ``Policy`` and loaded first, without a listener;
+2. zentry's own filter, from the syscall table (``table.TABLE``), loaded last
+   with ``SECCOMP_FILTER_FLAG_NEW_LISTENER | WAIT_KILLABLE_RECV``: its
+   listener fd goes to the sentry.
+
+The kernel runs every filter and keeps the strictest verdict (KILL > TRAP >
+ERRNO > USER_NOTIF > TRACE > LOG > ALLOW), so an OCI ERRNO beats a zentry
+TRAP and a zentry TRAP beats an OCI ALLOW.
+
+Both filters reject any architecture but x86_64, and libseccomp's x86_64
+prologue also sends x32 numbers (``nr >= 0x40000000``) to the bad-arch action
+(KILL_PROCESS): a 32-bit or x32 syscall would read another table.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass, field
+
+import pyseccomp
+
+from .abi import libc
+from .abi.seccomp import (
+    SECCOMP_FILTER_FLAG_NEW_LISTENER,
+    SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+    SECCOMP_RET_KILL_PROCESS,
+    SECCOMP_SET_MODE_FILTER,
+    SockFilter,
+    SockFprog,
+)
+from .table import TABLE, Action, SyscallTable
+
+#: flags zentry's own filter is loaded with
+ZENTRY_FILTER_FLAGS = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+
+
+@dataclass(frozen=True, slots=True)
+class Cond:
+    """One libseccomp argument comparison (``op`` is a ``pyseccomp`` operator)."""
+
+    index: int
+    op: int
+    value: int
+    value_two: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """``action`` (a SECCOMP_RET_* value) for ``nr`` when all ``conds`` hold."""
+
+    nr: int
+    action: int
+    conds: tuple[Cond, ...] = ()
+
+
+@dataclass(slots=True)
+class Policy:
+    """What a filter should do, before compilation: default action, rules, arches."""
+
+    default: int
+    rules: list[Rule] = field(default_factory=list)
+    #: AUDIT_ARCH-style libseccomp arch tokens besides the native x86_64
+    extra_arches: tuple[int, ...] = ()
+    #: seccomp(2) flags to load with
+    flags: int = 0
+
+
+def policy_from_table(table: SyscallTable = TABLE) -> Policy:
+    """zentry's policy: default ALLOW, every non-ALLOW row becomes rules."""
+    rules: list[Rule] = []
+    for row in table:
+        d = row.disposition
+        if d.action is Action.ALLOW:
+            continue
+        if d.action is Action.TRAP:
+            action = pyseccomp.NOTIFY
+        elif d.action is Action.ERRNO:
+            action = pyseccomp.ERRNO(d.errno)
+        else:
+            action = SECCOMP_RET_KILL_PROCESS
+        if d.when:
+            # one rule per condition: libseccomp ORs the rules of a syscall
+            for c in d.when:
+                rules.append(Rule(row.nr, action, (Cond(c.index, pyseccomp.MASKED_EQ, c.mask, c.value),)))
+        else:
+            rules.append(Rule(row.nr, action))
+    return Policy(default=pyseccomp.ALLOW, rules=rules, flags=ZENTRY_FILTER_FLAGS)
+
+
+class FilterError(Exception):
+    """A policy libseccomp refuses (the message names the rule)."""
+
+
+def compile_policy(policy: Policy) -> bytes:
+    """The BPF program (a sequence of 8-byte sock_filter) for a policy."""
+    flt = pyseccomp.SyscallFilter(policy.default)
+    try:
+        flt.set_attr(pyseccomp.Attr.ACT_BADARCH, SECCOMP_RET_KILL_PROCESS)
+        # a binary tree of syscall numbers: an allowed call walks ~log2(rules) jumps, not every rule
+        flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
+        for arch in policy.extra_arches:
+            if not flt.exist_arch(arch):
+                flt.add_arch(arch)
+        for rule in policy.rules:
+            args = [pyseccomp.Arg(c.index, c.op, c.value, c.value_two) for c in rule.conds]
+            try:
+                flt.add_rule(rule.action, rule.nr, *args)
+            except OSError as err:
+                raise FilterError(f"cannot add rule {rule}: {err}") from err
+        fd = os.memfd_create("zentry-bpf", os.MFD_CLOEXEC)
+        try:
+            with open(fd, "w+b", closefd=False) as f:
+                flt.export_bpf(f)
+            size = os.lseek(fd, 0, os.SEEK_END)
+            return os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
+    finally:
+        del flt
+
+
+class LoadedProgram:
+    """A BPF program held in ctypes memory, ready for seccomp(2).
+
+    Built before the filter is loaded, so that loading does no allocation
+    that could need a trapped syscall (pitfall 7).
+    """
+
+    def __init__(self, bpf: bytes) -> None:
+        if len(bpf) % 8 or not bpf:
+            raise FilterError(f"BPF program of {len(bpf)} bytes is not a list of sock_filter")
+        n = len(bpf) // 8
+        self._insns = (SockFilter * n).from_buffer_copy(bpf)
+        self.fprog = SockFprog(n, ctypes.cast(self._insns, ctypes.POINTER(SockFilter)))
+
+    def load(self, flags: int) -> int:
+        """seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog); the listener fd with NEW_LISTENER, else 0."""
+        res = libc.libc().syscall(
+            ctypes.c_long(libc.SYS_seccomp), ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(flags), ctypes.byref(self.fprog)
+        )
+        if res < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"seccomp(SET_MODE_FILTER, {flags:#x}): {os.strerror(err)}")
+        return res
+
+
+_zentry_bpf: bytes | None = None
+
+
+def zentry_bpf() -> bytes:
+    """zentry's compiled filter (cached: the table is static)."""
+    global _zentry_bpf
+    if _zentry_bpf is None:
+        _zentry_bpf = compile_policy(policy_from_table(TABLE))
+    return _zentry_bpf
+
+
+def install(oci_seccomp: dict | None, *, no_new_privs: bool) -> int:
+    """Load the OCI profile's filter (if any), then zentry's; return zentry's listener fd.
+
+    Called in the container init: single-threaded, forked, still root, after
+    namespaces and pivot_root, before dropping privileges and ``execve``.
+    Order:
+
+    1. compile both programs (libseccomp allocates and may open files: before
+       any filter is loaded);
+    2. ``prctl(PR_SET_NO_NEW_PRIVS)`` if asked (the OCI ``noNewPrivileges``;
+       as root with CAP_SYS_ADMIN the filters load without it);
+    3. load the OCI filter (its own flags, no listener; see ``oci.translate``);
+    4. load zentry's filter with NEW_LISTENER|WAIT_KILLABLE_RECV — from here
+       on ``open``/``uname``/… block until the sentry answers, so the caller
+       must make no trapped call before the listener fd has been sent
+       (``socket.send_fds`` uses only sendmsg, which is allowed) and closed.
+
+    An OCI profile that uses SCMP_ACT_NOTIFY is refused by ``oci.translate``
+    when stacked under the sentry: the kernel allows one listener per filter
+    chain (a second NEW_LISTENER fails with EBUSY).
+    """
+    oci_prog = None
+    oci_flags = 0
+    if oci_seccomp:
+        translated = oci.translate(oci_seccomp, stacked=True)
+        oci_prog = LoadedProgram(compile_policy(translated))
+        oci_flags = translated.flags
+    ours = LoadedProgram(zentry_bpf())
+    if no_new_privs:
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+    if oci_prog is not None:
+        oci_prog.load(oci_flags)
+    return ours.load(ZENTRY_FILTER_FLAGS)
+
+
+# At the bottom: oci builds on the names above. Imported here, not inside
+# install(), because install() runs after pivot_root, where zentry's files
+# are no longer reachable.
+from . import oci  # noqa: E402

@@ -1,0 +1,389 @@
+"""The sentry: the seccomp user-notification server that answers trapped syscalls.
+
+One ``Sentry`` runs in a dedicated thread of the sandbox actor and serves any
+number of listener fds (one per container init, plus exec'd processes),
+multiplexed with ``poll``. For each notification it runs the handler the
+syscall table names (``handlers.HANDLERS``) and answers with
+``SECCOMP_IOCTL_NOTIF_SEND`` (or ``ADDFD|SEND``). It answers CONTINUE only where no tracee memory was read (``chroot``).
+
+The hot loop follows docs/notes "seccomp-notify": preallocated buffers,
+``fcntl.ioctl`` on them, ``SET_FLAGS(SYNC_WAKE_UP)`` on every listener, the
+receive buffer zeroed before every RECV (pitfall 3), ``ID_VALID`` after every
+tracee-memory read, ENOENT from RECV/SEND/ADDFD taken as "the thread is gone"
+(pitfall 5), several pending notifications served one by one (level-triggered
+poll), per-call strace cost when off: one bool test.
+
+Fail closed (pitfall 4): if a listener closes while its container runs, the
+trapped calls return ENOSYS and the program runs on unmediated. So:
+
+* a listener that fails (RECV error other than ENOENT/EINTR, POLLNVAL/ERR)
+  has its container killed (SIGKILL to ``ContainerView.init_pid`` through a
+  pidfd taken at ``add_listener``; the container's pid namespace takes every
+  other process with it) and then ``on_fatal(container_id, exc)`` is called;
+* if the sentry thread itself dies, the same happens for every listener;
+* ``stop()`` kills the containers still attached before closing listeners;
+* if the whole sandbox process dies, the listener closes with it: the
+  container init must have been started with ``PR_SET_PDEATHSIG(SIGKILL)``
+  by the process hosting the sentry (``filter.install`` callers do this; note
+  that the death signal follows the *thread* that forked the init), and the
+  pid namespace propagates the kill to the init's descendants.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .abi import libc
+from .abi.seccomp import (
+    ADDFD,
+    NOTIF,
+    RESP,
+    SECCOMP_ADDFD_FLAG_SEND,
+    SECCOMP_IOCTL_NOTIF_ADDFD,
+    SECCOMP_IOCTL_NOTIF_ID_VALID,
+    SECCOMP_IOCTL_NOTIF_RECV,
+    SECCOMP_IOCTL_NOTIF_SEND,
+    SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+    SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+)
+from .abi.syscalls import MAX_NR, name as syscall_name
+from .handlers import HANDLERS
+from .handlers.emulate import utsname_bytes
+from .table import TABLE, SyscallTable
+from .tracee import FsIdentity, Memory, Tracees
+
+log = logging.getLogger("zentry.sentry")
+
+_ZERO_NOTIF = bytes(NOTIF.size)
+_POLL_IN = select.POLLIN
+_POLL_BAD = select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+
+@dataclass
+class ContainerView:
+    """What the sentry needs to know about the container behind a listener."""
+
+    container_id: str
+    hostname: str
+    domainname: str = ""
+    memory_limit_bytes: int | None = None
+    cpu_quota_us: int | None = None
+    cpu_period_us: int | None = None
+    cpuset: str | None = None
+    #: host pid of the container init: killed (SIGKILL) when the listener fails
+    init_pid: int | None = None
+    #: current memory use in bytes (cgroup ``memory.current``/``usage_in_bytes``), for MemFree
+    memory_usage_bytes: Callable[[], int] | None = None
+
+
+class ListenerFailed(Exception):
+    """A listener fd became unusable (closed, error) while its container ran."""
+
+
+class _Listener:
+    __slots__ = ("fd", "view", "utsname", "pidfd", "idbuf", "root_fd", "root_link")
+
+    def __init__(self, fd: int, view: ContainerView) -> None:
+        self.fd = fd
+        self.view = view
+        self.utsname = utsname_bytes(view)
+        self.idbuf = bytearray(8)
+        #: the container's root (O_PATH) and its readlink, shared by every tracee
+        #: until one of them calls chroot (then -2: look it up per call)
+        self.root_fd = -1
+        self.root_link = b""
+        self.pidfd = -1
+        if view.init_pid:
+            try:
+                self.pidfd = libc.pidfd_open(view.init_pid)
+            except OSError as err:
+                log.warning("no pidfd for init %s of %s: %s", view.init_pid, view.container_id, err)
+
+
+class Sentry:
+    """The notification server. ``start()`` it, ``add_listener()`` fds, ``stop()`` it."""
+
+    def __init__(
+        self,
+        on_event: Callable[[dict], None] | None = None,
+        on_fatal: Callable[[str, BaseException], None] | None = None,
+        table: SyscallTable = TABLE,
+    ) -> None:
+        self.on_event = on_event
+        self.on_fatal = on_fatal
+        self._strace = False
+        self._dispatch: list = [None] * (MAX_NR + 1)
+        for nr, handler in table.trapped().items():
+            self._dispatch[nr] = HANDLERS[handler]
+        self._listeners: dict[int, _Listener] = {}
+        self._pending: list[_Listener] = []
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        # per-call state and preallocated buffers (sentry thread only)
+        self.mem = Memory()
+        self.tracees = Tracees()
+        self.fsid = FsIdentity()
+        self.decoded: tuple | None = None
+        self.result_fd = -1
+        self._notif = bytearray(NOTIF.size)
+        self._resp = bytearray(RESP.size)
+        self._addfd = bytearray(ADDFD.size)
+        # statistics, indexed by syscall number
+        self._n_trapped = [0] * (MAX_NR + 1)
+        self._n_errors = [0] * (MAX_NR + 1)
+        self._n_refused = [0] * (MAX_NR + 1)
+        self.counts_mediated = 0
+        self._n_unknown = 0
+
+    # --- control (any thread) -----------------------------------------------------------
+    def add_listener(self, fd: int, container: ContainerView) -> None:
+        """Serve a listener fd (the Sentry owns it from now on and closes it)."""
+        fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+        os.set_inheritable(fd, False)
+        lst = _Listener(fd, container)
+        with self._lock:
+            self._pending.append(lst)
+        self._wake()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("sentry already started")
+        self._thread = threading.Thread(target=self._main, name="zentry-sentry", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0, *, kill_tracees: bool = True) -> None:
+        """Stop serving. Containers still attached are killed first (fail closed)."""
+        self._kill_on_exit = kill_tracees
+        self._stopping = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def set_strace(self, on: bool) -> None:
+        """Report every trapped call to ``on_event`` (off by default; switchable at run time)."""
+        self._strace = bool(on) and self.on_event is not None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def listeners(self) -> list[str]:
+        with self._lock:
+            return [l.view.container_id for l in self._listeners.values()] + [l.view.container_id for l in self._pending]
+
+    def stats(self) -> dict:
+        """Counts by syscall name: trapped, refused (no handler), errors (answered with an errno), mediated opens."""
+
+        def by_name(counts: list[int]) -> dict[str, int]:
+            return {syscall_name(nr): n for nr, n in enumerate(counts) if n}
+
+        return {
+            "trapped": by_name(self._n_trapped),
+            "refused": by_name(self._n_refused),
+            "errors": by_name(self._n_errors),
+            "mediated_opens": self.counts_mediated,
+            "listeners": len(self._listeners) + len(self._pending),
+        }
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    # --- the loop (sentry thread) -------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the thread is dying: fail closed for every container
+            self.error = exc
+            log.exception("sentry thread died")
+            for lst in list(self._listeners.values()) + self._pending:
+                self._fail(lst, exc)
+        finally:
+            kill = getattr(self, "_kill_on_exit", True)
+            for lst in list(self._listeners.values()) + self._take_pending():
+                if kill:
+                    self._kill(lst)
+                self._close(lst)
+            self.tracees.clear()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _take_pending(self) -> list[_Listener]:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        return pending
+
+    def _loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, _POLL_IN)
+        listeners = self._listeners
+        wake_r = self._wake_r
+        while not self._stopping:
+            for fd, ev in poller.poll():
+                if fd == wake_r:
+                    try:
+                        os.read(wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    for lst in self._take_pending():
+                        listeners[lst.fd] = lst
+                        poller.register(lst.fd, _POLL_IN)
+                    continue
+                lst = listeners.get(fd)
+                if lst is None:
+                    continue
+                if ev & _POLL_IN:
+                    self._serve(lst)
+                elif ev & select.POLLNVAL or ev & select.POLLERR:
+                    poller.unregister(fd)
+                    # POLLNVAL: someone closed our fd; its number may already be reused, do not close it
+                    if ev & select.POLLNVAL:
+                        lst.fd = -1
+                    self._listeners.pop(fd, None)
+                    self._fail(lst, ListenerFailed(f"listener fd {fd} of {lst.view.container_id} failed (poll events {ev:#x})"))
+                elif ev & select.POLLHUP:
+                    # every task using the filter has exited: the container is done
+                    poller.unregister(fd)
+                    del listeners[fd]
+                    self._close(lst)
+
+    def _serve(self, lst: _Listener) -> None:
+        notif = self._notif
+        notif[:] = _ZERO_NOTIF  # RECV into a dirty buffer fails with EINVAL (pitfall 3)
+        try:
+            fcntl.ioctl(lst.fd, SECCOMP_IOCTL_NOTIF_RECV, notif, True)
+        except OSError as err:
+            if err.errno in (errno.ENOENT, errno.EINTR):
+                return  # the trapped thread was killed before we received it
+            self._listeners.pop(lst.fd, None)
+            self._fail(lst, err)
+            return
+        nid, tid, _flags, nr, _arch, _ip, a0, a1, a2, a3, a4, a5 = NOTIF.unpack_from(notif)
+        handler = self._dispatch[nr] if 0 <= nr <= MAX_NR else None
+        strace = self._strace
+        if strace:
+            t0 = time.perf_counter_ns()
+            self.decoded = None
+            self.result_fd = -1
+        if handler is None:
+            res = (0, errno.ENOSYS)
+            if 0 <= nr <= MAX_NR:
+                self._n_refused[nr] += 1
+            else:
+                self._n_unknown += 1
+        else:
+            self._n_trapped[nr] += 1
+            try:
+                res = handler(self, lst, nid, tid, (a0, a1, a2, a3, a4, a5))
+            except OSError as err:
+                res = (0, err.errno or errno.EIO)
+            except Exception:  # a handler bug: refuse this call, keep serving the others
+                log.exception("handler for %s failed", syscall_name(nr))
+                res = (0, errno.ENOSYS)
+        if res is not None:
+            err = res[1]
+            if err:
+                self._n_errors[nr] += 1
+            RESP.pack_into(self._resp, 0, nid, res[0], -err, res[2] if len(res) == 3 else 0)
+            try:
+                fcntl.ioctl(lst.fd, SECCOMP_IOCTL_NOTIF_SEND, self._resp, True)
+            except OSError as e:
+                if e.errno != errno.ENOENT:  # the listener itself is broken: this container only
+                    self._listeners.pop(lst.fd, None)
+                    self._fail(lst, e)
+                    return
+        if strace:
+            self._emit(lst, tid, nr, res, time.perf_counter_ns() - t0)
+
+    def _emit(self, lst: _Listener, tid: int, nr: int, res, duration: int) -> None:
+        try:
+            pid = self.tracees.get(tid).tgid
+        except OSError:
+            pid = tid
+        event = {"container": lst.view.container_id, "pid": pid, "tid": tid, "syscall": syscall_name(nr), "args": list(self.decoded or ()), "duration_ns": duration}
+        if res is None:
+            event["result"] = self.result_fd
+        elif res[1]:
+            event["errno"] = errno.errorcode.get(res[1], res[1])
+        else:
+            event["result"] = res[0]
+        try:
+            self.on_event(event)
+        except Exception:
+            log.exception("on_event failed")
+
+    # --- helpers for handlers ----------------------------------------------------------
+    def id_valid(self, lst: _Listener, nid: int) -> bool:
+        """Whether notification ``nid`` is still pending (its thread alive, not interrupted)."""
+        buf = lst.idbuf
+        buf[:] = nid.to_bytes(8, "little")
+        try:
+            fcntl.ioctl(lst.fd, SECCOMP_IOCTL_NOTIF_ID_VALID, buf, True)
+            return True
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                return False
+            raise
+
+    def write_tracee(self, lst: _Listener, nid: int, tid: int, addr: int, data: bytes) -> None:
+        """Write a result into tracee memory, only while notification ``nid`` is pending (TID not reused)."""
+        if not self.id_valid(lst, nid):
+            raise OSError(errno.ESRCH, "the trapped thread is gone")
+        self.mem.write(tid, addr, data)
+
+    def addfd(self, lst: _Listener, nid: int, srcfd: int, cloexec: int):
+        """Install ``srcfd`` in the tracee and complete the call with its number (ADDFD|SEND)."""
+        ADDFD.pack_into(self._addfd, 0, nid, SECCOMP_ADDFD_FLAG_SEND, srcfd, 0, os.O_CLOEXEC if cloexec else 0)
+        try:
+            self.result_fd = fcntl.ioctl(lst.fd, SECCOMP_IOCTL_NOTIF_ADDFD, self._addfd, True)
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                return None
+            return 0, err.errno  # e.g. EMFILE in the tracee: the call fails with it
+        return None
+
+    # --- fail closed --------------------------------------------------------------------
+    def _kill(self, lst: _Listener) -> None:
+        if lst.pidfd >= 0:
+            try:
+                libc.pidfd_send_signal(lst.pidfd, signal.SIGKILL)
+            except OSError as err:
+                if err.errno != errno.ESRCH:
+                    log.error("cannot kill init of %s: %s", lst.view.container_id, err)
+
+    def _fail(self, lst: _Listener, exc: BaseException) -> None:
+        log.error("listener of %s failed: %s; killing the container", lst.view.container_id, exc)
+        if isinstance(exc, OSError) and exc.errno == errno.EBADF:
+            lst.fd = -1  # closed under us: the number may belong to someone else by now
+        self._kill(lst)
+        self._listeners.pop(lst.fd, None)
+        self._close(lst)
+        if self.on_fatal is not None:
+            try:
+                self.on_fatal(lst.view.container_id, exc)
+            except Exception:
+                log.exception("on_fatal failed")
+
+    def _close(self, lst: _Listener) -> None:
+        for attr in ("fd", "pidfd", "root_fd"):
+            fd = getattr(lst, attr)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass  # already closed by someone else (that is how it failed)
+                setattr(lst, attr, -1)

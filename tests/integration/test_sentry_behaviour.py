@@ -1,0 +1,399 @@
+"""The sentry serving real programs: results compared with the same program run on the host.
+
+Each test forks a helper that loads zentry's filter and hands the listener to a
+Sentry running in a thread of the test process (``zentry.sentry.harness``, the
+container-init sequence), then execs busybox, python3 or a C program compiled
+here with gcc.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from zentry.sentry.harness import run, spawn
+from zentry.sentry.kernel import ContainerView, Sentry
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="loading a seccomp listener for another process and reading its memory needs root"),
+    pytest.mark.skipif(not shutil.which("gcc"), reason="the C test programs need gcc"),
+]
+
+BUSYBOX = "/bin/busybox"
+PY = sys.executable
+
+
+def _children() -> set[int]:
+    me = os.getpid()
+    out = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == me:
+                    out.add(int(d))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.fixture
+def sentry():
+    before = _children()
+    events: list[dict] = []
+    fatal: list[tuple[str, BaseException]] = []
+    s = Sentry(on_event=events.append, on_fatal=lambda cid, exc: fatal.append((cid, exc)))
+    s.events = events
+    s.fatal = fatal
+    s.start()
+    yield s
+    s.stop()
+    assert not s.alive
+    assert _children() - before == set(), "a test left a child process behind"
+
+
+def cc(tmp_path, name: str, source: str, static: bool = False) -> str:
+    src = tmp_path / f"{name}.c"
+    src.write_text(textwrap.dedent(source))
+    exe = tmp_path / name
+    cmd = ["gcc", "-O1", "-pthread", "-o", str(exe), str(src)]
+    if static:
+        cmd.insert(1, "-static")
+    subprocess.run(cmd, check=True)
+    return str(exe)
+
+
+def host(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, timeout=60)
+
+
+def test_uname_names_zentry_and_the_container_hostname(sentry):
+    r = run([BUSYBOX, "uname", "-a"], sentry=sentry, view=ContainerView("c1", "web-1"))
+    assert r.returncode == 0, r.stderr
+    assert b"zentry" in r.stdout and b"web-1" in r.stdout
+    for flag in ("-s", "-r", "-m"):  # what stays the host's
+        assert run([BUSYBOX, "uname", flag], sentry=sentry).stdout == host([BUSYBOX, "uname", flag]).stdout
+    assert run([BUSYBOX, "uname", "-v"], sentry=sentry).stdout == b"#1 zentry sentry\n"
+    assert sentry.stats()["trapped"]["uname"] >= 5
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [BUSYBOX, "cat", "/etc/passwd", "/etc/hostname"],
+        [BUSYBOX, "ls", "-la", "/etc/ssl"],
+        [BUSYBOX, "sh", "-c", "cd /etc && cat ./hostname ../etc/passwd | wc -l && echo done"],
+        [BUSYBOX, "find", "/usr/lib/python3.11/json", "-name", "*.py"],
+        [PY, "-c", "import json, os; print(sorted(os.listdir('/etc'))[:20]); print(json.dumps({'a': 1}))"],
+        [PY, "-c", "import sys; print(open('/etc/passwd').read().count(':'), file=sys.stderr)"],
+    ],
+)
+def test_programs_read_the_same_files_as_on_the_host(sentry, argv):
+    r = run(argv, sentry=sentry)
+    h = host(argv)
+    assert (r.returncode, r.stdout, r.stderr) == (h.returncode, h.stdout, h.stderr)
+    assert sentry.stats()["mediated_opens"] > 0
+
+
+def test_creating_writing_and_reopening_files(sentry, tmp_path):
+    script = f"""
+import os
+p = {str(tmp_path)!r} + '/f'
+with open(p, 'w') as f: f.write('hello')
+fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+import fcntl
+print(open(p).read(), bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC))
+import ctypes
+fd2 = ctypes.CDLL(None).open(p.encode(), os.O_RDONLY)  # os.open would add O_CLOEXEC (PEP 446)
+print(bool(fcntl.fcntl(fd2, fcntl.F_GETFD) & fcntl.FD_CLOEXEC))
+try:
+    os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+except FileExistsError:
+    print('EEXIST')
+try:
+    open(p + '/x')
+except NotADirectoryError:
+    print('ENOTDIR')
+os.symlink('f', p + 'link'); print(open(p + 'link').read())
+"""
+    r = run([PY, "-c", script], sentry=sentry)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello True\nFalse\nEEXIST\nENOTDIR\nhello\n"
+
+
+def test_a_non_root_tracee_gets_the_kernels_permission_checks(sentry, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    secret.chmod(0o600)
+    os.chmod(tmp_path, 0o755)
+    script = f"import os; os.setgroups([]); os.setgid(65534); os.setuid(65534)\ntry:\n  open({str(secret)!r}).read(); print('READ')\nexcept PermissionError: print('EACCES')\nprint(open('/etc/hostname').read().strip() != '')"
+    r = run([PY, "-c", script], sentry=sentry)
+    h = host([PY, "-c", script])
+    assert r.stdout == h.stdout == b"EACCES\nTrue\n", r.stderr
+
+
+PROC_C = r"""
+#include <stdio.h>
+#include <sys/sysinfo.h>
+int main(void) {
+    struct sysinfo si;
+    if (sysinfo(&si)) return 1;
+    printf("%llu\n", (unsigned long long)si.totalram * si.mem_unit);
+    return 0;
+}
+"""
+
+
+def test_proc_views_and_sysinfo_follow_the_cgroup_limits(sentry, tmp_path):
+    view = ContainerView("c2", "db", memory_limit_bytes=256 << 20, cpu_quota_us=50000, cpu_period_us=100000, cpuset="0-1")
+    r = run([BUSYBOX, "sh", "-c", "grep MemTotal /proc/meminfo; grep -c ^processor /proc/cpuinfo; grep -c '^cpu[0-9]' /proc/stat; cat /proc/loadavg | wc -w"], sentry=sentry, view=view)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split(b"\n")[:4] == [b"MemTotal:         262144 kB", b"1", b"1", b"5"]
+    exe = cc(tmp_path, "si", PROC_C)
+    r = run([exe], sentry=sentry, view=view)
+    assert r.stdout == b"%d\n" % (256 << 20)
+    # no limits: the host's numbers
+    r = run([BUSYBOX, "grep", "MemTotal", "/proc/meminfo"], sentry=sentry)
+    assert r.stdout == host([BUSYBOX, "grep", "MemTotal", "/proc/meminfo"]).stdout
+    # other /proc files are the real ones, and /proc/self is the tracee
+    r = run([BUSYBOX, "sh", "-c", "head -1 /proc/self/status; readlink /proc/self/exe"], sentry=sentry)
+    assert r.stdout.startswith(b"Name:\tbusybox\n") or r.stdout.startswith(b"Name:\thead\n"), r.stdout
+
+
+REFUSED_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        long nr = atol(argv[i]);
+        errno = 0;
+        long r = syscall(nr, 0L, 0L, 0L, 0L, 0L, 0L);
+        printf("%ld %ld %d\n", nr, r, r < 0 ? errno : 0);
+    }
+    /* clone with a namespace flag is refused, plain fork is not */
+    errno = 0;
+    long r = syscall(SYS_clone, (long)(CLONE_NEWUSER | 17), 0L, 0L, 0L, 0L);
+    printf("clone-newuser %ld %d\n", r, r < 0 ? errno : 0);
+    pid_t p = fork();
+    if (p == 0) _exit(0);
+    printf("fork %d\n", p > 0);
+    return 0;
+}
+"""
+
+
+def test_refused_syscalls_fail_with_the_tables_errno(sentry, tmp_path):
+    from zentry.sentry.table import TABLE, Action
+
+    refused = [r for r in TABLE.by_action(Action.ERRNO) if not r.disposition.when]
+    exe = cc(tmp_path, "refused", REFUSED_C)
+    r = run([exe, *[str(row.nr) for row in refused]], sentry=sentry)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    got = {int(nr): (int(ret), int(err)) for nr, ret, err in (l.split() for l in lines[: len(refused)])}
+    for row in refused:
+        assert got[row.nr] == (-1, row.disposition.errno), row.name
+    assert lines[-2] == f"clone-newuser -1 {errno.EPERM}"
+    assert lines[-1] == "fork 1"
+
+
+STORM_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+static volatile int done, urgs;
+static void on_urg(int s) { (void)s; urgs++; }
+static pthread_t main_thread;
+static void *storm(void *a) { (void)a; while (!done) { pthread_kill(main_thread, SIGURG); usleep(20); } return 0; }
+int main(void) {
+    struct sigaction sa; memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_urg; sa.sa_flags = SA_RESTART;  /* as the Go runtime does */
+    sigaction(SIGURG, &sa, 0);
+    main_thread = pthread_self();
+    pthread_t t; pthread_create(&t, 0, storm, 0);
+    int eintr = 0, other = 0; char buf[64]; struct utsname u;
+    for (int i = 0; i < 3000; i++) {
+        int fd = open("/etc/hostname", O_RDONLY);
+        if (fd < 0) { if (errno == EINTR) eintr++; else other++; continue; }
+        if (read(fd, buf, sizeof buf) <= 0) other++;
+        close(fd);
+        if (uname(&u)) { if (errno == EINTR) eintr++; else other++; }
+    }
+    done = 1; pthread_join(t, 0);
+    printf("eintr=%d other=%d urgs>0=%d\n", eintr, other, urgs > 0);
+    return 0;
+}
+"""
+
+
+def test_a_sigurg_storm_causes_no_eintr_and_no_livelock(sentry, tmp_path):
+    exe = cc(tmp_path, "storm", STORM_C)
+    t0 = time.monotonic()
+    r = run([exe], sentry=sentry, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"eintr=0 other=0 urgs>0=1\n"
+    assert time.monotonic() - t0 < 120
+
+
+THREADS_C = r"""
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+static const char *path;
+static char expect[4096]; static int expect_len;
+static void *worker(void *a) {
+    long bad = 0; char buf[4096]; struct utsname u;
+    for (int i = 0; i < 300; i++) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) { bad++; continue; }
+        int n = read(fd, buf, sizeof buf);
+        if (n != expect_len || memcmp(buf, expect, n)) bad++;
+        close(fd);
+        if (uname(&u) || strcmp(u.version, "#1 zentry sentry")) bad++;
+    }
+    return (void *)bad;
+}
+int main(int argc, char **argv) {
+    path = argv[1];
+    int fd = open(path, O_RDONLY); expect_len = read(fd, expect, sizeof expect); close(fd);
+    pthread_t t[8]; long bad = 0;
+    for (int i = 0; i < 8; i++) pthread_create(&t[i], 0, worker, 0);
+    for (int i = 0; i < 8; i++) { void *r; pthread_join(t[i], &r); bad += (long)r; }
+    printf("bad=%ld\n", bad);
+    return 0;
+}
+"""
+
+
+def test_a_multithreaded_program_with_many_pending_notifications(sentry, tmp_path):
+    exe = cc(tmp_path, "threads", THREADS_C)
+    r = run([exe, "/etc/passwd"], sentry=sentry, timeout=120)
+    assert (r.returncode, r.stdout) == (0, b"bad=0\n"), r.stderr
+    assert sentry.stats()["trapped"]["openat"] >= 8 * 300
+
+
+def test_strace_events_only_when_switched_on(sentry):
+    run([BUSYBOX, "cat", "/etc/hostname"], sentry=sentry)
+    assert sentry.events == []
+    sentry.set_strace(True)
+    run([BUSYBOX, "cat", "/etc/hostname", "/nonexistent"], sentry=sentry, view=ContainerView("traced", "h"))
+    sentry.set_strace(False)
+    opens = [e for e in sentry.events if e["syscall"] == "openat"]
+    ok = next(e for e in opens if e["args"][1] == "/etc/hostname")
+    missing = next(e for e in opens if e["args"][1] == "/nonexistent")
+    assert ok["container"] == "traced" and ok["result"] >= 0 and ok["duration_ns"] > 0 and ok["pid"] == ok["tid"]
+    assert missing["errno"] == "ENOENT"
+    n = len(sentry.events)
+    run([BUSYBOX, "cat", "/etc/hostname"], sentry=sentry)
+    assert len(sentry.events) == n
+
+
+def test_oci_profile_is_stacked_and_the_strictest_verdict_wins(sentry):
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EACCES}]}
+    code = "import os\ntry:\n  os.getcwd(); print('cwd')\nexcept PermissionError as e: print(e.errno)\nprint(open('/etc/hostname').read() != '')"
+    r = run([PY, "-c", code], sentry=sentry, oci=profile)
+    assert r.stdout == b"%d\nTrue\n" % errno.EACCES, r.stderr
+
+
+def test_a_second_listener_is_refused_by_the_kernel(sentry):
+    """Why an OCI profile with SCMP_ACT_NOTIFY cannot be stacked under the sentry."""
+    code = textwrap.dedent(
+        """
+        from zentry.sentry import filter as F
+        import pyseccomp
+        prog = F.LoadedProgram(F.compile_policy(F.Policy(default=pyseccomp.ALLOW, rules=[F.Rule(39, pyseccomp.NOTIFY)])))
+        try:
+            prog.load(F.ZENTRY_FILTER_FLAGS)
+        except OSError as e:
+            print(e.errno)
+        """
+    )
+    r = run([PY, "-c", code], sentry=sentry)
+    assert r.stdout == b"%d\n" % errno.EBUSY, r.stderr
+
+
+# --- fail closed -----------------------------------------------------------------------
+def _wait_dead(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_failed_listener_kills_the_container_and_reports(sentry):
+    t = spawn([BUSYBOX, "sh", "-c", "while true; do cat /etc/hostname >/dev/null; done"], sentry=sentry, view=ContainerView("doomed", "h"))
+    time.sleep(0.5)
+    fd = next(iter(sentry._listeners))
+    os.close(fd)  # the listener breaks under the sentry's feet
+    r = t.wait(20)
+    assert r.returncode == -signal.SIGKILL
+    assert [cid for cid, _ in sentry.fatal] == ["doomed"]
+
+
+def test_stopping_the_sentry_kills_the_containers_it_serves():
+    s = Sentry()
+    s.start()
+    t = spawn([BUSYBOX, "sleep", "100"], sentry=s)
+    time.sleep(0.2)
+    s.stop()
+    assert t.wait(20).returncode == -signal.SIGKILL
+
+
+def test_the_container_dies_with_the_process_hosting_the_sentry(tmp_path):
+    pidfile = tmp_path / "pid"
+    code = textwrap.dedent(
+        f"""
+        import time
+        from zentry.sentry.harness import spawn
+        from zentry.sentry.kernel import Sentry
+        s = Sentry(); s.start()
+        t = spawn([{BUSYBOX!r}, "sleep", "100"], sentry=s)
+        open({str(pidfile)!r}, "w").write(str(t.pid))
+        time.sleep(100)
+        """
+    )
+    host_proc = subprocess.Popen([PY, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = int(pidfile.read_text())
+        assert not _wait_dead(pid, 0.3)
+        host_proc.kill()  # SIGKILL: no cleanup code runs in the sentry's process
+        host_proc.wait(10)
+        assert _wait_dead(pid), "the tracee outlived its sentry (PR_SET_PDEATHSIG)"
+    finally:
+        if host_proc.poll() is None:
+            host_proc.kill()
+            host_proc.wait()
