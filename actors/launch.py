@@ -28,8 +28,13 @@ from zentry.bus.messages import Create, Created
 
 log = logging.getLogger("zentry.launch")
 
-SANDBOX_ID_ANNOTATIONS = ("io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID")
-CONTAINER_TYPE_ANNOTATIONS = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
+# containerd's CRI annotations put a container into its pod's sandbox. CRI-O's
+# (io.kubernetes.cri-o.SandboxID/ContainerType) are NOT honoured: podman sets
+# them on pod members but drives every member as an independent runc
+# container that joins the infra's namespaces by /proc/<pid>/ns path, and it
+# waits on each member's own pid file.
+SANDBOX_ID_ANNOTATIONS = ("io.kubernetes.cri.sandbox-id",)
+CONTAINER_TYPE_ANNOTATIONS = ("io.kubernetes.cri.container-type",)
 
 
 def sandbox_of(container_id: str, config: dict) -> str:
@@ -65,7 +70,12 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
             children.append(fork_actor("controller", lambda fd: controller_main(endpoints, sandbox_id, store.root, fd), log_file=log_file))
             children[-1].wait_ready()
             children.append(fork_actor("gofer", lambda fd: gofer_main(endpoints, sandbox_id, fd), log_file=log_file))
-            children.append(fork_actor("sandbox", lambda fd: sandbox_main(endpoints, sandbox_id, fd), detach=False, quiet_stdio=False))
+            # The sandbox keeps create's stdio: they are the container's. With a
+            # terminal the container's stdio is the pty instead, and holding
+            # create's pipes would keep the engine waiting for EOF (go-runc
+            # reads create's output until its pipes close).
+            terminal = bool((config.get("process") or {}).get("terminal"))
+            children.append(fork_actor("sandbox", lambda fd: sandbox_main(endpoints, sandbox_id, fd), detach=False, quiet_stdio=terminal, log_file=log_file if terminal else None))
             for child in children[1:]:
                 child.wait_ready()
             controller, gofer, sandbox = children

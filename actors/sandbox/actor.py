@@ -226,6 +226,8 @@ class Sandbox(Actor):
             self._kill_and_reap(box)
             raise
         self.watch_fd(pidfd, lambda _fd, cid=msg.container_id: self._on_exit(cid))
+        if not self.ran_any:
+            self._anchor_namespaces(pid)
         self.ran_any = True
         self.publish(ProcessStarted(container_id=msg.container_id, pid=pid, args=list((msg.config.get("process") or {}).get("args") or [])), parent=req.id)
         return Spawned(pid=pid, cgroup_procs=_cgroup_procs(pid))
@@ -297,6 +299,28 @@ class Sandbox(Actor):
             if line == "ready":
                 return
             _raise_line(line, f"container {box.container_id!r} init exited during setup")
+
+    def _anchor_namespaces(self, init_pid: int) -> None:
+        """Move this process's main thread into the first init's net, ipc and uts namespaces.
+
+        Engines treat the --pid-file pid as the container: podman pod members
+        join ``/proc/<pid>/ns/{net,ipc,uts}``. /proc/PID/ns shows the main
+        thread's namespaces, and these three may be changed by one thread of
+        a multi-threaded process, so the sandbox's pid becomes a faithful
+        anchor (as runsc's sandbox process is). The zmq threads keep theirs.
+        """
+        for name, flag in (("net", libc.CLONE_NEWNET), ("ipc", libc.CLONE_NEWIPC), ("uts", libc.CLONE_NEWUTS)):
+            path = f"/proc/{init_pid}/ns/{name}"
+            try:
+                if os.readlink(path) == os.readlink(f"/proc/self/ns/{name}"):
+                    continue
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    libc.setns(fd, flag)
+                finally:
+                    os.close(fd)
+            except OSError as err:
+                log.warning("cannot anchor the %s namespace of %s: %s", name, init_pid, err)
 
     @handles(Release)
     def release(self, msg: Release, req: Request) -> Message:
