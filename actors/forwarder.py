@@ -293,9 +293,8 @@ def _exec_child(chan: socket.socket, init_pid: int, cgroup_procs: list[str], con
         args = process.get("args") or []
         path = initmod.find_executable(args[0], env, cwd)
         listener = initmod.install_sentry(config, bool(process.get("noNewPrivileges")))
-        if listener is not None:
-            fdpass.send_fds(chan, {"kind": "listener"}, [listener])
-            os.close(listener)
+        fdpass.send_fds(chan, {"kind": "listener"}, [listener])
+        os.close(listener)
         initmod.apply_user(process)
         if process.get("noNewPrivileges"):
             libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)

@@ -171,6 +171,7 @@ class Sandbox(Actor):
             cpu_period_us=100_000 if cpus else None,
             cpuset=",".join(str(c) for c in _call(cg, "cpuset") or []) or None,
             init_pid=box.pid if box is not None else None,
+            memory_usage_bytes=(lambda cg=cg: _memory_usage(cg)) if cg is not None else None,
         )
         self.sentry.add_listener(fd, view)
 
@@ -517,6 +518,19 @@ def _call(obj: object | None, name: str):
         return fn()
     except Exception:
         return None
+
+
+def _memory_usage(cg) -> int:
+    """Current memory use of a container's cgroup in bytes (0 when unknown)."""
+    for name in ("memory.usage_in_bytes", "memory.current"):
+        d = cg.dir("memory") or cg.dir("")
+        if d:
+            try:
+                with open(os.path.join(d, name)) as f:
+                    return int(f.read())
+            except (OSError, ValueError):
+                continue
+    return 0
 
 
 def _cgroup_procs(pid: int) -> list[str]:

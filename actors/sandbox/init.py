@@ -20,16 +20,20 @@ Any failure is sent as ``error <code> <message>`` and the process exits.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import signal
 import socket
 import stat
 import sys
+import termios
 
 from zentry.actors.sandbox import caps
 from zentry.bus import fdpass
 from zentry.bus.errors import ConfigError, ExecNotFound, ExecPermission, SystemFailure, ZentryError, to_wire
+from zentry.actors.gofer import rootfs as rootfs_mod
+from zentry.sentry import filter as sentry_filter
 from zentry.sentry.abi import libc
 
 RLIMITS = {
@@ -132,9 +136,6 @@ def apply_user(process: dict) -> None:
 
 def setup_terminal(console: socket.socket) -> None:
     """Open a pty in the container's devpts, send the master, make the slave our tty."""
-    import fcntl
-    import termios
-
     master, slave = os.openpty()
     try:
         socket.send_fds(console, [b"/dev/ptmx"], [master])
@@ -191,8 +192,6 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
             os.close(mntns)
         libc.unshare(libc.CLONE_NEWNS)
 
-        from zentry.actors.gofer import rootfs as rootfs_mod
-
         rootfs_mod.enter_rootfs(rootfs)
         rootfs_mod.finish_in_container(config)
 
@@ -227,9 +226,8 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         # trapped call in between (seccomp-notify pitfall 7). Dropping to
         # the user afterwards uses only calls the filter allows.
         listener = install_sentry(config, bool(process.get("noNewPrivileges")))
-        if listener is not None:
-            fdpass.send_fds(chan, {"kind": "listener"}, [listener])
-            os.close(listener)
+        fdpass.send_fds(chan, {"kind": "listener"}, [listener])
+        os.close(listener)
         apply_user(process)
         if process.get("noNewPrivileges"):
             libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
@@ -256,16 +254,13 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
     return 0
 
 
-def install_sentry(config: dict, no_new_privs: bool) -> int | None:
-    """Load the seccomp filters; returns the sentry's listener fd (None if disabled)."""
-    if os.environ.get("ZENTRY_NO_SENTRY") == "1":
-        return None
-    try:
-        from zentry.sentry import filter as sentry_filter
-    except ImportError:
-        return None
-    install = getattr(sentry_filter, "install", None)
-    if install is None:
-        return None
+def install_sentry(config: dict, no_new_privs: bool) -> int:
+    """Load the seccomp filters; returns the sentry's listener fd.
+
+    Everything it needs was imported with this module, before the pivot into
+    the container's root (after it, Python could import nothing from the
+    host). Failing to load is an error: a container never runs without its
+    sentry.
+    """
     seccomp = (config.get("linux") or {}).get("seccomp")
-    return install(seccomp, no_new_privs=no_new_privs)
+    return sentry_filter.install(seccomp, no_new_privs=no_new_privs)

@@ -46,7 +46,7 @@ def sysinfo_bytes(view) -> bytes:
         free = min(free, max(0, total - view.memory_usage_bytes() // unit))
     limited = total < info.totalram
     return SYSINFO.pack(
-        info.uptime, *info.loads, total, free, min(info.sharedram, total), min(info.bufferram, total),
+        info.uptime, *info.loads, total, free, 0 if limited else info.sharedram, 0 if limited else info.bufferram,
         0 if limited else info.totalswap, 0 if limited else info.freeswap,
         info.procs, 0, 0, 0, unit,
     )

@@ -49,6 +49,11 @@ def memory_total(view) -> int:
     return host
 
 
+#: meminfo keys that describe the host's memory, not the container's
+_HOST_ONLY = frozenset({"SwapTotal", "SwapFree", "SwapCached", "Buffers", "Cached", "Shmem", "SReclaimable",
+                        "Active(file)", "Inactive(file)"})
+
+
 def meminfo(view) -> bytes:
     total_kb = memory_total(view) // 1024
     limited = total_kb * 1024 < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -64,7 +69,9 @@ def meminfo(view) -> bytes:
             if used_kb is not None:
                 value = min(value, max(0, total_kb - used_kb))
             line = f"{key + ':':<16}{min(value, total_kb):>8} kB"
-        elif limited and key in ("SwapTotal", "SwapFree"):
+        elif limited and key in _HOST_ONLY:
+            # Host page cache and swap are not the container's: shown as 0, so
+            # that used = total - free - buffers - cache stays within the limit.
             line = f"{key + ':':<16}{0:>8} kB"
         out.append(line)
     return ("\n".join(out) + "\n").encode()

@@ -1,0 +1,102 @@
+"""The sentry as a container sees it: what `zentry run` must show (issue 4's "done when").
+
+Each test runs a real container through the CLI and checks what the sentry
+emulates, mediates or refuses, against what the host would do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def run(zentry, bundle, cid: str) -> subprocess.CompletedProcess:
+    return zentry("run", "--bundle", bundle, cid)
+
+
+def test_uname_names_zentry_and_hostname_is_the_containers(zentry, busybox_bundle):
+    bundle = busybox_bundle(["sh", "-c", "uname -v; uname -n; cat /etc/hostname"], hostname="sbx")
+    r = run(zentry, bundle, "u1")
+    assert r.returncode == 0, r.stderr
+    version, nodename, etc_hostname = r.stdout.splitlines()
+    assert "zentry" in version
+    assert version != os.uname().version
+    assert nodename == "sbx"
+    assert etc_hostname  # the rootfs file is readable through the mediated open
+
+
+def test_symlink_out_of_the_root_does_not_escape(zentry, busybox_bundle, tmp_path):
+    secret = tmp_path / "host-secret"
+    secret.write_text("HOST-ONLY\n")
+    bundle = busybox_bundle(["sh", "-c", f"cat /tmp/x; cat /tmp/y; cat /tmp/z; echo done"])
+    rootfs = bundle / "rootfs"
+    (rootfs / "tmp").mkdir(exist_ok=True)
+    depth = "../" * 12
+    os.symlink(f"{depth}{str(secret).lstrip('/')}", rootfs / "tmp" / "x")
+    os.symlink(str(secret), rootfs / "tmp" / "y")
+    os.symlink("/proc/1/root" + str(secret), rootfs / "tmp" / "z")
+    r = run(zentry, bundle, "esc1")
+    assert "HOST-ONLY" not in r.stdout
+    assert r.stdout.strip().endswith("done")
+    assert r.stderr.count("No such file or directory") + r.stderr.count("ELOOP") + r.stderr.count("Symbolic link loop") >= 2
+
+
+def test_namespace_and_mount_syscalls_are_refused(zentry, busybox_bundle):
+    script = (
+        "unshare -U true 2>&1; echo unshare=$?; "
+        "mount -t tmpfs none /mnt 2>&1; echo mount=$?; "
+        "umount /proc 2>&1; echo umount=$?"
+    )
+    bundle = busybox_bundle(["sh", "-c", script])
+    r = run(zentry, bundle, "deny1")
+    out = r.stdout
+    assert "unshare=0" not in out and "mount=0" not in out and "umount=0" not in out
+    assert "Operation not permitted" in out
+
+
+def test_free_shows_the_memory_limit(zentry, busybox_bundle):
+    limit = 256 * 1024 * 1024
+    bundle = busybox_bundle(["sh", "-c", "free -m | head -2; grep MemTotal /proc/meminfo"],
+                            linux={"resources": {"memory": {"limit": limit}}})
+    r = run(zentry, bundle, "mem1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    total_mb = int(lines[1].split()[1])
+    assert total_mb == limit // (1024 * 1024)
+    assert lines[2].split()[1] == str(limit // 1024)
+
+
+def test_killing_the_sandbox_kills_the_container(zentry, busybox_bundle):
+    bundle = busybox_bundle(["sleep", "60"])
+    assert zentry("run", "-d", "--bundle", bundle, "fc1").returncode == 0
+    st = json.loads(zentry("state", "fc1").stdout)
+    sandbox = st["pid"]
+    ps = json.loads(zentry("ps", "--format", "json", "fc1").stdout)
+    assert ps
+    os.kill(sandbox, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    alive = ps
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in ps if _alive(p)]
+        time.sleep(0.05)
+    assert not alive, f"container processes outlived their sandbox: {alive}"
+    deadline = time.monotonic() + 10
+    while json.loads(zentry("state", "fc1").stdout)["status"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert json.loads(zentry("state", "fc1").stdout)["status"] == "stopped"
+    assert zentry("delete", "fc1").returncode == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
