@@ -110,10 +110,14 @@ def _join_sandbox(store: Store, container_id: str, sandbox_id: str, bundle: str,
         os.mkdir(cdir, 0o711)
     except FileExistsError:
         raise AlreadyExists(f"container {container_id!r} already exists") from None
+    endpoints = Endpoints(owner.bus_dir)
+    waiter = None
     try:
-        endpoints = Endpoints(owner.bus_dir)
+        # The member's stdio are this create's, as for any container: they
+        # travel to the sandbox actor, which gives them to the member's init.
+        _donate_stdio(endpoints.fd_socket, container_id)
         with Client(endpoints.actor("controller"), sender="cli", peer_pid=owner.controller_pid) as client:
-            return client.request(
+            created = client.request(
                 Create(
                     container_id=container_id,
                     bundle=bundle,
@@ -125,9 +129,44 @@ def _join_sandbox(store: Store, container_id: str, sandbox_id: str, bundle: str,
                 ),
                 timeout=120,
             )
+        # The engine waits on the pid-file process and wants the member's
+        # exit status from it: a waiter, child of this create (so of the
+        # engine's subreaper once we exit), exits with the member's status.
+        waiter = fork_actor("forwarder", lambda fd: _member_waiter(endpoints, owner.controller_pid, container_id, fd))
+        waiter.wait_ready()
+        return Created(container_id=container_id, pid=waiter.pid)
     except BaseException:
+        if waiter is not None:
+            _kill_children([waiter])
         shutil.rmtree(cdir, ignore_errors=True)
         raise
+
+
+def _donate_stdio(fd_socket: str, container_id: str) -> None:
+    from zentry.bus import fdpass
+    from zentry.bus.errors import SystemFailure
+
+    sock = fdpass.connect(fd_socket)
+    try:
+        fdpass.send_fds(sock, {"kind": "stdio", "container_id": container_id}, [0, 1, 2])
+        answer = sock.recv(64)
+    finally:
+        sock.close()
+    if answer != b"ok":
+        raise SystemFailure(f"the sandbox refused the stdio of container {container_id!r}")
+
+
+def _member_waiter(endpoints: Endpoints, controller_pid: int, container_id: str, ready_fd: int) -> int:
+    """Exit with a member container's status (the engine's view of it)."""
+    from zentry.actors.spawn import report_ready
+    from zentry.bus.messages import Wait
+
+    report_ready(ready_fd)
+    try:
+        with Client(endpoints.actor("controller"), sender="forwarder", peer_pid=controller_pid) as client:
+            return client.request(Wait(container_id=container_id), timeout=10**8, retries=0).exit_status
+    except ZentryError:
+        return 128 + signal.SIGKILL
 
 
 def _kill_children(children: list[Child]) -> None:

@@ -21,6 +21,7 @@ import time
 from zentry.actors.controller import hooks
 from zentry.actors.spawn import report_ready
 from zentry.actors.state import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Record, Store
+from zentry.bus import codec
 from zentry.bus.actor import DEFERRED, Actor, Request, handles
 from zentry.bus.client import Client
 from zentry.bus.endpoints import Endpoints
@@ -37,6 +38,8 @@ from zentry.bus.messages import (
     ExecTarget,
     Freeze,
     GetState,
+    History,
+    HistoryReply,
     HookRan,
     Kill,
     ListContainers,
@@ -276,6 +279,21 @@ class Controller(Actor):
     @handles(SetStrace)
     def set_strace(self, msg: SetStrace, req: Request) -> Message:
         return self.ask_sandbox(msg, req.id)
+
+    @handles(History)
+    def history(self, msg: History, req: Request) -> Message:
+        """The stream's ring since ``since_ns``, newest kept when it would not fit one frame."""
+        frames = self.stream.history(msg.since_ns) if self.stream is not None else []
+        budget = codec.MAX_FRAME - 64 * 1024
+        kept: list[list[bytes]] = []
+        size = 0
+        for frame in reversed(frames):
+            size += sum(len(part) for part in frame) + 16  # msgpack headers, generously
+            if size > budget:
+                break
+            kept.append(frame)
+        kept.reverse()
+        return HistoryReply(events=kept, truncated=len(frames) - len(kept))
 
     @handles(Wait)
     def wait(self, msg: Wait, req: Request) -> object:

@@ -86,6 +86,8 @@ class Sandbox(Actor):
         self.controller: zmq.Socket | None = None
         self.sentry = None
         self.fd_listener: socket.socket | None = None
+        #: stdio donated by member containers' create processes, until spawned
+        self.stdio: dict[str, list[int]] = {}
 
     # --- lifecycle -------------------------------------------------------------
     def on_start(self) -> None:
@@ -111,10 +113,8 @@ class Sandbox(Actor):
             self.controller.close()
 
     def _start_sentry(self) -> None:
-        try:
-            from zentry.sentry.kernel import Sentry
-        except ImportError:
-            return
+        from zentry.sentry.kernel import Sentry
+
         self.sentry = Sentry(on_event=self._on_syscall_event, on_fatal=self._on_sentry_fatal)
         self.sentry.start()
 
@@ -182,7 +182,13 @@ class Sandbox(Actor):
         try:
             header, fds = fdpass.recv_fds(conn)
             cid = str(header.get("container_id", ""))
-            if header.get("kind") == "listener" and fds and cid in self.boxes:
+            if header.get("kind") == "stdio" and len(fds) == 3:
+                # A member container's stdio, from its own create process.
+                for fd in self.stdio.pop(cid, []):
+                    os.close(fd)
+                self.stdio[cid] = fds
+                conn.send(b"ok")
+            elif header.get("kind") == "listener" and fds and cid in self.boxes:
                 self._add_listener(cid, fds[0], self.boxes[cid].config)
                 conn.send(b"ok")
             else:
@@ -241,7 +247,13 @@ class Sandbox(Actor):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.set_inheritable(False)
         theirs.set_inheritable(False)
-        middle = os.fork()
+        stdio = self.stdio.pop(msg.container_id, [])
+        try:
+            middle = os.fork()
+        finally:
+            if os.getpid() == self.pid:
+                for fd in stdio:
+                    os.close(fd)
         if middle == 0:
             code = 1
             try:
@@ -255,6 +267,8 @@ class Sandbox(Actor):
                         libc.unshare(libc.CLONE_NEWPID)
                 init = os.fork()
                 if init == 0:
+                    for target, fd in enumerate(stdio):
+                        os.dup2(fd, target)
                     code = container_init(theirs, msg.config, msg.rootfs, msg.gofer_pid, msg.console_socket, self.pid)
                 else:
                     theirs.send(f"pid {init}".encode())
