@@ -1,0 +1,60 @@
+"""If an actor dies the sandbox converges: the container ends stopped and delete cleans everything."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def record(zentry, cid: str) -> dict:
+    with open(os.path.join(zentry.root, cid, "state.json")) as f:
+        return json.load(f)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("victim", ["controller_pid", "gofer_pid", "sandbox_pid"])
+def test_actor_killed_then_delete_cleans_up(zentry, busybox_bundle, victim):
+    bundle = busybox_bundle(["sleep", "60"])
+    assert zentry("run", "-d", "--bundle", bundle, "f1").returncode == 0
+    rec = record(zentry, "f1")
+    pids = [rec["controller_pid"], rec["gofer_pid"], rec["sandbox_pid"], rec["init_pid"]]
+    os.kill(rec[victim], signal.SIGKILL)
+    if victim != "gofer_pid":
+        # without its controller or its sandbox the container cannot be running
+        assert wait_for(lambda: json.loads(zentry("state", "f1").stdout)["status"] == "stopped")
+    r = zentry("delete", "--force", "f1")
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: not any(alive(p) for p in pids)), [p for p in pids if alive(p)]
+    assert zentry("list", "-q").stdout.strip() == ""
+
+
+def test_sandbox_death_is_reported_as_stopped_with_status(zentry, busybox_bundle):
+    bundle = busybox_bundle(["sleep", "60"])
+    assert zentry("run", "-d", "--bundle", bundle, "f2").returncode == 0
+    rec = record(zentry, "f2")
+    os.kill(rec["sandbox_pid"], signal.SIGKILL)
+    assert wait_for(lambda: json.loads(zentry("state", "f2").stdout)["status"] == "stopped")
+    assert json.loads(zentry("wait", "f2").stdout)["exitStatus"] == 128 + signal.SIGKILL
+    assert zentry("delete", "f2").returncode == 0

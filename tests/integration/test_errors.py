@@ -1,0 +1,87 @@
+"""Bad input: one clear line on stderr, a JSON error line in --log, non-zero exit, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def check_error(r, log_file, needle: str) -> None:
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("zentry: ") and needle in lines[0], lines[0]
+    entries = [json.loads(l) for l in log_file.read_text().splitlines() if l.strip()]
+    errors = [e for e in entries if e["level"] == "error"]
+    assert errors and needle in errors[-1]["msg"]
+    assert set(errors[-1]) >= {"level", "msg", "time"}
+
+
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda c: c["process"].__setitem__("args", []), "process.args"),
+        (lambda c: c.__setitem__("ociVersion", "2.0.0"), "ociVersion"),
+        (lambda c: c["process"].__setitem__("cwd", "relative"), "cwd"),
+        (lambda c: c["root"].__setitem__("path", "/nonexistent-rootfs"), "root"),
+        (lambda c: c["linux"]["namespaces"].append({"type": "bogus"}), "namespaces"),
+    ],
+)
+def test_invalid_config_is_refused_cleanly(zentry, busybox_bundle, tmp_path, mutate, needle):
+    bundle = busybox_bundle(["true"])
+    cfg = json.loads((bundle / "config.json").read_text())
+    mutate(cfg)
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    log = tmp_path / "log.json"
+    r = zentry_with_log(zentry, log, "create", "--bundle", bundle, "bad1")
+    check_error(r, log, needle)
+    assert zentry("list", "-q").stdout.strip() == ""
+
+
+def zentry_with_log(zentry, log, *args):
+    # global flags go before the subcommand; the fixture puts --root first
+    return zentry("--log", log, "--log-format", "json", *args)
+
+
+def test_missing_executable_maps_to_engine_text(zentry, busybox_bundle, tmp_path):
+    log = tmp_path / "log.json"
+    bundle = busybox_bundle(["no-such-binary"])
+    r = zentry_with_log(zentry, log, "create", "--bundle", bundle, "nx1")
+    check_error(r, log, "executable file not found in $PATH")
+    assert zentry("list", "-q").stdout.strip() == ""
+    bundle = busybox_bundle(["/bin/no-such-binary"])
+    r = zentry_with_log(zentry, log, "run", "--bundle", bundle, "nx2")
+    check_error(r, log, "no such file or directory")
+
+
+def test_unknown_and_invalid_ids(zentry, tmp_path):
+    log = tmp_path / "log.json"
+    check_error(zentry_with_log(zentry, log, "start", "ghost"), log, "does not exist")
+    check_error(zentry_with_log(zentry, log, "state", "../x"), log, "invalid container id")
+    check_error(zentry_with_log(zentry, log, "kill", "ghost", "TERM"), log, "does not exist")
+
+
+def test_duplicate_id_refused_and_original_untouched(zentry, busybox_bundle, tmp_path):
+    bundle = busybox_bundle(["sleep", "60"])
+    assert zentry("create", "--bundle", bundle, "dup").returncode == 0
+    log = tmp_path / "log.json"
+    check_error(zentry_with_log(zentry, log, "create", "--bundle", bundle, "dup"), log, "already exists")
+    assert json.loads(zentry("state", "dup").stdout)["status"] == "created"
+    assert zentry("delete", "dup").returncode == 0
+
+
+def test_wrong_state_is_a_user_error(zentry, busybox_bundle, tmp_path):
+    bundle = busybox_bundle(["sleep", "60"])
+    assert zentry("create", "--bundle", bundle, "ws").returncode == 0
+    log = tmp_path / "log.json"
+    check_error(zentry_with_log(zentry, log, "resume", "ws"), log, "cannot resume container 'ws' in state created")
+    assert zentry("delete", "ws").returncode == 0
+
+
+def test_systemd_cgroup_flag_fails_clearly(zentry, busybox_bundle, tmp_path):
+    log = tmp_path / "log.json"
+    bundle = busybox_bundle(["true"])
+    check_error(zentry("--log", log, "--log-format", "json", "--systemd-cgroup", "create", "--bundle", bundle, "sd"), log, "systemd")
