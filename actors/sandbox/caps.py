@@ -85,7 +85,9 @@ def apply(capabilities: dict | None) -> None:
         data[i].inheritable = (inh >> (32 * i)) & 0xFFFFFFFF
     libc.raw_syscall(libc.SYS_capset, ctypes.addressof(header), ctypes.addressof(data))
     libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
-    ambient = mask(caps.get("ambient"))
+    # The kernel admits an ambient capability only if it is both permitted and
+    # inheritable; like runc, others in the list are skipped, not fatal.
+    ambient = mask(caps.get("ambient")) & perm & inh
     for number in range(top + 1):
         if ambient & (1 << number):
             libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_RAISE, number)
