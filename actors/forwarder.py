@@ -24,7 +24,7 @@ import termios
 from typing import Callable
 
 from zentry.actors.sandbox import init as initmod
-from zentry.bus import fdpass
+from zentry.bus import codec, fdpass
 from zentry.bus.errors import SystemFailure, ZentryError, from_wire
 from zentry.sentry.abi import libc
 
@@ -214,7 +214,8 @@ def start_exec(init_pid: int, cgroup_procs: list[str], container_config: dict, p
         while True:
             data, fds, _f, _a = socket.recv_fds(ours, 65536, 2)
             if fds:
-                _hand_listener(fd_socket, container_id, fds[0])
+                header = codec.unpack(data)
+                _hand_listener(fd_socket, container_id, fds[0], header)
                 continue
             line = data.decode(errors="replace")
             if line == "ready":
@@ -242,11 +243,13 @@ def _reap_failed(pid: int) -> None:
         pass
 
 
-def _hand_listener(fd_socket: str, container_id: str, fd: int) -> None:
+def _hand_listener(fd_socket: str, container_id: str, fd: int, names: dict) -> None:
     try:
         sock = fdpass.connect(fd_socket)
         try:
-            fdpass.send_fds(sock, {"kind": "listener", "container_id": container_id}, [fd])
+            header = {"kind": "listener", "container_id": container_id}
+            header.update({k: str(names[k]) for k in ("nodename", "domainname") if k in names})
+            fdpass.send_fds(sock, header, [fd])
             answer = sock.recv(256)
         finally:
             sock.close()
@@ -292,8 +295,9 @@ def _exec_child(chan: socket.socket, init_pid: int, cgroup_procs: list[str], con
         env = [e for e in process.get("env") or [] if "=" in e]
         args = process.get("args") or []
         path = initmod.find_executable(args[0], env, cwd)
+        names = initmod.uts_names()
         listener = initmod.install_sentry(config, bool(process.get("noNewPrivileges")))
-        fdpass.send_fds(chan, {"kind": "listener"}, [listener])
+        fdpass.send_fds(chan, {"kind": "listener", **names}, [listener])
         os.close(listener)
         initmod.apply_user(process)
         if process.get("noNewPrivileges"):

@@ -153,7 +153,7 @@ class Sandbox(Actor):
                 except Exception:
                     pass
 
-    def _add_listener(self, container_id: str, fd: int, config: dict) -> None:
+    def _add_listener(self, container_id: str, fd: int, config: dict, names: dict | None = None) -> None:
         if self.sentry is None:
             os.close(fd)
             return
@@ -164,8 +164,10 @@ class Sandbox(Actor):
         cpus = _call(cg, "cpu_quota")  # CPUs' worth, or None
         view = ContainerView(
             container_id=container_id,
-            hostname=config.get("hostname") or "",
-            domainname=config.get("domainname") or "",
+            # the tracee's uts namespace as it was when it loaded the filter
+            # (a namespace joined by path has no hostname in the config)
+            hostname=str((names or {}).get("nodename") or config.get("hostname") or ""),
+            domainname=str((names or {}).get("domainname") or config.get("domainname") or ""),
             memory_limit_bytes=_call(cg, "memory_limit"),
             cpu_quota_us=int(cpus * 100_000) if cpus else None,
             cpu_period_us=100_000 if cpus else None,
@@ -189,7 +191,7 @@ class Sandbox(Actor):
                 self.stdio[cid] = fds
                 conn.send(b"ok")
             elif header.get("kind") == "listener" and fds and cid in self.boxes:
-                self._add_listener(cid, fds[0], self.boxes[cid].config)
+                self._add_listener(cid, fds[0], self.boxes[cid].config, header)
                 conn.send(b"ok")
             else:
                 for fd in fds:
@@ -303,7 +305,7 @@ class Sandbox(Actor):
             if fds:
                 header = codec.unpack(data)
                 if header.get("kind") == "listener":
-                    self._add_listener(box.container_id, fds[0], box.config)
+                    self._add_listener(box.container_id, fds[0], box.config, header)
                     for extra in fds[1:]:
                         os.close(extra)
                 else:

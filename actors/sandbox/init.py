@@ -225,8 +225,9 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         # not needed then); the listener is handed over at once, with no
         # trapped call in between (seccomp-notify pitfall 7). Dropping to
         # the user afterwards uses only calls the filter allows.
+        names = uts_names()
         listener = install_sentry(config, bool(process.get("noNewPrivileges")))
-        fdpass.send_fds(chan, {"kind": "listener"}, [listener])
+        fdpass.send_fds(chan, {"kind": "listener", **names}, [listener])
         os.close(listener)
         apply_user(process)
         if process.get("noNewPrivileges"):
@@ -252,6 +253,16 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         fail(chan, exc)
         return 1
     return 0
+
+
+def uts_names() -> dict:
+    """The uts namespace's real names, for the sentry's uname (read before the filter)."""
+    try:
+        with open("/proc/sys/kernel/domainname") as f:
+            domain = f.read().strip()
+    except OSError:
+        domain = ""
+    return {"nodename": os.uname().nodename, "domainname": "" if domain == "(none)" else domain}
 
 
 def install_sentry(config: dict, no_new_privs: bool) -> int:
