@@ -171,6 +171,10 @@ class Actor:
             if self.heartbeat_interval:
                 self.call_later(self.heartbeat_interval, self._heartbeat)
             self._loop(router, control)
+            # Said before on_stop: the controller's on_stop ends the event
+            # stream this event must still cross.
+            self.publish(ActorStopped(actor=self.name, pid=self.pid, reason=self._stopping or "stopped"))
+            self._stopped_published = True
             self.on_stop()
             return 0
         except BaseException as exc:
@@ -184,13 +188,16 @@ class Actor:
             for sock in (control, router):
                 if sock is not None:
                     self._refuse_queued(sock, reason)
-            self.publish(ActorStopped(actor=self.name, pid=self.pid, reason=reason))
+            if not getattr(self, "_stopped_published", False):
+                self.publish(ActorStopped(actor=self.name, pid=self.pid, reason=reason))
             if self.events is not None:
                 self.events.close()
             for sock in (router, control):
                 if sock is not None:
                     sock.close(linger=100)
-            self.ctx.term()
+            # destroy, not term: a socket some step failed to close must not
+            # keep this process alive forever (term waits for every socket).
+            self.ctx.destroy(linger=100)
 
     def _bind(self, endpoint: str) -> zmq.Socket:
         check_endpoint(endpoint, self.curve_secret_key)  # tcp only with CURVE

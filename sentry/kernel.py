@@ -170,6 +170,10 @@ class Sentry:
         self._wake()
         if self._thread is not None:
             self._thread.join(timeout)
+        if (self._thread is None or not self._thread.is_alive()) and self._wake_w >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
 
     def set_strace(self, on: bool) -> None:
         """Report every trapped call to ``on_event`` (off by default; switchable at run time)."""
@@ -198,9 +202,11 @@ class Sentry:
         }
 
     def _wake(self) -> None:
+        if self._wake_w < 0:
+            return
         try:
             os.write(self._wake_w, b"x")
-        except BlockingIOError:
+        except OSError:  # full (it is awake anyway) or already closed
             pass
 
     # --- the loop (sentry thread) -------------------------------------------------------
@@ -219,8 +225,8 @@ class Sentry:
                     self._kill(lst)
                 self._close(lst)
             self.tracees.clear()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            # The wake pipe stays open: other threads may still write to it;
+            # stop() closes it once this thread has ended.
 
     def _take_pending(self) -> list[_Listener]:
         with self._lock:

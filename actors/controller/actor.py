@@ -363,8 +363,10 @@ class Controller(Actor):
         return Ok()
 
     def _shutdown_sandbox(self, parent: str) -> None:
+        from zentry.actors.state import pid_alive
+
         for client in (self.sandbox, self.gofer):
-            if client is not None:
+            if client is not None and pid_alive(client.peer_pid):
                 try:
                     control = Client(client.endpoint.replace(".sock", ".ctl"), sender=self.name, ctx=self.ctx, peer_pid=client.peer_pid)
                     try:

@@ -103,14 +103,18 @@ class Sandbox(Actor):
         report_ready(self.ready_fd)
 
     def on_stop(self) -> None:
+        # Each step on its own: one failing must not leave the others undone.
         for box in list(self.boxes.values()):
-            self._kill_and_reap(box)
+            _try(lambda box=box: self._kill_and_reap(box))
         if self.sentry is not None:
-            self.sentry.stop()
+            _try(self.sentry.stop)
         if self.fd_listener is not None:
-            self.fd_listener.close()
+            _try(self.fd_listener.close)
         if self.controller is not None:
-            self.controller.close()
+            _try(self.controller.close)
+        pub = getattr(self, "_sentry_pub", None)
+        if pub is not None:
+            _try(pub.close)
 
     def _start_sentry(self) -> None:
         from zentry.sentry.kernel import Sentry
