@@ -31,6 +31,10 @@ _POLLIN = int(zmq.POLLIN)
 PUB_HWM = 10000
 #: Events kept by the stream for ``zentry tap --since``.
 RING_SIZE = 4096
+#: When the stream stops: forward what is still arriving until it has been
+#: quiet for DRAIN_QUIET_MS, for at most DRAIN_TIMEOUT seconds.
+DRAIN_QUIET_MS = 50
+DRAIN_TIMEOUT = 0.5
 
 
 def topic(sandbox_id: str, container_id: str | None, actor: str, kind: str) -> bytes:
@@ -179,9 +183,21 @@ class EventStream(threading.Thread):
                         # A tap (un)subscribed. Upstream stays subscribed to
                         # everything, since the ring keeps every event.
                         xpub.recv()
+            # Stopping: what the actors published just before (the last
+            # request's event, their actor_stopped) still reaches the taps.
+            deadline = time.monotonic() + DRAIN_TIMEOUT
+            while time.monotonic() < deadline and xsub.poll(DRAIN_QUIET_MS):
+                frames = xsub.recv_multipart(copy=True)
+                with self.lock:
+                    self.ring.append((time.time_ns(), frames))
+                try:
+                    xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                self.forwarded += 1
         finally:
             xsub.close()
-            xpub.close()
+            xpub.close(linger=int(DRAIN_TIMEOUT * 1000))
 
     def wait_ready(self, timeout: float = 5.0) -> None:
         self._ready.wait(timeout)

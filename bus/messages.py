@@ -224,6 +224,21 @@ class SetStrace(Message):
     on: bool = doc("publish every trapped syscall")
 
 
+@message("stream.history", "request", idempotent=True)
+class History(Message):
+    """Ask the controller for the recent events its stream keeps (zentry tap --since, and taps that find a sandbox late)."""
+
+    since_ns: int = doc("oldest arrival time wanted, integer nanoseconds since the epoch")
+
+
+@message("stream.history_reply", "reply")
+class HistoryReply(Message):
+    """Events from the stream's ring, oldest first, exactly as they travelled."""
+
+    events: list[list[bytes]] = doc("one [topic, seq, envelope] frame list per event")
+    truncated: int = doc("oldest events left out to keep the reply under the frame limit", 0)
+
+
 # --- sandbox ---------------------------------------------------------------------
 
 

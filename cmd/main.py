@@ -26,11 +26,12 @@ from zentry.bus.errors import ZentryError, to_wire
 #: The command table: group -> module names (module ``zentry.cmd.<name>``).
 COMMANDS: dict[str, list[str]] = {
     "oci": ["create", "start", "run", "exec", "kill", "delete", "state", "list", "ps", "pause", "resume", "events", "wait", "update", "spec", "features"],
-    "extras": ["do"],
+    "extras": ["do", "tap", "metrics-server"],
+    "debug": ["debug"],
 }
 
 #: Where a command's module name differs from its verb.
-VERBS = {"list": "list_", "exec": "exec_", "do": "do_"}
+VERBS = {"list": "list_", "exec": "exec_", "do": "do_", "metrics-server": "metrics_server"}
 
 EXIT_FAILURE = 1
 

@@ -57,6 +57,9 @@ from zentry.sentry.abi import libc
 
 log = logging.getLogger("zentry.sandbox")
 
+#: Set by `zentry --strace create|run`: publish every trapped syscall from the start.
+STRACE_ANNOTATION = "dev.zentry.strace"
+
 #: How long an init may take to get ready (namespaces, mounts, filter).
 SPAWN_TIMEOUT = 30.0
 
@@ -219,6 +222,9 @@ class Sandbox(Actor):
 
         if msg.container_id in self.boxes:
             raise WrongState(f"container {msg.container_id!r} already has an init")
+        if (msg.config.get("annotations") or {}).get(STRACE_ANNOTATION) == "true" and self.sentry is not None:
+            # `zentry --strace create|run`: traced from the init's first call
+            self.sentry.set_strace(True)
         linux = msg.config.get("linux") or {}
         cgroup = Cgroup.for_container(linux.get("cgroupsPath"), msg.container_id)
         cgroup.create()
