@@ -79,20 +79,10 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
             for child in children[1:]:
                 child.wait_ready()
             controller, gofer, sandbox = children
-            with Client(endpoints.actor("controller"), sender="cli", peer_pid=controller.pid) as client:
-                reply = client.request(
-                    Create(
-                        container_id=container_id,
-                        bundle=bundle,
-                        config=config,
-                        console_socket=console_socket,
-                        sandbox_id=sandbox_id,
-                        sandbox_pid=sandbox.pid,
-                        gofer_pid=gofer.pid,
-                    ),
-                    timeout=120,
-                )
-            return reply
+            return _ask_create(endpoints, controller.pid, Create(
+                container_id=container_id, bundle=bundle, config=config, console_socket=console_socket,
+                sandbox_id=sandbox_id, sandbox_pid=sandbox.pid, gofer_pid=gofer.pid,
+            ))
     except BaseException:
         _kill_children(children)
         if bus_dir_for(cdir) != cdir:
@@ -116,19 +106,10 @@ def _join_sandbox(store: Store, container_id: str, sandbox_id: str, bundle: str,
         # The member's stdio are this create's, as for any container: they
         # travel to the sandbox actor, which gives them to the member's init.
         _donate_stdio(endpoints.fd_socket, container_id)
-        with Client(endpoints.actor("controller"), sender="cli", peer_pid=owner.controller_pid) as client:
-            created = client.request(
-                Create(
-                    container_id=container_id,
-                    bundle=bundle,
-                    config=config,
-                    console_socket=console_socket,
-                    sandbox_id=sandbox_id,
-                    sandbox_pid=owner.sandbox_pid,
-                    gofer_pid=owner.gofer_pid,
-                ),
-                timeout=120,
-            )
+        _ask_create(endpoints, owner.controller_pid, Create(
+            container_id=container_id, bundle=bundle, config=config, console_socket=console_socket,
+            sandbox_id=sandbox_id, sandbox_pid=owner.sandbox_pid, gofer_pid=owner.gofer_pid,
+        ))
         # The engine waits on the pid-file process and wants the member's
         # exit status from it: a waiter, child of this create (so of the
         # engine's subreaper once we exit), exits with the member's status.
@@ -140,6 +121,11 @@ def _join_sandbox(store: Store, container_id: str, sandbox_id: str, bundle: str,
             _kill_children([waiter])
         shutil.rmtree(cdir, ignore_errors=True)
         raise
+
+
+def _ask_create(endpoints: Endpoints, controller_pid: int, request: Create) -> Created:
+    with Client(endpoints.actor("controller"), sender="cli", peer_pid=controller_pid) as client:
+        return client.request(request, timeout=120)
 
 
 def _donate_stdio(fd_socket: str, container_id: str) -> None:

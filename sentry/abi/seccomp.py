@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from zentry.sentry.abi import libc
 
 # --- <linux/seccomp.h> ----------------------------------------------------------
 SECCOMP_SET_MODE_STRICT = 0
@@ -179,17 +180,9 @@ class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
 
-class OpenHow(ctypes.Structure):
-    """<linux/openat2.h> (24 bytes)::
-
-        struct open_how {
-            __u64 flags;
-            __u64 mode;
-            __u64 resolve;
-        };
-    """
-
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+# struct open_how lives with openat2's binding in libc.py; re-exported here
+# beside the other structs the sentry decodes.
+OpenHow = libc.OpenHow
 
 
 _UTS_LEN = 65  # __NEW_UTS_LEN + 1
