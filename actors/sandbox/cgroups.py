@@ -183,6 +183,10 @@ def blkio_weight_to_io_weight(weight: int) -> int:
 _SYSTEMD_FORM = re.compile(r"^[^/:]*:[^/:]*:[^/:]+$")
 
 
+#: Parent of containers that name no cgroupsPath.
+DEFAULT_PARENT = "/zentry"
+
+
 class Cgroup:
     """One container's cgroup, in every hierarchy of the host.
 
@@ -221,7 +225,7 @@ class Cgroup:
         if not cgroups_path:
             if not container_id or "/" in container_id or container_id in (".", ".."):
                 raise InvalidArgument(f'container id "{container_id}" cannot name a cgroup')
-            return cls(f"/zentry/{container_id}", hierarchy)
+            return cls(f"{DEFAULT_PARENT}/{container_id}", hierarchy)
         if _SYSTEMD_FORM.match(cgroups_path):
             raise Unsupported("systemd cgroup manager is not available on this host (no systemd); use cgroupfs paths")
         return cls(cgroups_path, hierarchy)
@@ -254,10 +258,17 @@ class Cgroup:
             return
         for ctrl, where in self._dirs.items():
             mount = self.hierarchy.mounts[ctrl]
-            try:
-                _makedirs(mount, where, cpuset=(ctrl == "cpuset"))
-            except OSError as err:
-                raise SystemFailure(f"cannot create cgroup {where}: {err.strerror}") from err
+            for attempt in range(3):
+                try:
+                    _makedirs(mount, where, cpuset=(ctrl == "cpuset"))
+                    break
+                except FileNotFoundError:
+                    # the shared default parent was removed by a concurrent
+                    # destroy (see destroy()): make it again
+                    if attempt == 2:
+                        raise SystemFailure(f"cannot create cgroup {where}: its parent keeps disappearing") from None
+                except OSError as err:
+                    raise SystemFailure(f"cannot create cgroup {where}: {err.strerror}") from err
 
     def _create_v2(self) -> None:
         root, where = self.hierarchy.root, self._dirs[""]
@@ -423,6 +434,14 @@ class Cgroup:
             time.sleep(0.01)
         for where in self.dirs():
             _remove_tree(where, deadline)
+        if self.path.startswith(DEFAULT_PARENT + "/"):
+            # zentry's own default parent goes when its last container does
+            # (rmdir fails harmlessly while another container lives in it).
+            for where in self.dirs():
+                try:
+                    os.rmdir(os.path.dirname(where))
+                except OSError:
+                    pass
 
     # --- limits ----------------------------------------------------------------------
     def apply(self, resources: dict | None) -> None:
