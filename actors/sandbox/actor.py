@@ -239,7 +239,7 @@ class Sandbox(Actor):
         self.boxes[msg.container_id] = box
         try:
             cgroup.add(pid)
-            chan.send(b"go")
+            chan.send(b"go %d" % pid)
             self._await_ready(box)
         except BaseException:
             self._kill_and_reap(box)
@@ -281,7 +281,14 @@ class Sandbox(Actor):
                 if init == 0:
                     for target, fd in enumerate(stdio):
                         os.dup2(fd, target)
-                    code = container_init(theirs, msg.config, msg.rootfs, msg.gofer_pid, msg.console_socket, self.pid)
+                    state = {
+                        "ociVersion": "1.2.0",
+                        "id": msg.container_id,
+                        "status": "creating",
+                        "bundle": msg.bundle,
+                        "annotations": dict(msg.config.get("annotations") or {}),
+                    }
+                    code = container_init(theirs, msg.config, msg.rootfs, msg.gofer_pid, msg.console_socket, self.pid, state)
                 else:
                     theirs.send(f"pid {init}".encode())
                     code = 0

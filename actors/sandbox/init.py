@@ -29,6 +29,7 @@ import stat
 import sys
 import termios
 
+from zentry.actors.controller import hooks
 from zentry.actors.sandbox import caps
 from zentry.bus import fdpass
 from zentry.bus.errors import ConfigError, ExecNotFound, ExecPermission, SystemFailure, ZentryError, to_wire
@@ -150,7 +151,7 @@ def setup_terminal(console: socket.socket) -> None:
         os.close(slave)
 
 
-def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: int, console_socket: str, sandbox_pid: int) -> int:
+def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: int, console_socket: str, sandbox_pid: int, state: dict) -> int:
     """Runs in the forked child; never returns on success (execve)."""
     try:
         for sig in range(1, signal.NSIG):
@@ -161,8 +162,10 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
             except (OSError, ValueError):
                 pass
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        if chan.recv(16) != b"go":
+        go = chan.recv(64).split()
+        if not go or go[0] != b"go":
             return 1
+        state = dict(state, pid=int(go[1]) if len(go) > 1 else 0)
         # By "go" the intermediate is gone and we are the sandbox's child: from
         # now on the sandbox's death kills us (fail closed). Checked after
         # setting, in case it died in between. (As PID 1 of a new pid
@@ -191,6 +194,13 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         finally:
             os.close(mntns)
         libc.unshare(libc.CLONE_NEWNS)
+
+        container_hooks = config.get("hooks") or {}
+        if container_hooks.get("createContainer") or container_hooks.get("startContainer"):
+            import sh  # noqa: F401  (the hooks run through it; no imports after the pivot)
+        # createContainer: in the container's namespaces, before pivot_root,
+        # the hook's path resolved in the runtime's mount namespace.
+        hooks.run_hooks("createContainer", config, state)
 
         rootfs_mod.enter_rootfs(rootfs)
         rootfs_mod.finish_in_container(config)
@@ -235,6 +245,8 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         send_line(chan, "ready")
         if chan.recv(16) != b"start":
             return 1  # the sandbox went away or changed its mind
+        # startContainer: in the container, just before the user process.
+        hooks.run_hooks("startContainer", config, dict(state, status="created"))
         envp = {}
         for e in env:
             k, _, v = e.partition("=")

@@ -329,3 +329,51 @@ def test_rlimits_user_and_capabilities_applied(zentry, busybox_bundle):
     # (a non-root user keeps no effective capability across execve without
     # ambient ones, as with runc; the bounding set shows what was dropped)
     assert int(capbnd.split()[1], 16) == 1 << 5  # CAP_KILL only
+
+
+def test_container_hooks_run_in_the_container(zentry, busybox_bundle, tmp_path):
+    seen = tmp_path / "create-container.json"
+    bundle = busybox_bundle(
+        ["sh", "-c", "cat /dev/shm/started"],
+        hooks={
+            # createContainer: path in the runtime's mount namespace, state on stdin
+            "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > {seen}"]}],
+            # startContainer: path resolved inside the container, before the process
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo from-start-hook > /dev/shm/started"]}],
+        },
+    )
+    r = zentry("run", "--bundle", bundle, "hk1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "from-start-hook"
+    state = json.loads(seen.read_text())
+    assert state["id"] == "hk1" and state["bundle"] == str(bundle) and state["pid"] > 0
+
+
+def test_failing_start_container_hook_fails_start(zentry, busybox_bundle):
+    bundle = busybox_bundle(["true"], hooks={"startContainer": [{"path": "/bin/false"}]})
+    assert zentry("create", "--bundle", bundle, "hk2").returncode == 0
+    r = zentry("start", "hk2")
+    assert r.returncode != 0 and "startContainer hook" in r.stderr
+    assert zentry("delete", "--force", "hk2").returncode == 0
+
+
+def test_runtime_hooks_and_their_failure_rules(zentry, busybox_bundle, tmp_path):
+    log = tmp_path / "hooks.log"
+    def hook(name: str) -> dict:
+        return {"path": "/bin/sh", "args": ["sh", "-c", f"echo {name} >> {log}"]}
+    bundle = busybox_bundle(["sleep", "60"], hooks={
+        "prestart": [hook("prestart")], "createRuntime": [hook("createRuntime")],
+        "poststart": [hook("poststart"), {"path": "/bin/false"}],  # a failing poststart is only a warning
+        "poststop": [hook("poststop")],
+    })
+    assert zentry("create", "--bundle", bundle, "hk3").returncode == 0
+    assert log.read_text().split() == ["prestart", "createRuntime"]
+    assert zentry("start", "hk3").returncode == 0
+    assert log.read_text().split()[-1] == "poststart"
+    assert zentry("delete", "--force", "hk3").returncode == 0
+    assert log.read_text().split()[-1] == "poststop"
+    # a failing createRuntime hook fails create and leaves nothing behind
+    bad = busybox_bundle(["true"], hooks={"createRuntime": [{"path": "/bin/false"}]})
+    r = zentry("create", "--bundle", bad, "hk4")
+    assert r.returncode != 0 and "createRuntime hook" in r.stderr
+    assert zentry("list", "-q").stdout.strip() == ""
