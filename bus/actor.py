@@ -159,14 +159,17 @@ class Actor:
         try:
             router = self._bind(self.endpoints.actor(self.name))
             control = self._bind(self.endpoints.control(self.name))
-            if self.publish_events:
-                self.events = Publisher(self.ctx, self.endpoints.events_in, sandbox_id=self.sandbox_id, actor=self.name)
             self._poller.register(control, zmq.POLLIN)
             self._poller.register(router, zmq.POLLIN)
+            self.on_start()
+            # After on_start: the controller binds the stream there, and a
+            # publisher that connected before the bind would wait out zmq's
+            # reconnect interval, losing a short container's first events.
+            if self.publish_events:
+                self.events = Publisher(self.ctx, self.endpoints.events_in, sandbox_id=self.sandbox_id, actor=self.name)
             if self.events is not None and self.events.sock is not None:
                 # readable when the stream subscribes: send what waited for it
                 self._poller.register(self.events.sock, zmq.POLLIN)
-            self.on_start()
             self.publish(ActorStarted(actor=self.name, pid=self.pid))
             if self.heartbeat_interval:
                 self.call_later(self.heartbeat_interval, self._heartbeat)
