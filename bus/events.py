@@ -171,14 +171,7 @@ class EventStream(threading.Thread):
             while not self._halt.is_set():
                 for sock, _ev in poller.poll(100):
                     if sock is xsub:
-                        frames = xsub.recv_multipart(copy=True)
-                        with self.lock:
-                            self.ring.append((time.time_ns(), frames))
-                        try:
-                            xpub.send_multipart(frames, flags=zmq.NOBLOCK)
-                        except zmq.Again:
-                            pass
-                        self.forwarded += 1
+                        self._forward(xsub, xpub)
                     else:
                         # A tap (un)subscribed. Upstream stays subscribed to
                         # everything, since the ring keeps every event.
@@ -187,17 +180,21 @@ class EventStream(threading.Thread):
             # request's event, their actor_stopped) still reaches the taps.
             deadline = time.monotonic() + DRAIN_TIMEOUT
             while time.monotonic() < deadline and xsub.poll(DRAIN_QUIET_MS):
-                frames = xsub.recv_multipart(copy=True)
-                with self.lock:
-                    self.ring.append((time.time_ns(), frames))
-                try:
-                    xpub.send_multipart(frames, flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
-                self.forwarded += 1
+                self._forward(xsub, xpub)
         finally:
             xsub.close()
             xpub.close(linger=int(DRAIN_TIMEOUT * 1000))
+
+    def _forward(self, xsub: zmq.Socket, xpub: zmq.Socket) -> None:
+        """One event in: into the ring, out to the taps (dropped, never waited for)."""
+        frames = xsub.recv_multipart(copy=True)
+        with self.lock:
+            self.ring.append((time.time_ns(), frames))
+        try:
+            xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        self.forwarded += 1
 
     def wait_ready(self, timeout: float = 5.0) -> None:
         self._ready.wait(timeout)
