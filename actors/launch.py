@@ -67,15 +67,15 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
             from zentry.actors.gofer.actor import gofer_main
             from zentry.actors.sandbox.actor import sandbox_main
 
-            children.append(fork_actor("controller", lambda fd: controller_main(endpoints, sandbox_id, store.root, fd), log_file=log_file))
+            children.append(fork_actor("controller", lambda fd: controller_main(endpoints, sandbox_id, store.root, fd), log_file=log_file, bound=True))
             children[-1].wait_ready()
-            children.append(fork_actor("gofer", lambda fd: gofer_main(endpoints, sandbox_id, fd), log_file=log_file))
+            children.append(fork_actor("gofer", lambda fd: gofer_main(endpoints, sandbox_id, fd), log_file=log_file, bound=True))
             # The sandbox keeps create's stdio: they are the container's. With a
             # terminal the container's stdio is the pty instead, and holding
             # create's pipes would keep the engine waiting for EOF (go-runc
             # reads create's output until its pipes close).
             terminal = bool((config.get("process") or {}).get("terminal"))
-            children.append(fork_actor("sandbox", lambda fd: sandbox_main(endpoints, sandbox_id, fd), detach=False, quiet_stdio=terminal, log_file=log_file if terminal else None))
+            children.append(fork_actor("sandbox", lambda fd: sandbox_main(endpoints, sandbox_id, fd), detach=False, quiet_stdio=terminal, log_file=log_file if terminal else None, bound=True))
             for child in children[1:]:
                 child.wait_ready()
             controller, gofer, sandbox = children

@@ -77,7 +77,25 @@ def report_error(fd: int, exc: BaseException) -> None:
         pass
 
 
-def fork_actor(name: str, main: Callable[[int], int], *, detach: bool = True, quiet_stdio: bool = True, log_file: str | None = None) -> Child:
+def bind_to_parent() -> None:
+    """Die with the forking process (until :func:`release_from_parent`).
+
+    A ``create`` killed half-way must not leave actors waiting for a request
+    that will never come; each actor releases itself once its part of the
+    container exists (before ``create`` replies, so its normal exit is safe).
+    """
+    from zentry.sentry.abi import libc
+
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def release_from_parent() -> None:
+    from zentry.sentry.abi import libc
+
+    libc.prctl(libc.PR_SET_PDEATHSIG, 0)
+
+
+def fork_actor(name: str, main: Callable[[int], int], *, detach: bool = True, quiet_stdio: bool = True, log_file: str | None = None, bound: bool = False) -> Child:
     """Fork a child running ``main(ready_fd)``; its return value is the exit status.
 
     ``detach``: own session, so terminal signals and the caller's process
@@ -87,6 +105,7 @@ def fork_actor(name: str, main: Callable[[int], int], *, detach: bool = True, qu
     container's) and its process group.
     """
     r, w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -96,6 +115,10 @@ def fork_actor(name: str, main: Callable[[int], int], *, detach: bool = True, qu
     status = 1
     try:
         os.close(r)
+        if bound:
+            bind_to_parent()
+            if os.getppid() != parent:
+                os._exit(1)  # the creator died before we could bind to it
         if detach:
             os.setsid()
         for sig in IGNORED_IN_ACTORS:

@@ -19,7 +19,7 @@ import signal
 import time
 
 from zentry.actors.controller import hooks
-from zentry.actors.spawn import report_ready
+from zentry.actors.spawn import release_from_parent, report_ready
 from zentry.actors.state import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Record, Store
 from zentry.bus import codec
 from zentry.bus.actor import DEFERRED, Actor, Request, handles
@@ -195,6 +195,7 @@ class Controller(Actor):
                 self.stop("create failed")
             raise
         self.set_status(rec, CREATED, req.id)
+        release_from_parent()  # the container exists: outlive create from now on
         return Created(container_id=rec.id, pid=rec.pid)
 
     @handles(Start)

@@ -47,6 +47,15 @@ def run_hooks(kind: str, config: dict, state: dict, on_result=None) -> list[Hook
     return results
 
 
+def _die_with_runner() -> None:
+    """In the hook's child: a hook never outlives the process that runs it."""
+    import signal
+
+    from zentry.sentry.abi import libc
+
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def run_one(kind: str, hook: dict, state: dict) -> HookResult:
     path = hook["path"]
     args = list(hook.get("args") or [path])[1:]
@@ -56,7 +65,7 @@ def run_one(kind: str, hook: dict, state: dict) -> HookResult:
 
     t0 = time.perf_counter_ns()
     try:
-        sh.Command(path)(*args, _in=json.dumps(state), _env=env, _timeout=timeout, _truncate_exc=False)
+        sh.Command(path)(*args, _in=json.dumps(state), _env=env, _timeout=timeout, _truncate_exc=False, _preexec_fn=_die_with_runner)
         return HookResult(kind, path, 0, time.perf_counter_ns() - t0)
     except sh.TimeoutException:
         return HookResult(kind, path, -1, time.perf_counter_ns() - t0, f"timed out after {timeout}s")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from zentry.actors.spawn import report_ready
+from zentry.actors.spawn import release_from_parent, report_ready
 from zentry.bus.actor import Actor, Request, handles
 from zentry.bus.endpoints import Endpoints
 from zentry.bus.errors import NotFound
@@ -53,6 +53,7 @@ class Gofer(Actor):
             _rmdir(target)
             raise
         self.roots[msg.container_id] = target
+        release_from_parent()
         self.publish(
             RootPrepared(
                 container_id=msg.container_id,

@@ -24,7 +24,7 @@ import time
 import psutil
 import zmq
 
-from zentry.actors.spawn import exit_status, report_ready
+from zentry.actors.spawn import exit_status, release_from_parent, report_ready
 from zentry.bus import codec, fdpass
 from zentry.bus.actor import Actor, Request, handles
 from zentry.bus.endpoints import Endpoints
@@ -247,6 +247,7 @@ class Sandbox(Actor):
         self.watch_fd(pidfd, lambda _fd, cid=msg.container_id: self._on_exit(cid))
         if not self.ran_any:
             self._anchor_namespaces(pid)
+            release_from_parent()
         self.ran_any = True
         self.publish(ProcessStarted(container_id=msg.container_id, pid=pid, args=list((msg.config.get("process") or {}).get("args") or [])), parent=req.id)
         return Spawned(pid=pid, cgroup_procs=_cgroup_procs(pid))

@@ -58,3 +58,34 @@ def test_sandbox_death_is_reported_as_stopped_with_status(zentry, busybox_bundle
     assert wait_for(lambda: json.loads(zentry("state", "f2").stdout)["status"] == "stopped")
     assert json.loads(zentry("wait", "f2").stdout)["exitStatus"] == 128 + signal.SIGKILL
     assert zentry("delete", "f2").returncode == 0
+
+
+def test_create_killed_midway_leaves_nothing_after_delete_force(zentry, busybox_bundle, tmp_path):
+    import subprocess
+
+    from helpers.bundle import zentry_command
+
+    marker = tmp_path / "hook-ran"
+    bundle = busybox_bundle(["sleep", "60"], hooks={
+        "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", f"touch {marker}; sleep 30"]}],
+    })
+    with open(tmp_path / "out", "w") as out:
+        proc = subprocess.Popen([*zentry_command(), "--root", str(zentry.root), "create", "--bundle", str(bundle), "half"],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        assert wait_for(marker.exists, timeout=30)
+        rec = record(zentry, "half")
+        proc.kill()  # SIGKILL: no cleanup of its own
+        proc.wait()
+        # the controller was bound to create and dies with it
+        assert wait_for(lambda: not alive(rec["controller_pid"]))
+        assert json.loads(zentry("state", "half").stdout)["status"] == "stopped"
+        r = zentry("delete", "--force", "half")
+        assert r.returncode == 0, r.stderr
+        pids = [rec["controller_pid"], rec["gofer_pid"], rec["sandbox_pid"], rec["init_pid"]]
+        assert wait_for(lambda: not any(alive(p) for p in pids if p)), [p for p in pids if p and alive(p)]
+        assert zentry("list", "-q").stdout.strip() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
