@@ -173,6 +173,32 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[n:]
 
 
+class TempConsole:
+    """A private --console-socket for a foreground run/exec with a terminal.
+
+    The init connects and sends the pty master; ``receive()`` takes it.
+    ``close()`` removes the socket and its directory.
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix="zentry-console-")
+        self.path = os.path.join(self.dir, "console.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(1)
+
+    def receive(self) -> int:
+        return receive_console(self.listener)
+
+    def close(self) -> None:
+        import shutil
+
+        self.listener.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def receive_console(listener: socket.socket, timeout: float = 30.0) -> int:
     """Accept one connection on a console socket and take the pty master from it."""
     listener.settimeout(timeout)

@@ -17,7 +17,6 @@ cannot be running without it).
 from __future__ import annotations
 
 import datetime
-import errno
 import fcntl
 import json
 import os
@@ -25,6 +24,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
+from zentry.bus.client import pid_alive  # noqa: F401  (re-exported: the one liveness check)
 from zentry.bus.errors import Ambiguous, InvalidArgument, NotFound, WrongState
 
 CREATING, CREATED, RUNNING, PAUSED, STOPPED = "creating", "created", "running", "paused", "stopped"
@@ -203,17 +203,3 @@ class Lock:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError as err:
-        return err.errno == errno.EPERM
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False

@@ -23,14 +23,17 @@ from zentry.bus.messages import Error
 _SLICE_MS = 50
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as dead; another user's as alive)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # a zombie is dead for our purposes
+    try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
@@ -96,7 +99,7 @@ class Client:
             try:
                 frame = sock.recv()
             except zmq.Again:
-                if self.peer_pid is not None and not _alive(self.peer_pid):
+                if self.peer_pid is not None and not pid_alive(self.peer_pid):
                     raise ActorGone(f"actor (pid {self.peer_pid}) at {self.endpoint} died before answering {tag}") from None
                 continue
             try:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
-import tempfile
 
 HELP = "run a process in a running container"
 
@@ -104,15 +101,12 @@ def run(args, ctx) -> int:
     rec.require_status("exec in", "created", "running")
     target = ask(rec, ExecInfo(container_id=rec.id))
     process = build_process(args, target.config.get("process") or {})
-    listener = tmpdir = None
+    console = None
     if process.get("terminal") and not args.console_socket:
         if args.detach:
             raise InvalidArgument("cannot allocate a pty for a detached exec without --console-socket")
-        tmpdir = tempfile.mkdtemp(prefix="zentry-console-")
-        args.console_socket = os.path.join(tmpdir, "console.sock")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(args.console_socket)
-        listener.listen(1)
+        console = forwarder.TempConsole()
+        args.console_socket = console.path
 
     def start() -> int:
         return forwarder.start_exec(target.init_pid, target.cgroup_procs, target.config, process, target.fd_socket, rec.id, args.console_socket)
@@ -135,10 +129,8 @@ def run(args, ctx) -> int:
             return 0
         with forwarder.SignalCatcher() as catcher:
             pid = start()
-            master = forwarder.receive_console(listener) if listener is not None else None
+            master = console.receive() if console is not None else None
             return forwarder.relay(pid, lambda sig: os.kill(pid, sig), master, catcher)
     finally:
-        if listener is not None:
-            listener.close()
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        if console is not None:
+            console.close()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import tempfile
 
 HELP = "create and start a container, then wait for it (unless --detach)"
 
@@ -37,22 +34,19 @@ def run_foreground(args, ctx, terminal: bool) -> int:
     from zentry.cmd.common import ask, load, write_pid_file
     from zentry.cmd.create import create
 
-    listener = tmpdir = None
-    catcher = forwarder.SignalCatcher() if not args.detach else None
+    console = None
     if terminal and not args.console_socket:
         if args.detach:
             raise InvalidArgument("cannot allocate a pty for a detached container without --console-socket")
-        tmpdir = tempfile.mkdtemp(prefix="zentry-console-")
-        args.console_socket = os.path.join(tmpdir, "console.sock")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(args.console_socket)
-        listener.listen(1)
+        console = forwarder.TempConsole()
+        args.console_socket = console.path
+    catcher = forwarder.SignalCatcher() if not args.detach else None
     try:
         created = create(args, ctx)
         store = ctx.store()
         rec = load(store, args.container_id)
         try:
-            master = forwarder.receive_console(listener) if listener is not None else None
+            master = console.receive() if console is not None else None
             ask(rec, Start(container_id=rec.id))
             if args.pid_file:
                 write_pid_file(args.pid_file, created.pid)
@@ -79,7 +73,5 @@ def run_foreground(args, ctx, terminal: bool) -> int:
     finally:
         if catcher is not None:
             catcher.close()
-        if listener is not None:
-            listener.close()
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        if console is not None:
+            console.close()
