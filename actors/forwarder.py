@@ -23,10 +23,12 @@ import struct
 import termios
 from typing import Callable
 
-from zentry.actors.sandbox import init as initmod
 from zentry.bus import codec, fdpass
 from zentry.bus.errors import SystemFailure, ZentryError, from_wire
 from zentry.sentry.abi import libc
+
+#: zentry.actors.sandbox.init, imported by start_exec (see there)
+initmod = None
 
 #: Signals never forwarded: our own business, not the container's.
 NOT_FORWARDED = {signal.SIGCHLD, signal.SIGWINCH, signal.SIGURG, signal.SIGKILL, signal.SIGSTOP}
@@ -220,6 +222,12 @@ def start_exec(init_pid: int, cgroup_procs: list[str], container_config: dict, p
 
     Must be called with no ZeroMQ context alive in this process (it forks).
     """
+    # Here, not at the top: `run` uses this module only for its signal
+    # relay, and the init module pulls in the sentry's filter compiler. The
+    # exec'd child can import nothing once it has entered the container.
+    global initmod
+    from zentry.actors.sandbox import init as initmod  # noqa: F811
+
     pid_ns = os.open(f"/proc/{init_pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     try:
         libc.setns(pid_ns, libc.CLONE_NEWPID)

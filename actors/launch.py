@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import shutil
 import signal
 import time
@@ -67,8 +68,9 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
             from zentry.actors.gofer.actor import gofer_main
             from zentry.actors.sandbox.actor import sandbox_main
 
+            # All three start at once; the others' event publishers reach the
+            # controller's stream whenever it binds (they queue until then).
             children.append(fork_actor("controller", lambda fd: controller_main(endpoints, sandbox_id, store.root, fd), log_file=log_file, bound=True))
-            children[-1].wait_ready()
             children.append(fork_actor("gofer", lambda fd: gofer_main(endpoints, sandbox_id, fd), log_file=log_file, bound=True))
             # The sandbox keeps create's stdio: they are the container's. With a
             # terminal the container's stdio is the pty instead, and holding
@@ -76,7 +78,7 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
             # reads create's output until its pipes close).
             terminal = bool((config.get("process") or {}).get("terminal"))
             children.append(fork_actor("sandbox", lambda fd: sandbox_main(endpoints, sandbox_id, fd), detach=False, quiet_stdio=terminal, log_file=log_file if terminal else None, bound=True))
-            for child in children[1:]:
+            for child in children:
                 child.wait_ready()
             controller, gofer, sandbox = children
             return _ask_create(endpoints, controller.pid, Create(
@@ -169,18 +171,43 @@ def _kill_children(children: list[Child]) -> None:
 
 
 def wait_gone(pids: list[int], timeout: float = 5.0) -> bool:
-    """Wait until none of ``pids`` is alive (they need not be our children)."""
+    """Wait until none of ``pids`` is alive (they need not be our children).
+
+    pidfds wake us the moment each one exits (no polling interval on the
+    teardown path of every ``run`` and ``delete``); our own children are
+    reaped on the way.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in pids:
+    watched: dict[int, int] = {}
+    try:
+        for pid in dict.fromkeys(p for p in pids if p):
             try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-        if not any(pid_alive(p) for p in pids):
-            return True
-        time.sleep(0.01)
-    return False
+                watched[os.pidfd_open(pid)] = pid
+            except ProcessLookupError:
+                _reap_if_child(pid)
+        poller = select.poll()
+        for fd in watched:
+            poller.register(fd, select.POLLIN)
+        pending = set(watched)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for fd, _ev in poller.poll(left * 1000):
+                poller.unregister(fd)
+                pending.discard(fd)
+                _reap_if_child(watched[fd])
+        return not pending
+    finally:
+        for fd in watched:
+            os.close(fd)
+
+
+def _reap_if_child(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def remove_dir(store: Store, rec: Record) -> None:

@@ -9,6 +9,7 @@ handshake runc calls its sync pipe).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -115,6 +116,11 @@ def fork_actor(name: str, main: Callable[[int], int], *, detach: bool = True, qu
     status = 1
     try:
         os.close(r)
+        # The CLI runs with the collector off (it lives for a moment); an
+        # actor may live as long as its container. What the CLI imported is
+        # frozen: never scanned again, and its pages stay shared with the CLI.
+        gc.freeze()
+        gc.enable()
         if bound:
             bind_to_parent()
             if os.getppid() != parent:

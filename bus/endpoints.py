@@ -16,7 +16,6 @@ container's state. ``tcp://`` endpoints are refused unless CURVE keys are given.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -30,6 +29,8 @@ def bus_dir_for(state_dir: str) -> str:
     """The bus directory for a sandbox whose state lives in ``state_dir``."""
     if len(os.path.join(state_dir, _LONGEST_NAME)) <= _IPC_MAX - 8:
         return state_dir
+    import hashlib  # rare (long state paths), and 20 ms to import
+
     digest = hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:20]
     return os.path.join("/run/zentry-bus", digest)
 

@@ -14,6 +14,7 @@ PUB drops at its high-water mark, and the loss shows up as a seq gap.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from typing import Iterable
@@ -32,8 +33,11 @@ PUB_HWM = 10000
 #: Events kept by the stream for ``zentry tap --since``.
 RING_SIZE = 4096
 #: When the stream stops: forward what is still arriving until it has been
-#: quiet for DRAIN_QUIET_MS, for at most DRAIN_TIMEOUT seconds.
-DRAIN_QUIET_MS = 50
+#: quiet for DRAIN_QUIET_MS, for at most DRAIN_TIMEOUT seconds. The
+#: controller stops it only after the other actors have exited (their last
+#: events are then already queued), so the quiet period only covers the
+#: controller's own last event, an in-process hop.
+DRAIN_QUIET_MS = 10
 DRAIN_TIMEOUT = 0.5
 
 
@@ -73,6 +77,9 @@ class Publisher:
             sock = ctx.socket(zmq.XPUB)
             sock.setsockopt(zmq.SNDHWM, PUB_HWM)
             sock.setsockopt(zmq.LINGER, 200)
+            # The stream may bind a moment after we connect (actors start
+            # together): retry soon, not after zmq's default 100 ms.
+            sock.setsockopt(zmq.RECONNECT_IVL, 5)
             sock.connect(endpoint)
             self.sock = sock
 
@@ -140,6 +147,9 @@ class EventStream(threading.Thread):
         # Not ``_stop``: that name is threading.Thread's own method (join()
         # and is_alive() call it), and an Event there breaks both.
         self._halt = threading.Event()
+        # stop() writes here, so the loop wakes at once instead of at its next poll timeout
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._wake_lock = threading.Lock()
         self._ready = threading.Event()
         self.error: BaseException | None = None
 
@@ -161,17 +171,21 @@ class EventStream(threading.Thread):
                 xpub.bind(ep)
         except BaseException as err:  # reported by wait_ready()
             self.error = err
+            self._close_wake()
             self._ready.set()
             return
         self._ready.set()
         poller = zmq.Poller()
         poller.register(xsub, zmq.POLLIN)
         poller.register(xpub, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
         try:
             while not self._halt.is_set():
-                for sock, _ev in poller.poll(100):
+                for sock, _ev in poller.poll(1000):
                     if sock is xsub:
                         self._forward(xsub, xpub)
+                    elif sock == self._wake:
+                        break
                     else:
                         # A tap (un)subscribed. Upstream stays subscribed to
                         # everything, since the ring keeps every event.
@@ -184,6 +198,7 @@ class EventStream(threading.Thread):
         finally:
             xsub.close()
             xpub.close(linger=int(DRAIN_TIMEOUT * 1000))
+            self._close_wake()
 
     def _forward(self, xsub: zmq.Socket, xpub: zmq.Socket) -> None:
         """One event in: into the ring, out to the taps (dropped, never waited for)."""
@@ -207,3 +222,12 @@ class EventStream(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
+        with self._wake_lock:
+            if self._wake >= 0:
+                os.eventfd_write(self._wake, 1)
+
+    def _close_wake(self) -> None:
+        with self._wake_lock:
+            if self._wake >= 0:
+                os.close(self._wake)
+                self._wake = -1

@@ -364,18 +364,24 @@ class Controller(Actor):
         return Ok()
 
     def _shutdown_sandbox(self, parent: str) -> None:
+        from zentry.actors.launch import wait_gone
         from zentry.actors.state import pid_alive
 
+        asked = []
         for client in (self.sandbox, self.gofer):
             if client is not None and pid_alive(client.peer_pid):
                 try:
                     control = Client(client.endpoint.replace(".sock", ".ctl"), sender=self.name, ctx=self.ctx, peer_pid=client.peer_pid)
                     try:
                         control.request(Shutdown(reason="sandbox deleted"), parent=parent, timeout=5)
+                        asked.append(client.peer_pid)
                     finally:
                         control.close()
                 except ZentryError:
                     pass
+        # Their last events (actor_stopped) are queued on the stream once
+        # they have exited; then the stream's drain at stop is short.
+        wait_gone(asked, timeout=2)
 
     def _remove_dir(self, container_id: str) -> None:
         d = self.store.dir(container_id)

@@ -10,7 +10,6 @@ claims more than the filter compiler knows.
 from __future__ import annotations
 
 import copy
-from importlib import metadata
 
 from .config import HOOK_KINDS, NAMESPACE_TYPES, OCI_VERSION_MAX, OCI_VERSION_MIN
 
@@ -117,6 +116,8 @@ def _version(v: tuple[int, int, int]) -> str:
 
 
 def _zentry_version() -> str:
+    from importlib import metadata  # slow to import: only `features` needs it
+
     try:
         return metadata.version("zentry")
     except metadata.PackageNotFoundError:

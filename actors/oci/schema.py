@@ -9,10 +9,15 @@ Copyright 2015 The Linux Foundation, licensed under the Apache License 2.0
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
-from importlib import resources
 
 from .validate import SchemaError, Validator
+
+#: the ``zentry.actors`` package data folder (a plain directory: zentry is
+#: never imported from a zip; importlib.resources would cost ~25 ms of
+#: imports on every CLI call that validates a config)
+SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema")
 
 #: document names inside the schema folder
 CONFIG_SCHEMA = "config-schema.json"
@@ -22,14 +27,15 @@ STATE_SCHEMA = "state-schema.json"
 
 def schema_path(name: str) -> str:
     """The file system path of schema document ``name`` (for tests and tools)."""
-    return str(resources.files("zentry.actors").joinpath("schema", name))
+    return os.path.join(SCHEMA_DIR, name)
 
 
 @lru_cache(maxsize=None)
 def _load_text(name: str) -> str:
     if "/" in name or name.startswith("."):
         raise KeyError(f"bad schema document name {name!r}")
-    return resources.files("zentry.actors").joinpath("schema", name).read_text(encoding="utf-8")
+    with open(os.path.join(SCHEMA_DIR, name), encoding="utf-8") as f:
+        return f.read()
 
 
 def load_schema(name: str) -> dict:

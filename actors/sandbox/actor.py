@@ -21,7 +21,6 @@ import signal
 import socket
 import time
 
-import psutil
 import zmq
 
 from zentry.actors.spawn import exit_status, release_from_parent, report_ready
@@ -424,6 +423,8 @@ class Sandbox(Actor):
                             "stime": int(p.create_time()),
                             "time": sum(p.cpu_times()[:2]),
                             "cmd": " ".join(p.cmdline()) or p.name(),
+        import psutil  # only `ps` needs it (20 ms to import on every CLI call otherwise)
+
                             "tty": p.terminal() or "?",
                         }
                     )

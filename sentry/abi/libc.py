@@ -10,10 +10,11 @@ Constants are grouped by the header that defines them.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# glibc's soname on every Linux zentry supports. ctypes.util.find_library
+# would run `ldconfig -p` (a fork and exec, ~3 ms) on every CLI call.
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 # --- <sched.h> / <linux/sched.h>: namespace clone flags ----------------------
 CLONE_NEWNS = 0x00020000
