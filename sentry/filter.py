@@ -23,9 +23,8 @@ import ctypes
 import os
 from dataclasses import dataclass, field
 
-import pyseccomp
-
 from .abi import libc
+from .abi.libseccomp import pyseccomp
 from .abi.seccomp import (
     SECCOMP_FILTER_FLAG_NEW_LISTENER,
     SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,

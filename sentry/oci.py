@@ -18,10 +18,9 @@ import errno as E
 import json
 import socket
 
-import pyseccomp
-
 from zentry.bus.errors import ConfigError, SystemFailure, Unsupported
 
+from .abi.libseccomp import pyseccomp
 from .abi.seccomp import FILTER_FLAGS, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_KILL_THREAD
 from .abi.syscalls import NUMBERS
 from .filter import Cond, LoadedProgram, Policy, Rule, compile_policy
