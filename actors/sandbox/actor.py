@@ -103,6 +103,14 @@ class Sandbox(Actor):
         self.watch_fd(self.fd_listener.fileno(), self._on_fd_connection)
         self._start_sentry()
         report_ready(self.ready_fd)
+        # After the report, so this overlaps the controller's and the gofer's
+        # part of `create` (the Spawn request waits in our queue meanwhile):
+        # what a container init needs before it pivots, and zentry's BPF
+        # program, compiled once here and inherited by every init we fork.
+        from zentry.actors.sandbox import init  # noqa: F401
+        from zentry.sentry import filter as sentry_filter
+
+        sentry_filter.zentry_bpf()
 
     def on_stop(self) -> None:
         # Each step on its own: one failing must not leave the others undone.
