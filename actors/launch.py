@@ -54,10 +54,7 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
     if sandbox_id != container_id:
         return _join_sandbox(store, container_id, sandbox_id, bundle, config, console_socket)
     cdir = store.dir(container_id)
-    try:
-        os.mkdir(cdir, 0o711)
-    except FileExistsError:
-        raise AlreadyExists(f"container {container_id!r} already exists") from None
+    _make_container_dir(store, container_id)
     children: list[Child] = []
     try:
         with Lock(store, container_id, create=True):
@@ -98,31 +95,44 @@ def _join_sandbox(store: Store, container_id: str, sandbox_id: str, bundle: str,
     if owner.status == STOPPED or not pid_alive(owner.controller_pid):
         raise NotFound(f"sandbox {sandbox_id!r} of container {container_id!r} is not running")
     cdir = store.dir(container_id)
-    try:
-        os.mkdir(cdir, 0o711)
-    except FileExistsError:
-        raise AlreadyExists(f"container {container_id!r} already exists") from None
+    _make_container_dir(store, container_id)
     endpoints = Endpoints(owner.bus_dir)
     waiter = None
+    # Held until the controller has written state.json (see Store.remove_stale).
+    with Lock(store, container_id, create=True):
+        try:
+            # The member's stdio are this create's, as for any container: they
+            # travel to the sandbox actor, which gives them to the member's init.
+            _donate_stdio(endpoints.fd_socket, container_id)
+            _ask_create(endpoints, owner.controller_pid, Create(
+                container_id=container_id, bundle=bundle, config=config, console_socket=console_socket,
+                sandbox_id=sandbox_id, sandbox_pid=owner.sandbox_pid, gofer_pid=owner.gofer_pid,
+            ))
+            # The engine waits on the pid-file process and wants the member's
+            # exit status from it: a waiter, child of this create (so of the
+            # engine's subreaper once we exit), exits with the member's status.
+            waiter = fork_actor("forwarder", lambda fd: _member_waiter(endpoints, owner.controller_pid, container_id, fd))
+            waiter.wait_ready()
+            return Created(container_id=container_id, pid=waiter.pid)
+        except BaseException:
+            if waiter is not None:
+                _kill_children([waiter])
+            shutil.rmtree(cdir, ignore_errors=True)
+            raise
+
+
+def _make_container_dir(store: Store, container_id: str) -> None:
+    """mkdir ``<root>/<id>``; AlreadyExists unless what is there is a killed create's leftover."""
     try:
-        # The member's stdio are this create's, as for any container: they
-        # travel to the sandbox actor, which gives them to the member's init.
-        _donate_stdio(endpoints.fd_socket, container_id)
-        _ask_create(endpoints, owner.controller_pid, Create(
-            container_id=container_id, bundle=bundle, config=config, console_socket=console_socket,
-            sandbox_id=sandbox_id, sandbox_pid=owner.sandbox_pid, gofer_pid=owner.gofer_pid,
-        ))
-        # The engine waits on the pid-file process and wants the member's
-        # exit status from it: a waiter, child of this create (so of the
-        # engine's subreaper once we exit), exits with the member's status.
-        waiter = fork_actor("forwarder", lambda fd: _member_waiter(endpoints, owner.controller_pid, container_id, fd))
-        waiter.wait_ready()
-        return Created(container_id=container_id, pid=waiter.pid)
-    except BaseException:
-        if waiter is not None:
-            _kill_children([waiter])
-        shutil.rmtree(cdir, ignore_errors=True)
-        raise
+        store.claim(container_id)
+        return
+    except FileExistsError:
+        if not store.remove_stale(container_id):
+            raise AlreadyExists(f"container {container_id!r} already exists") from None
+    try:
+        store.claim(container_id)
+    except FileExistsError:  # another create took the id meanwhile
+        raise AlreadyExists(f"container {container_id!r} already exists") from None
 
 
 def _ask_create(endpoints: Endpoints, controller_pid: int, request: Create) -> Created:

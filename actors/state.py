@@ -17,10 +17,12 @@ cannot be running without it).
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -173,12 +175,74 @@ class Store:
             os.close(fd)
         os.rename(tmp, self.path(record.id))
 
+    def claim(self, container_id: str) -> None:
+        """Make ``<root>/<id>`` with its lock file in one step; FileExistsError if taken.
+
+        The directory appears already holding ``lock`` (built under a hidden
+        name, then renamed with RENAME_NOREPLACE), so whatever a killed
+        ``create`` leaves behind is recognisable as its leftover by
+        :meth:`remove_stale`, and two creates of one id cannot both win.
+        """
+        self.ensure_root()
+        tmp = os.path.join(self.root, f".claim.{container_id}.{os.getpid()}")
+        os.mkdir(tmp, 0o711)
+        try:
+            os.close(os.open(os.path.join(tmp, "lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            _rename_noreplace(tmp, self.dir(container_id))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def remove_stale(self, container_id: str) -> bool:
+        """Remove the directory a killed ``create`` left before its first state.json.
+
+        ``create`` makes ``<root>/<id>`` and holds its lock until the
+        controller has written state.json; a ``create`` killed in between
+        leaves a directory no command sees (runc leaves the same). It is
+        stale only if there is still no state.json once we hold the lock
+        without waiting — a ``create`` in progress holds it. Its actors were
+        bound to the dead ``create`` and are gone; nothing outside the
+        directory (and its bus directory) exists yet at that point.
+        """
+        d = self.dir(container_id)
+        try:
+            fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return False  # no lock file: not made by create (or just being made)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a create is still working on it
+            if not os.path.isdir(d) or os.path.exists(self.path(container_id)):
+                return False
+            from zentry.bus.endpoints import bus_dir_for
+
+            bus_dir = bus_dir_for(d)
+            if bus_dir != d:
+                shutil.rmtree(bus_dir, ignore_errors=True)
+            shutil.rmtree(d, ignore_errors=True)
+            return not os.path.exists(d)
+        finally:
+            os.close(fd)
+
     def records(self) -> Iterator[Record]:
         for cid in self.ids():
             try:
                 yield self.load(cid)
             except NotFound:
                 continue
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
+    """renameat2(RENAME_NOREPLACE): FileExistsError if ``dst`` exists (even as an empty directory)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    at_fdcwd, rename_noreplace = -100, 1
+    if libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), dst) if err != errno.EEXIST else FileExistsError(err, os.strerror(err), dst)
 
 
 class Lock:

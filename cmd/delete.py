@@ -19,6 +19,9 @@ def run(args, ctx) -> int:
     try:
         rec = load(store, args.container_id)
     except NotFound:
+        # A create killed before its first state.json left only a directory
+        # (runc's delete removes that too).
+        store.remove_stale(args.container_id)
         if args.force:
             return 0  # idempotent, like runc delete --force
         raise

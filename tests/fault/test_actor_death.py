@@ -89,3 +89,51 @@ def test_create_killed_midway_leaves_nothing_after_delete_force(zentry, busybox_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _kill_create_before_state(zentry, bundle, cid: str, tries: int = 5) -> bool:
+    """SIGKILL a `create` after it made <root>/<id> and before state.json; True if caught there."""
+    import subprocess
+
+    from helpers.bundle import zentry_command
+
+    cdir = os.path.join(zentry.root, cid)
+    for _ in range(tries):
+        proc = subprocess.Popen([*zentry_command(), "--root", str(zentry.root), "create", "--bundle", str(bundle), cid],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.isdir(cdir) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            proc.kill()
+        finally:
+            proc.wait()
+        if os.path.isdir(cdir) and not os.path.exists(os.path.join(cdir, "state.json")):
+            return True
+        zentry("delete", "--force", cid)  # too late: it got further; clean and try again
+    return False
+
+
+def test_create_killed_before_its_state_file_is_reclaimed(zentry, busybox_bundle):
+    """The leftover of a create killed before state.json: a new create of the id reclaims it."""
+    bundle = busybox_bundle(["sleep", "60"])
+    if not _kill_create_before_state(zentry, bundle, "early"):
+        pytest.skip("could not stop create between its mkdir and its state file in 5 tries")
+    leftover = os.path.join(zentry.root, "early")
+    # invisible to list, and its actors died with the create (bound to it)
+    assert zentry("list", "-q").stdout.strip() == ""
+    r = zentry("create", "--bundle", bundle, "early")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(zentry("state", "early").stdout)["status"] == "created"
+    assert zentry("delete", "--force", "early").returncode == 0
+    assert not os.path.exists(leftover)
+
+
+def test_delete_force_removes_a_create_killed_before_its_state_file(zentry, busybox_bundle):
+    bundle = busybox_bundle(["sleep", "60"])
+    if not _kill_create_before_state(zentry, bundle, "early2"):
+        pytest.skip("could not stop create between its mkdir and its state file in 5 tries")
+    r = zentry("delete", "early2")
+    assert r.returncode != 0 and "does not exist" in r.stderr  # without --force: still an error, as runc
+    assert not os.path.exists(os.path.join(zentry.root, "early2"))  # but the leftover is gone (runc does the same)
+    assert zentry("delete", "--force", "early2").returncode == 0
