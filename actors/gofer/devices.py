@@ -62,9 +62,23 @@ def _parse_device(dev: dict) -> tuple[str, int, int, int, int, int]:
     return container_path(path), kind, rdev, mode & 0o7777, int(dev.get("uid", 0)), int(dev.get("gid", 0))
 
 
-def make_device(root_fd: int, dev: dict) -> None:
-    """Create one linux.devices entry inside the root (mknod, else bind from the host)."""
+def make_device(root_fd: int, dev: dict, *, bind_only: bool = False) -> None:
+    """Create one linux.devices entry inside the root (mknod, else bind from the host).
+
+    ``bind_only`` (a container with a user namespace): the host's node is
+    bound, as runc does there; a node made by mknod would be owned by ids
+    the config gives as container ids.
+    """
     path, kind, rdev, mode, uid, gid = _parse_device(dev)
+    if bind_only:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise ConfigError(f'device "{path}": not on the host (a container with a user namespace gets the host\'s node bound)') from None
+        if stat.S_IFMT(st.st_mode) != kind or (kind != stat.S_IFIFO and st.st_rdev != rdev):
+            raise ConfigError(f'device "{path}": the host\'s node is not this device (a container with a user namespace gets the host\'s node bound)')
+        _bind_host_node(root_fd, path, path)
+        return
     parent, name = posixpath.split(path)
     dir_fd = ensure_in_root(root_fd, parent, directory=True)
     try:
@@ -102,9 +116,10 @@ def create_devices(root_fd: int, config: dict, rootfs: str) -> None:
             _bind_host_node(root_fd, path, path)
         except OSError as err:
             raise SystemFailure(f'cannot bind-mount device "{path}" (rootfs {rootfs}): {err}') from err
+    bind_only = any(isinstance(ns, dict) and ns.get("type") == "user" for ns in (config.get("linux") or {}).get("namespaces") or [])
     for dev in devices:
         try:
-            make_device(root_fd, dev)
+            make_device(root_fd, dev, bind_only=bind_only)
         except OSError as err:
             raise SystemFailure(f'cannot create device "{dev.get("path")}" (rootfs {rootfs}): {err}') from err
     dev_fd = ensure_in_root(root_fd, "/dev", directory=True)

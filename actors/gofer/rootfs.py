@@ -18,12 +18,14 @@ Three steps, in three processes (design.md §2, §6; notes pitfalls 9-11):
 
 from __future__ import annotations
 
+import codecs
 import errno
 import os
 import stat
 
 from zentry.actors.gofer import devices, mounts
 from zentry.actors.gofer.mounts import current_flags, parse_options
+from zentry.actors.oci.userns import mount_for_host
 from zentry.bus.errors import ConfigError, SystemFailure
 from zentry.sentry.abi import libc
 
@@ -99,7 +101,7 @@ def prepare_rootfs(config: dict, bundle_dir: str, mountpoint: str) -> None:
     try:
         for entry, inside in zip(entries, plan):
             if not inside:
-                mounts.mount_in_root(root_fd, entry, bundle_dir, rootfs, label)
+                mounts.mount_in_root(root_fd, mount_for_host(config, entry), bundle_dir, rootfs, label)
         if _wants_devices(config, entries):
             devices.create_devices(root_fd, config, rootfs)
     finally:
@@ -114,7 +116,9 @@ def prepare_rootfs(config: dict, bundle_dir: str, mountpoint: str) -> None:
 
 def _unescape(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    return field.encode().decode("unicode_escape").encode("latin-1").decode(errors="surrogateescape")
+    # codecs' builtin function, not str.decode("unicode_escape"): the codec
+    # lookup imports a module, which a container init may no longer be able to do
+    return codecs.unicode_escape_decode(field.encode())[0].encode("latin-1").decode(errors="surrogateescape")
 
 
 def _mountinfo() -> list[tuple[str, list[str]]]:
@@ -128,30 +132,78 @@ def _mountinfo() -> list[tuple[str, list[str]]]:
     return out
 
 
-def enter_rootfs(mountpoint: str) -> None:
+def enter_rootfs(mountpoint: str, *, user_ns: bool = False) -> None:
     """Make ``mountpoint`` the process's "/" (pivot_root; old root detached).
 
     The caller must be single-threaded, in a mount namespace that is its own
     copy of the gofer's (setns, then unshare(CLONE_NEWNS)).
+
+    ``user_ns``: the copy belongs to the container's user namespace. Its
+    mounts came from a more privileged namespace and are locked, and
+    pivot_root refuses a locked new root, so the root is first bound onto
+    itself (a mount made here is not locked; the locked ones below it stay
+    locked). Its path may not be searchable by the container's root (the
+    state directory is 0700), so the caller is already in it: it changed
+    directory there before entering the user namespace, and unshare moved
+    its cwd into the copy. The old root is left stacked on "/" for
+    ``detach_old_root``: proc and sysfs can be mounted in a user namespace
+    only while a fully visible instance (the host's, in the old root) is in
+    the mount namespace.
     """
     try:
         mountpoint = os.path.realpath(mountpoint)
+        if user_ns:
+            _bind_cwd_onto_itself()
+        else:
+            os.chdir(mountpoint)
         tops = [optional for point, optional in _mountinfo() if point == mountpoint]
         # pivot_root refuses a shared new root; it becomes shared again (a new
         # peer group) once pivoted, which is what rootfsPropagation=shared asks.
         shared = bool(tops) and any(o.startswith("shared:") for o in tops[-1])
-        os.chdir(mountpoint)
         if shared:
             L.mount(None, ".", None, L.MS_PRIVATE, None)
         # pivot_root(".", ".") stacks the old root on top of the new one;
         # detaching "." then drops it without needing a put_old directory.
         L.pivot_root(".", ".")
-        L.umount2(".", L.MNT_DETACH)
+        if not user_ns:
+            L.umount2(".", L.MNT_DETACH)
         os.chdir("/")
         if shared:
             L.mount(None, "/", None, L.MS_SHARED, None)
     except OSError as err:
         raise SystemFailure(f'cannot enter rootfs "{mountpoint}": {err}') from err
+
+
+#: <linux/mount.h>, <asm/unistd_64.h>: open_tree(2) and move_mount(2)
+SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429
+OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC = 1, os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_FDCWD = -100
+
+
+def _bind_cwd_onto_itself() -> None:
+    """Recursively bind the current directory onto itself and move into the new mount.
+
+    open_tree + move_mount rather than mount(".", "."): the new mount is
+    reached through the tree's fd, without a path walk from a parent.
+    """
+    tree = L.raw_syscall(SYS_OPEN_TREE, AT_FDCWD, b".", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | L.AT_RECURSIVE)
+    try:
+        L.raw_syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, b".", MOVE_MOUNT_F_EMPTY_PATH)
+        os.fchdir(tree)
+    finally:
+        os.close(tree)
+
+
+def detach_old_root() -> None:
+    """Drop the old root that ``enter_rootfs(user_ns=True)`` left stacked on "/"."""
+    try:
+        os.chdir("/")
+        # "/" resolves to the container's root; "." as a mount target to the
+        # mount on top of it: the old root.
+        L.umount2(".", L.MNT_DETACH)
+    except OSError as err:
+        raise SystemFailure(f"cannot detach the host's root from the container: {err}") from err
 
 
 def _mount_cgroup(dest: str, fstype: str, opts: mounts.MountOptions) -> None:

@@ -57,6 +57,10 @@ def load_bundle(bundle_dir: str, *, require_process: bool = True) -> dict:
     config = parse_config(raw)
     check_config(config, bundle, require_process=require_process)
     config["root"]["path"] = resolve_root(config, bundle)
+    # a user namespace joined by path: its mappings, for the gofer and the sandbox
+    from .userns import complete_mappings
+
+    complete_mappings(config)
     return config
 
 
@@ -169,6 +173,10 @@ def _check_namespaces(config: dict, warnings: list[str]) -> None:
     has_uid, has_gid = bool(linux.get("uidMappings")), bool(linux.get("gidMappings"))
     if "user" in new and not (has_uid and has_gid):
         raise _fail("linux", "a new user namespace needs both uidMappings and gidMappings")
+    if "user" in new:
+        for kind in ("uid", "gid"):
+            if not any(m["containerID"] <= 0 < m["containerID"] + m["size"] for m in linux[f"{kind}Mappings"]):
+                raise _fail(f"linux.{kind}Mappings", f"{kind} 0 (the container's root) is not mapped")
     if "user" not in seen and (has_uid or has_gid):
         warnings.append("linux.uidMappings/gidMappings are ignored without a user namespace")
     # A joined uts namespace counts: its owner chose to share it (as runc does).

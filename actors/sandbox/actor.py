@@ -261,9 +261,12 @@ class Sandbox(Actor):
 
     def _fork_init(self, msg: Spawn) -> tuple[int, socket.socket]:
         """Fork the intermediate, which enters the pid namespace and forks the init."""
-        from zentry.actors.sandbox.init import container_init
+        from zentry.actors.oci.userns import user_namespace, write_mappings
+        from zentry.actors.sandbox.init import container_init, enter_user_namespace
 
         pid_ns = next((ns for ns in (msg.config.get("linux") or {}).get("namespaces") or [] if ns["type"] == "pid"), None)
+        # a user namespace comes first: every namespace made after it is its own
+        user_ns = user_namespace(msg.config)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.set_inheritable(False)
         theirs.set_inheritable(False)
@@ -278,6 +281,8 @@ class Sandbox(Actor):
             code = 1
             try:
                 ours.close()
+                if user_ns is not None:
+                    enter_user_namespace(theirs, msg.config, msg.gofer_pid, msg.rootfs)
                 if pid_ns is not None:
                     if pid_ns.get("path"):
                         fd = os.open(pid_ns["path"], os.O_RDONLY | os.O_CLOEXEC)
@@ -307,15 +312,24 @@ class Sandbox(Actor):
             finally:
                 os._exit(code)
         theirs.close()
+        reaped = False
         try:
-            _, raw = os.waitpid(middle, 0)
             ours.settimeout(SPAWN_TIMEOUT)
             line = ours.recv(4096).decode()
+            if line == "userns":
+                # the intermediate made a new user namespace: we map it from outside
+                write_mappings(middle, msg.config)
+                ours.send(b"mapped")
+                line = ours.recv(4096).decode()
+            os.waitpid(middle, 0)
+            reaped = True
             if not line.startswith("pid "):
                 _raise_line(line, "container init did not start")
             return int(line[4:]), ours
         except BaseException:
-            ours.close()
+            ours.close()  # an intermediate still waiting on it sees EOF and exits
+            if not reaped:
+                os.waitpid(middle, 0)
             raise
 
     def _await_ready(self, box: Box) -> None:

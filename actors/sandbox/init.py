@@ -37,6 +37,9 @@ from zentry.actors.gofer import rootfs as rootfs_mod
 from zentry.sentry import filter as sentry_filter
 from zentry.sentry.abi import libc
 
+#: <linux/prctl.h>
+PR_SET_DUMPABLE = 4
+
 RLIMITS = {
     name: getattr(resource, name)
     for name in dir(resource)
@@ -110,6 +113,80 @@ def join_namespaces(config: dict, *, skip: set[str]) -> None:
         libc.unshare(flags)
 
 
+def join_gofer_mounts(gofer_pid: int) -> None:
+    """setns into the gofer's mount namespace (where the container's root was built)."""
+    mntns = os.open(f"/proc/{gofer_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.setns(mntns, libc.CLONE_NEWNS)
+    finally:
+        os.close(mntns)
+
+
+def enter_user_namespace(chan: socket.socket, config: dict, gofer_pid: int, rootfs: str) -> None:
+    """Run by the intermediate, before the pid namespace: join or create the user namespace.
+
+    Order matters: the gofer's mount namespace belongs to the initial user
+    namespace, so it is joined first, while we are still privileged there;
+    the init unshares its copy later, from inside (the copy is then owned by
+    the container's user namespace, its mounts locked). A new namespace gets
+    its mappings from the sandbox, privileged and outside, while we wait on
+    ``chan``. Then we become the namespace's root, so the pid namespace and
+    every namespace the init creates belong to it, and files it creates are
+    owned by the mapped root. We also step into the container's root while
+    its path is still searchable (see ``rootfs.enter_rootfs``), and import
+    what the hooks need while the host's Python files are still readable.
+    """
+    ns = next(ns for ns in config["linux"]["namespaces"] if ns["type"] == "user")
+    _import_for_hooks(config)
+    join_gofer_mounts(gofer_pid)
+    os.chdir(rootfs)
+    if ns.get("path"):
+        try:
+            fd = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise ConfigError(f"cannot open user namespace {ns['path']!r}: {err.strerror}") from err
+        try:
+            libc.setns(fd, libc.CLONE_NEWUSER)
+        except OSError as err:
+            raise SystemFailure(f"cannot join user namespace {ns['path']!r}: {err.strerror}") from err
+        finally:
+            os.close(fd)
+    else:
+        libc.unshare(libc.CLONE_NEWUSER)
+        send_line(chan, "userns")
+        if chan.recv(16) != b"mapped":
+            raise SystemFailure("the sandbox did not write the user namespace's mappings")
+    try:
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    except OSError as err:
+        raise ConfigError(f"the container's root (uid 0, gid 0) is not mapped in its user namespace: {err.strerror}") from err
+    set_groups([])
+
+
+def _import_for_hooks(config: dict) -> None:
+    container_hooks = config.get("hooks") or {}
+    if container_hooks.get("createContainer") or container_hooks.get("startContainer"):
+        import sh  # noqa: F401  (the hooks run through it; no imports after the pivot)
+
+
+def set_groups(gids: list[int]) -> None:
+    """setgroups(2); an empty list is skipped where the user namespace denies setgroups."""
+    try:
+        os.setgroups(gids)
+    except PermissionError:
+        if gids or not _setgroups_denied():
+            raise
+
+
+def _setgroups_denied() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "deny"
+    except OSError:
+        return False
+
+
 def apply_rlimits(process: dict) -> None:
     for rl in process.get("rlimits") or []:
         number = RLIMITS.get(rl["type"])
@@ -126,7 +203,7 @@ def apply_user(process: dict) -> None:
     uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
     caps.drop_bounding(process.get("capabilities"))
     libc.prctl(libc.PR_SET_KEEPCAPS, 1)
-    os.setgroups([int(g) for g in user.get("additionalGids") or []])
+    set_groups([int(g) for g in user.get("additionalGids") or []])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     if "umask" in user:
@@ -186,24 +263,25 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
                 raise SystemFailure(f"cannot connect to console socket {console_socket!r}: {err.strerror}") from err
 
         # Namespaces: the pid namespace was made by the sandbox before our
-        # fork; the mount namespace is a copy of the gofer's.
-        join_namespaces(config, skip={"mount", "pid"})
-        mntns = os.open(f"/proc/{gofer_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            libc.setns(mntns, libc.CLONE_NEWNS)
-        finally:
-            os.close(mntns)
+        # fork; the mount namespace is a copy of the gofer's. With a user
+        # namespace the intermediate already entered it (and the gofer's
+        # mount namespace, which only the initial user namespace may join):
+        # what we create now is owned by it.
+        user_ns = any(ns["type"] == "user" for ns in linux.get("namespaces") or [])
+        join_namespaces(config, skip={"mount", "pid", "user"})
+        if not user_ns:
+            join_gofer_mounts(gofer_pid)
         libc.unshare(libc.CLONE_NEWNS)
 
-        container_hooks = config.get("hooks") or {}
-        if container_hooks.get("createContainer") or container_hooks.get("startContainer"):
-            import sh  # noqa: F401  (the hooks run through it; no imports after the pivot)
+        _import_for_hooks(config)
         # createContainer: in the container's namespaces, before pivot_root,
         # the hook's path resolved in the runtime's mount namespace.
         hooks.run_hooks("createContainer", config, state)
 
-        rootfs_mod.enter_rootfs(rootfs)
+        rootfs_mod.enter_rootfs(rootfs, user_ns=user_ns)
         rootfs_mod.finish_in_container(config)
+        if user_ns:
+            rootfs_mod.detach_old_root()
 
         if any(ns["type"] == "uts" and not ns.get("path") for ns in linux.get("namespaces") or []):
             if config.get("hostname"):
@@ -240,6 +318,12 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         fdpass.send_fds(chan, {"kind": "listener", **names}, [listener])
         os.close(listener)
         apply_user(process)
+        if user_ns:
+            # Changing ids made us non-dumpable: our /proc entries now belong to
+            # host root, and the sentry, which opens them for us with our
+            # (mapped) fsuid, would be refused /proc/self/fd (hooks list it).
+            # After execve the kernel would make us dumpable anyway.
+            libc.prctl(PR_SET_DUMPABLE, 1)
         if process.get("noNewPrivileges"):
             libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
         send_line(chan, "ready")
