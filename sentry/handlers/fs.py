@@ -36,7 +36,6 @@ import errno
 import os
 import posixpath
 import re
-import stat as st
 
 from ..abi import libc
 from ..abi.seccomp import OPEN_HOW, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS
@@ -224,10 +223,16 @@ def _open_in_root(s, lst, nid, t, root_fd, root_link, dirfd, path, flags, mode, 
         if own_anchor:
             os.close(anchor_fd)
     try:
+        if inner is not None and procfs.STATUS_PATH.match(inner) and flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_PATH:
+            # ids printed as the opener (the sentry) sees them: shown as the tracee's
+            translated = procfs.status_for_tracee(fd, tid)
+            if translated is not None:
+                os.close(fd)
+                fd = translated
         if not want_nonblock and not flags & os.O_PATH:
             # opened non-blocking so a FIFO cannot stall the sentry; give back what was asked
-            if not st.S_ISREG(os.fstat(fd).st_mode):
-                os.set_blocking(fd, True)
+            # (for every file type: F_GETFL shows the flag, and it changes how leases act)
+            os.set_blocking(fd, True)
         s.counts_mediated += 1
         return s.addfd(lst, nid, fd, flags & os.O_CLOEXEC)
     finally:

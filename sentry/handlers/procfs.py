@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 #: container path -> renderer name
 SYNTHESIZED = {b"/proc/meminfo": "meminfo", b"/proc/cpuinfo": "cpuinfo", b"/proc/stat": "stat", b"/proc/loadavg": "loadavg"}
@@ -129,3 +130,55 @@ def render(path: bytes, view) -> bytes | None:
     """The synthesized content for a container path, or None when it is not synthesized."""
     name = SYNTHESIZED.get(path)
     return RENDERERS[name](view) if name else None
+
+
+# --- /proc/PID/status of a tracee in a user namespace ------------------------------
+#: /proc/N/status and /proc/N/task/M/status, as paths inside the container
+STATUS_PATH = re.compile(rb"^/proc/\d+(?:/task/\d+)?/status$")
+_ID_LINES = {b"Uid:": "uid", b"Gid:": "gid", b"Groups:": "gid"}
+_OVERFLOW_ID = 65534
+
+
+def _inverse_map(tid: int, kind: str) -> list[tuple[int, int, int]]:
+    """(host start, container start, count) of the tracee's uid_map/gid_map, read from outside."""
+    with open(f"/proc/{tid}/{kind}_map", "rb") as f:
+        return [(int(o), int(i), int(n)) for i, o, n in (line.split() for line in f.read().splitlines() if line.strip())]
+
+
+def status_for_tracee(fd: int, tid: int) -> int | None:
+    """A memfd with the status text of ``fd`` as the tracee would read it, or None when it reads the same.
+
+    The kernel prints the Uid/Gid/Groups of /proc/N/status in the user
+    namespace of whoever *opened* the file: the sentry, which lives in the
+    initial one. A tracee in a user namespace of its own would see host ids
+    (100000 for its root); they are translated to its ids here (unmapped:
+    the overflow id, as the kernel shows them). The text is a snapshot taken
+    at open.
+    """
+    try:
+        if os.readlink(f"/proc/{tid}/ns/user") == os.readlink("/proc/self/ns/user"):
+            return None
+        maps = {kind: _inverse_map(tid, kind) for kind in ("uid", "gid")}
+        data = os.pread(fd, 1 << 16, 0)
+    except OSError:
+        return None
+
+    def inside(kind: str, host_id: int) -> int:
+        for outside, start, count in maps[kind]:
+            if outside <= host_id < outside + count:
+                return start + host_id - outside
+        return _OVERFLOW_ID
+
+    lines = data.split(b"\n")
+    for n, line in enumerate(lines):
+        key, _, rest = line.partition(b"\t")
+        kind = _ID_LINES.get(key)
+        if kind is not None:
+            # only the numbers change: the kernel's separators are kept as they are
+            lines[n] = key + b"\t" + re.sub(rb"\d+", lambda m, kind=kind: b"%d" % inside(kind, int(m.group())), rest)
+    mfd = os.memfd_create("zentry-proc-status", os.MFD_CLOEXEC)
+    try:
+        os.write(mfd, b"\n".join(lines))
+        return os.open(f"/proc/self/fd/{mfd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(mfd)

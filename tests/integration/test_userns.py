@@ -71,11 +71,13 @@ def test_container_root_is_the_mapped_host_uid(zentry, busybox_bundle):
         with open(f"/proc/{pid}/uid_map") as f:
             assert f.read().split() == ["0", str(HOST_BASE), str(SIZE)]
         # inside: root, and the same mappings
-        r = zentry("exec", "u1", "sh", "-c", "id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map")
+        r = zentry("exec", "u1", "sh", "-c", "id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map; grep -E '^(Uid|Gid):' /proc/1/status")
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         assert lines[:2] == ["0", "0"]
-        assert [l.split() for l in lines[2:]] == [["0", str(HOST_BASE), str(SIZE)]] * 2
+        assert [l.split() for l in lines[2:4]] == [["0", str(HOST_BASE), str(SIZE)]] * 2
+        # /proc/N/status (opened by the sentry) shows the container's ids, not the host's
+        assert [l.split() for l in lines[4:]] == [["Uid:", "0", "0", "0", "0"], ["Gid:", "0", "0", "0", "0"]]
         # ps, pause, resume and kill act on it as on any container
         assert zentry("pause", "u1").returncode == 0
         assert json.loads(zentry("state", "u1").stdout)["status"] == "paused"
