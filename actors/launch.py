@@ -61,20 +61,18 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
             bus_dir = bus_dir_for(cdir)
             make_private_dir(bus_dir)
             endpoints = Endpoints(bus_dir)
-            from zentry.actors.controller.actor import controller_main
-            from zentry.actors.gofer.actor import gofer_main
-            from zentry.actors.sandbox.actor import sandbox_main
-
             # All three start at once; the others' event publishers reach the
             # controller's stream whenever it binds (they queue until then).
-            children.append(fork_actor("controller", lambda fd: controller_main(endpoints, sandbox_id, store.root, fd), log_file=log_file, bound=True))
-            children.append(fork_actor("gofer", lambda fd: gofer_main(endpoints, sandbox_id, fd), log_file=log_file, bound=True))
+            # Each imports its own code after the fork: the three imports run
+            # side by side instead of one after another in this process.
+            children.append(fork_actor("controller", lambda fd: _controller_main(endpoints, sandbox_id, store.root, fd), log_file=log_file, bound=True))
+            children.append(fork_actor("gofer", lambda fd: _gofer_main(endpoints, sandbox_id, fd), log_file=log_file, bound=True))
             # The sandbox keeps create's stdio: they are the container's. With a
             # terminal the container's stdio is the pty instead, and holding
             # create's pipes would keep the engine waiting for EOF (go-runc
             # reads create's output until its pipes close).
             terminal = bool((config.get("process") or {}).get("terminal"))
-            children.append(fork_actor("sandbox", lambda fd: sandbox_main(endpoints, sandbox_id, fd), detach=False, quiet_stdio=terminal, log_file=log_file if terminal else None, bound=True))
+            children.append(fork_actor("sandbox", lambda fd: _sandbox_main(endpoints, sandbox_id, fd), detach=False, quiet_stdio=terminal, log_file=log_file if terminal else None, bound=True))
             for child in children:
                 child.wait_ready()
             controller, gofer, sandbox = children
@@ -88,6 +86,24 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
             shutil.rmtree(bus_dir_for(cdir), ignore_errors=True)
         shutil.rmtree(cdir, ignore_errors=True)
         raise
+
+
+def _controller_main(endpoints: Endpoints, sandbox_id: str, root: str, ready_fd: int) -> int:
+    from zentry.actors.controller.actor import controller_main
+
+    return controller_main(endpoints, sandbox_id, root, ready_fd)
+
+
+def _gofer_main(endpoints: Endpoints, sandbox_id: str, ready_fd: int) -> int:
+    from zentry.actors.gofer.actor import gofer_main
+
+    return gofer_main(endpoints, sandbox_id, ready_fd)
+
+
+def _sandbox_main(endpoints: Endpoints, sandbox_id: str, ready_fd: int) -> int:
+    from zentry.actors.sandbox.actor import sandbox_main
+
+    return sandbox_main(endpoints, sandbox_id, ready_fd)
 
 
 def _join_sandbox(store: Store, container_id: str, sandbox_id: str, bundle: str, config: dict, console_socket: str) -> Created:
