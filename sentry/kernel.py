@@ -13,6 +13,15 @@ tracee-memory read, ENOENT from RECV/SEND/ADDFD taken as "the thread is gone"
 (pitfall 5), several pending notifications served one by one (level-triggered
 poll), per-call strace cost when off: one bool test.
 
+Native fast path (``_fast.c``, built at install): when the extension is
+there, the loop itself runs in C with the GIL released: it polls, RECVs and
+answers from per-listener tables Python builds from ``handlers.NATIVE``
+(uname: write precomputed bytes; open/openat/creat: the same mediated open
+as ``handlers.fs`` for a root tracee and an ordinary path). Every other
+notification -- and all of them while strace is on -- is copied into
+``self._notif`` and handled here exactly as without the extension. Python
+keeps the policy, the slow path and the fail-closed handling.
+
 Fail closed (pitfall 4): if a listener closes while its container runs, the
 trapped calls return ENOSYS and the program runs on unmediated. So:
 
@@ -56,12 +65,24 @@ from .abi.seccomp import (
     SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
 )
 from .abi.syscalls import MAX_NR, name as syscall_name
-from .handlers import HANDLERS
+from .handlers import HANDLERS, NATIVE
 from .handlers.emulate import utsname_bytes
 from .table import TABLE, SyscallTable
 from .tracee import FsIdentity, Memory, Tracees
 
 log = logging.getLogger("zentry.sentry")
+
+try:
+    from . import _fast
+except ImportError:  # not built: the pure-Python loop serves everything
+    _fast = None
+#: the interface version of _fast.c this file speaks (a stale build is not used)
+NATIVE_ABI = 1
+
+
+def native_available() -> bool:
+    """Whether the native fast path (``zentry.sentry._fast``) is built and current."""
+    return _fast is not None and getattr(_fast, "ABI", None) == NATIVE_ABI
 
 _ZERO_NOTIF = bytes(NOTIF.size)
 _POLL_IN = select.POLLIN
@@ -90,7 +111,7 @@ class ListenerFailed(Exception):
 
 
 class _Listener:
-    __slots__ = ("fd", "view", "utsname", "pidfd", "idbuf", "root_fd", "root_link")
+    __slots__ = ("fd", "view", "utsname", "pidfd", "idbuf", "root_fd", "root_link", "native_root")
 
     def __init__(self, fd: int, view: ContainerView) -> None:
         self.fd = fd
@@ -101,6 +122,8 @@ class _Listener:
         #: until one of them calls chroot (then -2: look it up per call)
         self.root_fd = -1
         self.root_link = b""
+        #: the root_fd last given to the native loop (-1: none)
+        self.native_root = -1
         self.pidfd = -1
         if view.init_pid:
             try:
@@ -117,17 +140,23 @@ class Sentry:
         on_event: Callable[[dict], None] | None = None,
         on_fatal: Callable[[str, BaseException], None] | None = None,
         table: SyscallTable = TABLE,
+        native: bool | None = None,
     ) -> None:
+        """``native``: use the C fast path (None: when built; True: required; False: never)."""
         self.on_event = on_event
         self.on_fatal = on_fatal
         self._strace = False
         self._dispatch: list = [None] * (MAX_NR + 1)
-        for nr, handler in table.trapped().items():
+        self._handler_names = table.trapped()
+        for nr, handler in self._handler_names.items():
             self._dispatch[nr] = HANDLERS[handler]
         self._listeners: dict[int, _Listener] = {}
         self._pending: list[_Listener] = []
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if native and not native_available():
+            raise RuntimeError("the native sentry loop (zentry.sentry._fast) is not built or is stale")
+        self._native = _fast.Loop(self._wake_r, MAX_NR) if native_available() and native is not False else None
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -178,6 +207,13 @@ class Sentry:
     def set_strace(self, on: bool) -> None:
         """Report every trapped call to ``on_event`` (off by default; switchable at run time)."""
         self._strace = bool(on) and self.on_event is not None
+        if self._native is not None:
+            self._native.fast = 0 if self._strace else 1  # strace: every notification comes to Python
+
+    @property
+    def native(self) -> bool:
+        """Whether notifications are received and (on the fast path) answered by the C loop."""
+        return self._native is not None
 
     @property
     def alive(self) -> bool:
@@ -188,16 +224,26 @@ class Sentry:
             return [l.view.container_id for l in self._listeners.values()] + [l.view.container_id for l in self._pending]
 
     def stats(self) -> dict:
-        """Counts by syscall name: trapped, refused (no handler), errors (answered with an errno), mediated opens."""
+        """Counts by syscall name: trapped, refused (no handler), errors (answered with an errno), mediated opens,
+        and which of the trapped calls the native fast path answered."""
 
-        def by_name(counts: list[int]) -> dict[str, int]:
+        def by_name(counts: list[int], extra: list[int] | None = None) -> dict[str, int]:
+            if extra is not None:
+                counts = [a + b for a, b in zip(counts, extra)]
             return {syscall_name(nr): n for nr, n in enumerate(counts) if n}
 
+        n_trapped = n_errors = None
+        mediated = self.counts_mediated
+        if self._native is not None:
+            n_trapped, n_errors, native_mediated = self._native.counts()
+            mediated += native_mediated
         return {
-            "trapped": by_name(self._n_trapped),
+            "trapped": by_name(self._n_trapped, n_trapped),
             "refused": by_name(self._n_refused),
-            "errors": by_name(self._n_errors),
-            "mediated_opens": self.counts_mediated,
+            "errors": by_name(self._n_errors, n_errors),
+            "mediated_opens": mediated,
+            #: of "trapped", the calls the native fast path answered without Python
+            "native": by_name(n_trapped) if n_trapped is not None else {},
             "listeners": len(self._listeners) + len(self._pending),
         }
 
@@ -234,6 +280,9 @@ class Sentry:
         return pending
 
     def _loop(self) -> None:
+        if self._native is not None:
+            self._loop_native()
+            return
         poller = select.poll()
         poller.register(self._wake_r, _POLL_IN)
         listeners = self._listeners
@@ -267,6 +316,56 @@ class Sentry:
                     del listeners[fd]
                     self._close(lst)
 
+    def _loop_native(self) -> None:
+        """The loop when the C fast path is built: ``_fast.Loop.next`` polls, receives and
+        answers what its tables cover; it returns for the wake fd, a listener event, or a
+        notification (left in ``self._notif``) that Python must handle."""
+        native = self._native
+        listeners = self._listeners
+        wake_r = self._wake_r
+        notif = self._notif
+        while not self._stopping:
+            fd, code = native.next(notif)
+            if fd == wake_r:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                for lst in self._take_pending():
+                    listeners[lst.fd] = lst
+                    native.add(lst.fd, self._native_entries(lst))
+                continue
+            lst = listeners.get(fd)
+            if lst is None:
+                native.remove(fd)
+                continue
+            if code == 0:
+                self._handle(lst)
+                if lst.fd >= 0 and lst.root_fd != lst.native_root:
+                    # the slow path opened (or, after chroot, dropped) the container root
+                    native.set_root(lst.fd, max(lst.root_fd, -1), lst.root_link)
+                    lst.native_root = lst.root_fd
+                continue
+            native.remove(fd)
+            del listeners[fd]
+            if code < 0:  # RECV or SEND failed for another reason than a gone thread
+                self._fail(lst, OSError(-code, f"listener of {lst.view.container_id}: {os.strerror(-code)}"))
+            elif code & (select.POLLNVAL | select.POLLERR):
+                if code & select.POLLNVAL:
+                    lst.fd = -1  # closed under us: the number may belong to someone else by now
+                self._fail(lst, ListenerFailed(f"listener fd {fd} of {lst.view.container_id} failed (poll events {code:#x})"))
+            else:  # POLLHUP: every task using the filter has exited
+                self._close(lst)
+
+    def _native_entries(self, lst: _Listener) -> list[tuple]:
+        """The fast-path table of one listener: (nr, kind, ...) for each trapped syscall ``handlers.NATIVE`` covers."""
+        entries = []
+        for nr, name in self._handler_names.items():
+            make = NATIVE.get(name)
+            if make is not None:
+                entries.append((nr, *make(lst)))
+        return entries
+
     def _serve(self, lst: _Listener) -> None:
         notif = self._notif
         notif[:] = _ZERO_NOTIF  # RECV into a dirty buffer fails with EINVAL (pitfall 3)
@@ -278,7 +377,11 @@ class Sentry:
             self._listeners.pop(lst.fd, None)
             self._fail(lst, err)
             return
-        nid, tid, _flags, nr, _arch, _ip, a0, a1, a2, a3, a4, a5 = NOTIF.unpack_from(notif)
+        self._handle(lst)
+
+    def _handle(self, lst: _Listener) -> None:
+        """Answer the notification in ``self._notif`` (received from ``lst``)."""
+        nid, tid, _flags, nr, _arch, _ip, a0, a1, a2, a3, a4, a5 = NOTIF.unpack_from(self._notif)
         handler = self._dispatch[nr] if 0 <= nr <= MAX_NR else None
         strace = self._strace
         if strace:
@@ -385,6 +488,8 @@ class Sentry:
                 log.exception("on_fatal failed")
 
     def _close(self, lst: _Listener) -> None:
+        if self._native is not None and lst.fd >= 0:
+            self._native.remove(lst.fd)
         for attr in ("fd", "pidfd", "root_fd"):
             fd = getattr(lst, attr)
             if fd >= 0:

@@ -27,7 +27,8 @@ tracee's own fd N as the kernel would; ``/proc/self`` and
 Known differences from native (documented in docs/syscalls.md): the created
 file's mode is masked by the sentry's umask as well as the tracee's; O_NOCTTY
 is forced (the sentry must not acquire a terminal); a FIFO opened for writing
-without a reader fails with ENXIO instead of blocking (the sentry never blocks).
+without a reader fails with ENXIO instead of blocking (the sentry never blocks);
+an ``O_PATH`` open fails with EBADF (``NOTIF_ADDFD`` cannot install an O_PATH file).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ VALID_OPEN_FLAGS = (
     | os.O_NONBLOCK | os.O_DSYNC | 0o20000 | os.O_DIRECT | 0o100000 | os.O_DIRECTORY | os.O_NOFOLLOW
     | os.O_NOATIME | os.O_CLOEXEC | os.O_PATH | 0o20000000 | 0o4000000
 )
+#: what open(2) keeps of the flags with O_PATH (the kernel's O_PATH_FLAGS)
+O_PATH_FLAGS = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_PATH | os.O_CLOEXEC
 #: resolve flags openat2 knows (RESOLVE_NO_XDEV .. RESOLVE_CACHED)
 VALID_RESOLVE = 0x3F
 _BASE_RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
@@ -158,6 +161,8 @@ def mediate_open(s, lst, nid, tid, dirfd: int, path_addr: int, flags: int, mode:
         if not (flags & os.O_CREAT or flags & O_TMPFILE == O_TMPFILE):
             mode = 0
         mode &= 0o7777
+        if flags & os.O_PATH:  # as the kernel's build_open_how: the other flags are ignored
+            flags &= O_PATH_FLAGS
     try:
         root_fd, root_link, close_root = _root(lst, tid)
     except OSError:
@@ -205,7 +210,9 @@ def _open_in_root(s, lst, nid, t, root_fd, root_link, dirfd, path, flags, mode, 
         except OSError as err:
             return 0, errno.ENOTDIR if err.errno == errno.ENOTDIR else errno.EBADF
     want_nonblock = flags & os.O_NONBLOCK
-    how = OPEN_HOW.pack((flags | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK) & 0xFFFFFFFF, mode, resolve | _BASE_RESOLVE)
+    # O_PATH takes no other flags in openat2 (EINVAL) and cannot block or acquire a terminal
+    ours = os.O_CLOEXEC if flags & os.O_PATH else os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    how = OPEN_HOW.pack((flags | ours) & 0xFFFFFFFF, mode, resolve | _BASE_RESOLVE)
     switched = s.fsid.enter(t)
     try:
         for _ in range(8):  # openat2 IN_ROOT answers EAGAIN when a rename races its ".." walk

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from zentry.sentry.harness import run, spawn
-from zentry.sentry.kernel import ContainerView, Sentry
+from zentry.sentry.kernel import ContainerView, Sentry, native_available
 
 pytestmark = [
     pytest.mark.root,
@@ -48,12 +48,15 @@ def _children() -> set[int]:
     return out
 
 
-@pytest.fixture
-def sentry():
+@pytest.fixture(params=["native", "python"])
+def sentry(request):
+    """A Sentry with the C fast path and one with the pure-Python loop: every test runs on both."""
+    if request.param == "native" and not native_available():
+        pytest.skip("sentry/_fast.c not built (test_sentry_native.py fails for that)")
     before = _children()
     events: list[dict] = []
     fatal: list[tuple[str, BaseException]] = []
-    s = Sentry(on_event=events.append, on_fatal=lambda cid, exc: fatal.append((cid, exc)))
+    s = Sentry(on_event=events.append, on_fatal=lambda cid, exc: fatal.append((cid, exc)), native=request.param == "native")
     s.events = events
     s.fatal = fatal
     s.start()

@@ -17,7 +17,7 @@ import textwrap
 import pytest
 
 from zentry.sentry.harness import run
-from zentry.sentry.kernel import Sentry
+from zentry.sentry.kernel import Sentry, native_available
 
 pytestmark = [
     pytest.mark.root,
@@ -27,9 +27,12 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def sentry():
-    s = Sentry()
+@pytest.fixture(params=["native", "python"])
+def sentry(request):
+    """With the C fast path and with the pure-Python loop: both must hold the line."""
+    if request.param == "native" and not native_available():
+        pytest.skip("sentry/_fast.c not built (test_sentry_native.py fails for that)")
+    s = Sentry(native=request.param == "native")
     s.start()
     yield s
     s.stop()
