@@ -96,7 +96,8 @@ class Bench:
         if za:
             with open(za[0], "rb") as f:  # the console script's interpreter
                 first = f.readline().decode().strip()
-            self.python = first[2:].strip() if first.startswith("#!") else sys.executable
+            # "#!/path/python3 -IS" for the fast launcher (cmd/launcher.py)
+            self.python = first[2:].split()[0] if first.startswith("#!") else sys.executable
         # The pyenv shim (a bash script that execs `pyenv exec zentry`) is what
         # an engine finds on PATH when the runtime is configured as "zentry".
         shims = [which("zentry"), os.path.join(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv")), "shims", "zentry")]
@@ -233,6 +234,7 @@ class Bench:
         if self.python:
             rows += [
                 ("python -S -c pass", [self.python, "-S", "-c", "pass"]),
+                ("python -IS -c pass (the launcher's start)", [self.python, "-IS", "-c", "pass"]),
                 ("python -c pass", [self.python, "-c", "pass"]),
                 ("python -c 'import zentry.cmd.common'", [self.python, "-c", "import zentry.cmd.common"]),
             ]
