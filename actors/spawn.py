@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Callable
 
 from zentry.bus.errors import ActorGone, Timeout, ZentryError, from_wire, to_wire
@@ -29,13 +28,15 @@ log = logging.getLogger("zentry.spawn")
 IGNORED_IN_ACTORS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE)
 
 
-@dataclass
 class Child:
     """A forked actor as its parent sees it."""
 
-    name: str
-    pid: int
-    ready_fd: int
+    __slots__ = ("name", "pid", "ready_fd")
+
+    def __init__(self, name: str, pid: int, ready_fd: int) -> None:
+        self.name = name
+        self.pid = pid
+        self.ready_fd = ready_fd
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until the child reports; raise its error (or ActorGone/Timeout)."""

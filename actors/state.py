@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 from zentry.bus.client import pid_alive  # noqa: F401  (re-exported: the one liveness check)
@@ -57,26 +56,64 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-@dataclass
+#: Record's fields in state.json order, with their defaults (a callable makes a fresh one)
+_RECORD_FIELDS: dict[str, Any] = {
+    "id": None, "bundle": None, "sandbox_id": None, "bus_dir": None,
+    "status": CREATING, "pid": 0, "init_pid": 0, "controller_pid": 0, "gofer_pid": 0, "sandbox_pid": 0,
+    "created": now_rfc3339, "exit_status": None, "owner": "root",
+    "annotations": dict, "config": dict, "cgroup_procs": list,
+}
+
+
 class Record:
-    """One container as the controller keeps it."""
+    """One container as the controller keeps it.
+
+    A plain class (not a dataclass): every CLI call imports this module, and
+    the controller serialises a record after each status change —
+    ``dataclasses.asdict`` deep-copied the whole OCI config each time.
+    """
+
+    __slots__ = tuple(_RECORD_FIELDS)
+    FIELDS = tuple(_RECORD_FIELDS)
 
     id: str
     bundle: str
     sandbox_id: str
     bus_dir: str
-    status: str = CREATING
-    pid: int = 0
-    init_pid: int = 0
-    controller_pid: int = 0
-    gofer_pid: int = 0
-    sandbox_pid: int = 0
-    created: str = field(default_factory=now_rfc3339)
-    exit_status: int | None = None
-    owner: str = "root"
-    annotations: dict[str, str] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-    cgroup_procs: list[str] = field(default_factory=list)
+    status: str
+    pid: int
+    init_pid: int
+    controller_pid: int
+    gofer_pid: int
+    sandbox_pid: int
+    created: str
+    exit_status: int | None
+    owner: str
+    annotations: dict[str, str]
+    config: dict[str, Any]
+    cgroup_procs: list[str]
+
+    def __init__(self, **values: Any) -> None:
+        for name, default in _RECORD_FIELDS.items():
+            if name in values:
+                value = values.pop(name)
+            elif default is None and name in ("id", "bundle", "sandbox_id", "bus_dir"):
+                raise TypeError(f"Record() missing required argument: {name!r}")
+            else:
+                value = default() if callable(default) else default
+            setattr(self, name, value)
+        if values:
+            raise TypeError(f"Record() got unexpected arguments: {', '.join(sorted(values))}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state.json object (values shared, not copied)."""
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Record) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Record(id={self.id!r}, status={self.status!r}, pid={self.pid})"
 
     def require_status(self, action: str, *allowed: str) -> None:
         """A user error when the container is not in one of ``allowed``."""
@@ -153,7 +190,7 @@ class Store:
             raise NotFound(f"container {container_id!r} does not exist") from None
         except (OSError, ValueError) as err:
             raise NotFound(f"container {container_id!r} has an unreadable state file: {err}") from err
-        known = {k: v for k, v in data.items() if k in Record.__dataclass_fields__}
+        known = {k: v for k, v in data.items() if k in Record.FIELDS}
         return Record(**known)
 
     def save(self, record: Record) -> None:
@@ -167,7 +204,7 @@ class Store:
         """
         d = self.dir(record.id)
         tmp = os.path.join(d, f".state.json.{os.getpid()}")
-        data = json.dumps(asdict(record), separators=(",", ":")).encode()
+        data = json.dumps(record.to_dict(), separators=(",", ":")).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, data)

@@ -17,7 +17,7 @@ container's state. ``tcp://`` endpoints are refused unless CURVE keys are given.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from zentry.bus.errors import InvalidArgument
 
@@ -41,8 +41,7 @@ def make_private_dir(path: str) -> None:
     os.chmod(path, 0o700)
 
 
-@dataclass(frozen=True)
-class Endpoints:
+class Endpoints(NamedTuple):
     """The socket addresses of one sandbox."""
 
     bus_dir: str
