@@ -12,11 +12,11 @@ actor's container init follows.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
 import threading
-import time
 from dataclasses import dataclass, field
 
 from .abi import libc
@@ -32,6 +32,8 @@ class Traced:
     _out: list = field(default_factory=list)
     _err: list = field(default_factory=list)
     _readers: list = field(default_factory=list)
+    #: taken at spawn (the pid cannot have been reused yet); readable once the process has exited
+    pidfd: int = -1
 
     def _start_readers(self) -> None:
         for fd, sink in ((self.stdout_fd, self._out), (self.stderr_fd, self._err)):
@@ -41,18 +43,18 @@ class Traced:
 
     def wait(self, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Wait for exit (SIGKILL after ``timeout``); returncode is -N when killed by signal N."""
-        deadline = time.monotonic() + timeout
-        status = None
-        while status is None:
-            pid, st = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                status = st
-                break
-            if time.monotonic() > deadline:
-                os.kill(self.pid, signal.SIGKILL)
-                _, status = os.waitpid(self.pid, 0)
-                break
-            time.sleep(0.002)
+        # Sleep on a pidfd (readable at exit), not in a waitpid poll: periodic wakeups of
+        # this thread would land on the CPU the tracee and the sentry run on (bench/syscalls.py).
+        try:
+            poller = select.poll()
+            poller.register(self.pidfd, select.POLLIN)
+            ready = poller.poll(max(0, int(timeout * 1000)))
+        finally:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        if not ready:
+            os.kill(self.pid, signal.SIGKILL)
+        _, status = os.waitpid(self.pid, 0)
         for t in self._readers:
             t.join(5)
         return subprocess.CompletedProcess([], os.waitstatus_to_exitcode(status), b"".join(self._out), b"".join(self._err))
@@ -136,7 +138,7 @@ def spawn(
             sentry.add_listener(fds[0], view)
     finally:
         parent_sock.close()
-    t = Traced(pid, out_r, err_r)
+    t = Traced(pid, out_r, err_r, pidfd=libc.pidfd_open(pid))
     t._start_readers()
     return t
 

@@ -361,6 +361,9 @@ def test_a_failed_listener_kills_the_container_and_reports(sentry):
     os.close(fd)  # the listener breaks under the sentry's feet
     r = t.wait(20)
     assert r.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 5  # the sentry kills first, then reports
+    while not sentry.fatal and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert [cid for cid, _ in sentry.fatal] == ["doomed"]
 
 
