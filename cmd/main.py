@@ -37,16 +37,13 @@ EXIT_FAILURE = 1
 
 
 def version() -> str:
-    try:
-        from importlib.metadata import version as dist_version
+    from zentry.cmd import VERSION
 
-        return dist_version("zentry")
-    except Exception:
-        return "0.0.0"
+    return VERSION
 
 
 class _VersionAction(argparse.Action):
-    """--version, resolved only when asked (importlib.metadata is slow to import)."""
+    """--version (an action, so that it works without a command)."""
 
     def __init__(self, option_strings, dest, **kwargs):
         super().__init__(option_strings, dest, nargs=0, **kwargs)

@@ -116,7 +116,9 @@ def _version(v: tuple[int, int, int]) -> str:
 
 
 def _zentry_version() -> str:
-    from importlib import metadata  # slow to import: only `features` needs it
+    from zentry.cmd import VERSION
+
+    return VERSION
 
     try:
         return metadata.version("zentry")

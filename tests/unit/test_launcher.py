@@ -65,3 +65,15 @@ def test_installed_console_script_is_the_launcher():
     with open(path) as f:
         first = f.readline().rstrip("\n")
     assert first.endswith(" -IS"), f"{path} is not the fast launcher (first line {first!r}); .ci/install writes it"
+
+
+def test_version_constant_matches_pyproject():
+    """`zentry --version` reads zentry.cmd.VERSION (no importlib.metadata at run time)."""
+    import re
+    from pathlib import Path
+
+    from zentry.cmd import VERSION
+
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    declared = re.search(r'(?m)^version\s*=\s*"([^"]+)"', text).group(1)
+    assert VERSION == declared
