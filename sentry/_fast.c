@@ -10,9 +10,11 @@
  *   OPEN   the open family (open, openat, creat): read the path from tracee
  *          memory, ID_VALID, openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
  *          from the container's root, ADDFD | SEND. The same steps and errnos
- *          as handlers/fs.py; every case the Python handler treats specially
- *          (a tracee that is not root, /proc/ and /dev/ paths, an unknown or
- *          per-call root, a cwd outside the root) is handed back.
+ *          as handlers/fs.py, opened as the tracee (its fsuid, fsgid and
+ *          groups, switched for this thread only and back, as
+ *          tracee.FsIdentity); every case the Python handler treats specially
+ *          (/proc/ and /dev/ paths, an unknown or per-call root, a cwd outside
+ *          the root, more than MAX_GROUPS groups) is handed back.
  *
  * Everything else, and everything while the table is switched off (strace),
  * is handed back to Python: next() copies the notification into the caller's
@@ -109,7 +111,14 @@ typedef struct {
 } listener_t;
 
 #define TIDCACHE 256
-typedef struct { int tid, pidfd; } tidslot_t;
+#define MAX_GROUPS 64  /* a tracee with more supplementary groups is handed to Python */
+typedef struct {
+    int tid, pidfd;
+    /* the thread's groups (/proc/TID/status), valid while its ids are `gids_for` (as tracee.Tracee.creds) */
+    int ngroups;  /* -1: not read */
+    uint32_t gids_for[11];
+    gid_t groups[MAX_GROUPS];
+} tidslot_t;
 
 typedef struct {
     PyObject_HEAD
@@ -117,6 +126,8 @@ typedef struct {
     int fast;  /* 0: hand every notification to Python (strace) */
     int max_nr;
     int root_ids;  /* the sentry runs as uid 0 / gid 0 */
+    int own_ngroups;  /* the sentry thread's own groups, restored after opening as a tracee */
+    gid_t own_groups[MAX_GROUPS];
     int n;
     int cap;
     listener_t **ls;
@@ -153,33 +164,86 @@ static void tid_forget(tidslot_t *s) {
     if (s->pidfd >= 0) close(s->pidfd);
     s->pidfd = -1;
     s->tid = 0;
+    s->ngroups = -1;
 }
 
-/* fsuid/fsgid of thread tid through a cached thread pidfd (as tracee.Tracees): 0 or an errno */
-static int tracee_ids(Loop *self, int tid, uint32_t *fsuid, uint32_t *fsgid) {
-    struct pidfd_info_ info;
+/* The ids of thread tid through a cached thread pidfd (as tracee.Tracees): its slot, or NULL with *err set.
+ * info->pid .. info->fsgid are the 11 ids. */
+static tidslot_t *tracee_ids(Loop *self, int tid, struct pidfd_info_ *info, int *err) {
     tidslot_t *s = &self->tids[(unsigned)tid % TIDCACHE];
     if (s->tid == tid && s->pidfd >= 0) {
-        memset(&info, 0, sizeof info);
-        info.mask = PIDFD_INFO_PID_ | PIDFD_INFO_CREDS_;
-        if (ioctl(s->pidfd, PIDFD_GET_INFO_, &info) == 0) goto ok;
-        tid_forget(s);  /* that thread is gone: its TID may be someone else's now */
+        memset(info, 0, sizeof *info);
+        info->mask = PIDFD_INFO_PID_ | PIDFD_INFO_CREDS_;
+        if (ioctl(s->pidfd, PIDFD_GET_INFO_, info) == 0) return s;
     }
-    tid_forget(s);
+    tid_forget(s);  /* empty, another TID, or that thread is gone (its TID may be someone else's now) */
     int fd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD_);
-    if (fd < 0) return errno;
-    memset(&info, 0, sizeof info);
-    info.mask = PIDFD_INFO_PID_ | PIDFD_INFO_CREDS_;
-    if (ioctl(fd, PIDFD_GET_INFO_, &info) < 0) {
+    if (fd < 0) {
+        *err = errno;
+        return NULL;
+    }
+    memset(info, 0, sizeof *info);
+    info->mask = PIDFD_INFO_PID_ | PIDFD_INFO_CREDS_;
+    if (ioctl(fd, PIDFD_GET_INFO_, info) < 0) {
         close(fd);
-        return ESRCH;
+        *err = ESRCH;
+        return NULL;
     }
     s->tid = tid;
     s->pidfd = fd;
-ok:
-    *fsuid = info.fsuid;
-    *fsgid = info.fsgid;
+    return s;
+}
+
+/* the supplementary groups of s->tid for these ids: 0, or -1 (unreadable, too many: hand to Python) */
+static int tracee_groups(tidslot_t *s, const struct pidfd_info_ *info) {
+    if (s->ngroups >= 0 && !memcmp(s->gids_for, &info->pid, sizeof s->gids_for)) return 0;
+    char path[64], text[8192];
+    snprintf(path, sizeof path, "/proc/%d/status", s->tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    text[n] = 0;
+    char *line = strstr(text, "\nGroups:");
+    if (!line) return -1;
+    line += 8;
+    char *end = strchr(line, '\n');
+    if (!end) return -1;  /* cut short: more groups than fit here */
+    int k = 0;
+    while (line < end) {
+        while (line < end && (*line == ' ' || *line == '\t')) line++;
+        if (line >= end) break;
+        if (k == MAX_GROUPS) return -1;
+        char *after;
+        unsigned long g = strtoul(line, &after, 10);
+        if (after == line) return -1;
+        s->groups[k++] = (gid_t)g;
+        line = after;
+    }
+    s->ngroups = k;
+    memcpy(s->gids_for, &info->pid, sizeof s->gids_for);
     return 0;
+}
+
+/* Become the tracee for file access (this thread only: raw syscalls), as tracee.FsIdentity.enter.
+ * 0 on success, verified; -1 after undoing a partial switch. */
+static int enter_identity(Loop *self, const tidslot_t *s, uint32_t fsuid, uint32_t fsgid);
+static void leave_identity(Loop *self) {
+    syscall(SYS_setfsuid, 0);
+    syscall(SYS_setfsgid, 0);
+    syscall(SYS_setgroups, (size_t)self->own_ngroups, self->own_groups);
+}
+static int enter_identity(Loop *self, const tidslot_t *s, uint32_t fsuid, uint32_t fsgid) {
+    if (syscall(SYS_setgroups, (size_t)s->ngroups, s->groups) < 0) goto undo;
+    syscall(SYS_setfsgid, fsgid);
+    syscall(SYS_setfsuid, fsuid);
+    /* setfsuid/setfsgid report no failure: read them back (-1 is never valid, so nothing changes) */
+    if ((uint32_t)syscall(SYS_setfsuid, -1) != fsuid || (uint32_t)syscall(SYS_setfsgid, -1) != fsgid) goto undo;
+    return 0;
+undo:
+    leave_identity(self);
+    return -1;
 }
 
 static int do_write(Loop *self, listener_t *l, entry_t *e) {
@@ -215,7 +279,9 @@ static int do_open(Loop *self, listener_t *l, entry_t *e) {
     int dirfd = e->dirfd_arg < 0 ? AT_FDCWD_ : (int)(uint32_t)n->data.args[e->dirfd_arg];
     uint64_t flags = e->flags_arg < 0 ? e->fixed_flags : (n->data.args[e->flags_arg] & 0xFFFFFFFFULL);
     uint64_t mode = n->data.args[e->mode_arg];
-    uint32_t fsuid = 1, fsgid = 1;
+    struct pidfd_info_ info;
+    tidslot_t *slot;
+    int switched = 0;
 
     if ((err = read_path(self, tid, n->data.args[e->path_arg]))) return respond(self, l, nr, 0, err);
     if ((err = id_valid(l, n->id))) {
@@ -223,8 +289,8 @@ static int do_open(Loop *self, listener_t *l, entry_t *e) {
         self->trapped[nr]++;  /* the thread is gone: nothing to answer */
         return HANDLED;
     }
-    if ((err = tracee_ids(self, tid, &fsuid, &fsgid))) return respond(self, l, nr, 0, err);
-    if (!(self->root_ids && fsuid == 0 && fsgid == 0)) return HANDOFF;  /* open as the tracee: Python */
+    if (!(slot = tracee_ids(self, tid, &info, &err))) return respond(self, l, nr, 0, err);
+    if (!self->root_ids) return HANDOFF;  /* the sentry cannot become the tracee: Python decides */
     if (!self->path[0]) return respond(self, l, nr, 0, ENOENT);
     flags &= VALID_OPEN_FLAGS_;
     if (!((flags & O_CREAT) || (flags & O_TMPFILE_) == O_TMPFILE_)) mode = 0;
@@ -262,13 +328,19 @@ static int do_open(Loop *self, listener_t *l, entry_t *e) {
     /* O_PATH takes no other flags in openat2 (EINVAL) and cannot block or acquire a terminal */
     uint64_t ours = (flags & O_PATH) ? O_CLOEXEC : (O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     struct open_how_ how = {(flags | ours) & 0xFFFFFFFFULL, mode, RESOLVE_IN_ROOT_ | RESOLVE_NO_MAGICLINKS_};
+    if (info.fsuid != 0 || info.fsgid != 0) {
+        /* open as the tracee (its fsuid, fsgid and groups): the kernel's own permission checks */
+        if (tracee_groups(slot, &info) < 0 || enter_identity(self, slot, info.fsuid, info.fsgid) < 0) return HANDOFF;
+        switched = 1;
+    }
     int fd = -1;
     for (int i = 0; i < 8; i++) {  /* openat2 IN_ROOT answers EAGAIN when a rename races its ".." walk */
         fd = (int)syscall(SYS_openat2, l->root_fd, inner, &how, sizeof how);
-        if (fd >= 0) break;
-        if (errno != EAGAIN) return respond(self, l, nr, 0, errno);
+        if (fd >= 0 || errno != EAGAIN) break;
     }
-    if (fd < 0) return respond(self, l, nr, 0, EAGAIN);
+    err = fd < 0 ? errno : 0;
+    if (switched) leave_identity(self);
+    if (fd < 0) return respond(self, l, nr, 0, err);
     if (!(flags & O_NONBLOCK) && !(flags & O_PATH)) {
         /* opened non-blocking so a FIFO cannot stall the sentry; give back what was asked */
         int fl = fcntl(fd, F_GETFL);
@@ -302,6 +374,8 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
     }
     self->fast = 1;
     self->root_ids = geteuid() == 0 && getegid() == 0;
+    self->own_ngroups = getgroups(MAX_GROUPS, self->own_groups);
+    if (self->own_ngroups < 0) self->root_ids = 0;  /* cannot restore them: never switch identity */
     self->cap = 8;
     self->ls = PyMem_Calloc(self->cap, sizeof *self->ls);
     self->pfds = PyMem_Calloc(self->cap + 1, sizeof *self->pfds);
@@ -311,7 +385,11 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
         PyErr_NoMemory();
         return -1;
     }
-    for (int i = 0; i < TIDCACHE; i++) self->tids[i] = (tidslot_t){0, -1};
+    for (int i = 0; i < TIDCACHE; i++) {
+        self->tids[i].tid = 0;
+        self->tids[i].pidfd = -1;
+        self->tids[i].ngroups = -1;
+    }
     self->pfds[0].fd = self->wake_fd;
     self->pfds[0].events = POLLIN;
     return 0;

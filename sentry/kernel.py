@@ -17,7 +17,7 @@ Native fast path (``_fast.c``, built at install): when the extension is
 there, the loop itself runs in C with the GIL released: it polls, RECVs and
 answers from per-listener tables Python builds from ``handlers.NATIVE``
 (uname: write precomputed bytes; open/openat/creat: the same mediated open
-as ``handlers.fs`` for a root tracee and an ordinary path). Every other
+as ``handlers.fs`` for an ordinary path, as the tracee's identity). Every other
 notification -- and all of them while strace is on -- is copied into
 ``self._notif`` and handled here exactly as without the extension. Python
 keeps the policy, the slow path and the fail-closed handling.

@@ -11,9 +11,9 @@ gone. Handlers set ``sentry.decoded`` to the decoded arguments (for strace).
 write ``data`` at the address in argument k, return v (the answer must not
 change while the listener lives). ``("open", dirfd_arg, path_arg, flags_arg,
 fixed_flags, mode_arg)`` (-1: no such argument; AT_FDCWD / ``fixed_flags``):
-``fs.mediate_open`` with ``legacy=True`` for a root tracee and a path that
-is neither under /proc/ nor /dev/; the C loop hands every other case back to
-the Python handler. A handler not listed here always runs in Python.
+``fs.mediate_open`` with ``legacy=True`` for a path that is neither under
+/proc/ nor /dev/ (as the tracee's fsuid/fsgid/groups, like ``FsIdentity``);
+the C loop hands every other case back to the Python handler. A handler not listed here always runs in Python.
 """
 
 from __future__ import annotations

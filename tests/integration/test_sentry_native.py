@@ -127,6 +127,41 @@ int main(void) {
 """
 
 
+ASUSER_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void try(const char *p, int flags) {
+    errno = 0;
+    int fd = syscall(SYS_open, p, flags, 0640);
+    struct stat sb;
+    if (fd < 0) { printf("%s %s\n", p, strerrorname_np(errno)); return; }
+    fstat(fd, &sb);
+    printf("%s ok uid=%u gid=%u mode=%o\n", p, sb.st_uid, sb.st_gid, sb.st_mode & 07777);
+    close(fd);
+}
+int main(void) {
+    gid_t groups[] = {2000};
+    if (setgroups(1, groups) || setgid(3000) || setuid(1000)) return 2;
+    for (int round = 0; round < 2; round++) {  /* the second round uses the sentry's cached groups */
+        try("/perm/owner.txt", O_RDONLY);
+        try("/perm/group.txt", O_RDONLY);
+        try("/perm/group.txt", O_WRONLY);
+        try("/perm/root.txt", O_RDONLY);
+        try("/perm/shared/new.txt", O_CREAT | O_WRONLY);
+        try("/perm/closed/new.txt", O_CREAT | O_WRONLY);
+    }
+    return 0;
+}
+"""
+
+
 @pytest.fixture
 def rootfs(tmp_path):
     (tmp_path / "secret.txt").write_text("HOST-SECRET\n")
@@ -141,7 +176,18 @@ def rootfs(tmp_path):
     os.symlink("/secret.txt", root / "tmp/abs")
     os.symlink("../../../../..", root / "tmp/up")
     os.chmod(root / "tmp", 0o1777)
-    for name, source in (("calls", CALLS_C), ("chroot", CHROOT_C)):
+    perm = root / "perm"
+    (perm / "shared").mkdir(parents=True)
+    (perm / "closed").mkdir()
+    os.chmod(root, 0o755)
+    for name, owner, group, mode in (("owner.txt", 1000, 0, 0o600), ("group.txt", 0, 2000, 0o640), ("root.txt", 0, 0, 0o600)):
+        (perm / name).write_text(name)
+        os.chown(perm / name, owner, group)
+        os.chmod(perm / name, mode)
+    os.chown(perm / "shared", 0, 2000)
+    os.chmod(perm / "shared", 0o2770)  # writable through the supplementary group only
+    os.chmod(perm / "closed", 0o755)
+    for name, source in (("calls", CALLS_C), ("chroot", CHROOT_C), ("asuser", ASUSER_C)):
         src = tmp_path / f"{name}.c"
         src.write_text(textwrap.dedent(source))
         subprocess.run(["gcc", "-O1", "-static", "-o", str(root / "bin" / name), str(src)], check=True)
@@ -210,6 +256,35 @@ def test_native_and_python_paths_answer_identically(native_sentry, python_sentry
     assert native_sentry.stats()["trapped"]["open"] == python_sentry.stats()["trapped"]["open"]
     assert native_sentry.stats()["errors"] == python_sentry.stats()["errors"]
     assert native_sentry.stats()["mediated_opens"] == python_sentry.stats()["mediated_opens"]
+
+
+def test_a_non_root_tracee_opens_with_its_own_ids_and_groups(native_sentry, python_sentry, rootfs):
+    out = {}
+    for label, sentry in (("native", native_sentry), ("python", python_sentry), ("kernel", None)):
+        for leftover in rootfs.glob("perm/*/new.txt"):
+            leftover.unlink()
+        r = run(["/bin/asuser"], sentry=sentry, root=str(rootfs))
+        assert r.returncode == 0, (label, r.stderr)
+        out[label] = r.stdout.decode()
+    assert out["native"] == out["python"] == out["kernel"]
+    lines = out["native"].splitlines()
+    assert lines[:6] == [
+        "/perm/owner.txt ok uid=1000 gid=0 mode=600",
+        "/perm/group.txt ok uid=0 gid=2000 mode=640",
+        "/perm/group.txt EACCES",
+        "/perm/root.txt EACCES",
+        "/perm/shared/new.txt ok uid=1000 gid=2000 mode=640",
+        "/perm/closed/new.txt EACCES",
+    ]
+    assert lines[6:] == lines[:6]
+    # all in C, as the tracee, but the container's first open: Python opens and caches its root
+    assert native_sentry.stats()["native"]["open"] == 11
+    # and the sentry thread is itself again afterwards
+    with open(f"/proc/self/task/{native_sentry._thread.native_id}/status") as f:
+        status = dict(line.split(":", 1) for line in f.read().splitlines())
+    with open("/proc/self/status") as f:
+        ours = dict(line.split(":", 1) for line in f.read().splitlines())
+    assert (status["Uid"], status["Gid"], status["Groups"], status["CapEff"]) == (ours["Uid"], ours["Gid"], ours["Groups"], ours["CapEff"])
 
 
 def test_after_chroot_opens_resolve_from_the_new_root(native_sentry, python_sentry, rootfs):
