@@ -30,6 +30,7 @@ import time
 from typing import Any, Callable
 
 import zmq
+from zmq import zmq_poll
 
 from zentry.bus import envelope as envmod
 from zentry.bus.endpoints import Endpoints, check_endpoint, chmod_socket
@@ -44,6 +45,22 @@ log = logging.getLogger("zentry.actor")
 # Plain ints: the zmq enums' __and__ costs more than the syscall-free check itself.
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
+
+
+def _recv_request(sock: zmq.Socket) -> list[bytes]:
+    """One message from a ROUTER: ``[identity, ..., frame]``.
+
+    Cheaper than ``recv_multipart``, which asks ZMQ_RCVMORE through a
+    getsockopt (and an enum) per part: the identity always has a part after
+    it, and a Frame's ``more`` is a plain read."""
+    parts = [sock.recv()]
+    while True:
+        part = sock.recv(copy=False)
+        parts.append(part.bytes)
+        if not part.more:
+            return parts
 
 #: A handler's return value meaning "I will reply later through req.reply()".
 DEFERRED = object()
@@ -142,9 +159,9 @@ class Actor:
         if self._fd_watches.pop(fd, None) is not None:
             self._poller.unregister(fd)
 
-    def publish(self, msg: Message, *, parent: str = "", container_id: str | None = None) -> None:
+    def publish(self, msg: Message, *, parent: str = "", container_id: str | None = None, time_ns: int | None = None) -> None:
         if self.events is not None:
-            self.events.publish(msg, parent=parent, container_id=container_id)
+            self.events.publish(msg, parent=parent, container_id=container_id, time_ns=time_ns)
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask the loop to end after the current message."""
@@ -224,30 +241,41 @@ class Actor:
         return sock
 
     def _loop(self, router: zmq.Socket, control: zmq.Socket) -> None:
+        items = self._poller.sockets  # zmq_poll on the Poller's own list, without its wrapper
+        timers = self._timers
         while self._stopping is None:
-            timeout = None
-            if self._timers:
-                timeout = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
-            ready = dict(self._poller.poll(timeout))
-            # Control lane first, always: drained before every main-socket
-            # message, so a ping or shutdown that arrived while a slow handler
-            # ran is served before the main requests queued behind it.
-            # getsockopt(EVENTS) is poll(0) without building a Poller each time.
-            for _ in range(64):
-                while control.getsockopt(_EVENTS) & _POLLIN:
-                    self._serve(control, control.recv_multipart())
-                if self._stopping is not None or not router.getsockopt(_EVENTS) & _POLLIN:
-                    break
-                self._serve(router, router.recv_multipart())
-            if self.events is not None and self.events.sock is not None and ready.get(self.events.sock):
-                self.events.flush()
-            for fd, callback in list(self._fd_watches.items()):
-                if ready.get(fd):
-                    callback(fd)
-            now = time.monotonic()
-            while self._timers and self._timers[0][0] <= now:
-                _t, _n, fn = heapq.heappop(self._timers)
-                fn()
+            events = self.events
+            if events is not None and events.pending:
+                events.send_pending()  # what the last handlers published goes out before we sleep
+            timeout = -1
+            if timers:
+                timeout = max(0, int((timers[0][0] - time.monotonic()) * 1000) + 1)
+            # One poll per main-socket message (it costs less than asking each
+            # socket for ZMQ_EVENTS); registration order puts control first.
+            for sock, _ev in zmq_poll(items, timeout):
+                if sock is control:
+                    # Control lane first, always: drained before every
+                    # main-socket message, so a ping or shutdown that arrived
+                    # while a slow handler ran is served before the main
+                    # requests queued behind it.
+                    while control.getsockopt(_EVENTS) & _POLLIN:
+                        self._serve(control, _recv_request(control))
+                elif sock is router:
+                    # (a control request that came during this poll's other
+                    # work waits at most this one message: the next poll has it first)
+                    if self._stopping is None:
+                        self._serve(router, _recv_request(router))
+                elif events is not None and sock is events.sock:
+                    events.flush()  # the stream's subscription: send what waited for it
+                else:
+                    callback = self._fd_watches.get(sock)
+                    if callback is not None:
+                        callback(sock)
+            if timers and timers[0][0] <= time.monotonic():
+                now = time.monotonic()
+                while timers and timers[0][0] <= now:
+                    _t, _n, fn = heapq.heappop(timers)
+                    fn()
 
     def _refuse_queued(self, sock: zmq.Socket, reason: str) -> None:
         """Fail at once the requests already queued on ``sock`` that the loop
@@ -316,21 +344,27 @@ class Actor:
         is_error = isinstance(msg, Error)
         if is_error:
             self.errors += 1
+        # Stamped before the reply leaves: an actor that waited for this reply
+        # stamps its own request event later, so event times follow causality.
+        duration_ns = time.perf_counter_ns() - req.started_ns
+        sent_ns = time.time_ns()
         try:
-            req.sock.send_multipart([req.identity, frame], flags=zmq.NOBLOCK)
+            req.sock.send(req.identity, _SNDMORE_NOBLOCK)
+            req.sock.send(frame, _NOBLOCK)
         except zmq.ZMQError:
-            pass  # the caller went away
-        if req.env.type != Ping.TAG:
-            self.publish(
+            pass  # the caller went away (a ROUTER drops what it cannot route; this is belt and braces)
+        if req.env.type != Ping.TAG and self.events is not None:
+            self.events.publish(
                 RequestHandled(
                     request=req.env.type,
                     sender=req.env.sender,
-                    duration_ns=time.perf_counter_ns() - req.started_ns,
+                    duration_ns=duration_ns,
                     error=msg.code if is_error else "",
                     message=msg.message if is_error else "",
                 ),
                 parent=req.env.id,
                 container_id=getattr(req.env.body, "container_id", None),
+                time_ns=sent_ns,
             )
 
     def _heartbeat(self) -> None:

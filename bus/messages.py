@@ -235,8 +235,8 @@ class History(Message):
 class HistoryReply(Message):
     """Events from the stream's ring, oldest first, exactly as they travelled."""
 
-    events: list[list[bytes]] = doc("one [topic, seq, envelope] frame list per event")
-    truncated: int = doc("oldest events left out to keep the reply under the frame limit", 0)
+    events: list[list[bytes]] = doc("one [topic, seq, batch] frame list per stream message (see events)")
+    truncated: int = doc("oldest stream messages left out to keep the reply under the frame limit", 0)
 
 
 # --- sandbox ---------------------------------------------------------------------

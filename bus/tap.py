@@ -11,6 +11,8 @@ with a ``stream.history`` request and merged in front of the live events
 (duplicates removed by envelope id). A remote tap follows one ``tcp://``
 stream (``zentry tap --serve`` on another host) over CURVE instead.
 
+Each stream message is a batch of one publisher's events under one topic
+(``bus/events.py``); the tap unpacks it and handles every event on its own.
 Every stream is subscribed to in full and filtered here, never by
 subscription prefix: ``seq`` counts every event of a publisher, so a
 prefix-filtered subscription would show its own filtering as losses. A
@@ -32,10 +34,11 @@ from typing import Any, Iterable, Iterator
 import zmq
 from zmq.utils import z85
 
-from zentry.bus import codec, envelope as envmod
+from zentry.bus import envelope as envmod
 from zentry.bus.endpoints import Endpoints, bus_dir_for
 from zentry.bus.envelope import Envelope
 from zentry.bus.errors import InvalidArgument, ProtocolError, UnknownMessage
+from zentry.bus.events import batch_count, event_frames, unpack_events
 from zentry.bus.messages import History, HistoryReply, RequestHandled
 
 #: Seconds between two scans of the root for new or gone sandboxes.
@@ -46,8 +49,8 @@ GONE_GRACE = 1.0
 TAP_RCVHWM = 100_000
 #: How long a tap waits for a controller's ring before going on without it.
 HISTORY_TIMEOUT = 10.0
-#: Live events held per sandbox while its ring is on the way; beyond: counted lost.
-HISTORY_BUFFER = 200_000
+#: Live stream messages (batches) held per sandbox while its ring is on the way; beyond: their events counted lost.
+HISTORY_BUFFER = 20_000
 #: Sender name of the tap's own requests (their request events are not shown).
 TAP_SENDER = "tap"
 
@@ -134,13 +137,18 @@ def resolve_ids(root: str, ids: Iterable[str]) -> set[str]:
 
 @dataclass(slots=True)
 class TapEvent:
-    """One event off a stream: its frames as they travelled, decoded."""
+    """One event off a stream, decoded, with its envelope as it travelled."""
 
     topic: str
     seq: int
     env: Envelope
-    frames: list[bytes]
+    data: bytes  # the encoded envelope
     history: bool = False  # came from the controller's ring, not live
+
+    @property
+    def frames(self) -> list[bytes]:
+        """This event alone as a stream message (a batch of one), e.g. to relay it."""
+        return event_frames(self.topic.encode(), self.seq, [self.data])
 
     @property
     def parts(self) -> list[str]:
@@ -482,8 +490,8 @@ class Tap:
                 if stream.waiting:
                     if len(stream.buffer) < HISTORY_BUFFER:
                         stream.buffer.append(frames)
-                    else:
-                        self.buffer_overflow += 1
+                    else:  # lost: counted in events, as seq gaps are
+                        self.buffer_overflow += max(1, batch_count(frames[2])) if len(frames) == 3 else 1
                     continue
                 self._take(stream, frames, out, history=False)
         if self.root is not None and time.monotonic() >= self._next_scan:
@@ -500,32 +508,31 @@ class Tap:
             self._take(stream, frames, out, history=False)
 
     def _take(self, stream: _Stream, frames: list[bytes], out: list, *, history: bool) -> None:
-        if len(frames) != 3:
-            self.bad_frames += 1
-            return
+        """One stream message (a batch of events) in: decoded, de-duplicated, gaps counted, filtered."""
         try:
-            topic = frames[0].decode()
-            seq = codec.unpack(frames[1])
-            env = envmod.decode(frames[2])
-        except (UnicodeDecodeError, ProtocolError, UnknownMessage):
+            events = unpack_events(frames)
+        except ProtocolError:
             self.bad_frames += 1
             return
-        if not isinstance(seq, int) or isinstance(seq, bool):
-            self.bad_frames += 1
-            return
-        if history:
-            stream.seen.add(env.id)
-        elif env.id in stream.seen:
-            return  # already shown from the ring
-        ev = TapEvent(topic, seq, env, frames, history)
-        self.received += 1
-        gap = self.seq.feed(ev)
-        if gap is not None and self.filters.match_gap(gap):
-            out.append(gap)
-        if _own_request(ev):
-            return
-        if self.filters.match(ev):
-            out.append(ev)
+        for topic, seq, data in events:
+            try:
+                env = envmod.decode(data)
+            except (ProtocolError, UnknownMessage):
+                self.bad_frames += 1
+                continue
+            if history:
+                stream.seen.add(env.id)
+            elif env.id in stream.seen:
+                continue  # already shown from the ring
+            ev = TapEvent(topic, seq, env, data, history)
+            self.received += 1
+            gap = self.seq.feed(ev)
+            if gap is not None and self.filters.match_gap(gap):
+                out.append(gap)
+            if _own_request(ev):
+                continue
+            if self.filters.match(ev):
+                out.append(ev)
 
     @property
     def dropped(self) -> int:

@@ -28,7 +28,7 @@ from zentry.bus.client import Client
 from zentry.bus.endpoints import Endpoints
 from zentry.bus.envelope import Envelope, PROTOCOL_VERSION
 from zentry.bus.errors import ActorGone, Internal, NotFound, Timeout, UnknownMessage
-from zentry.bus.events import EventStream
+from zentry.bus.events import EventStream, unpack_events
 from zentry.bus.message import REGISTRY, Message, doc, message
 
 TEST_TAGS = ("test.echo", "test.slow", "test.fail", "test.missing", "test.later", "test.flaky", "test.flaky_once",
@@ -221,8 +221,8 @@ class Running:
             left = deadline - time.monotonic()
             assert left > 0, f"events wanted but not seen; got {[(t, s, e.type) for t, s, e in got]}"
             if self.sub.poll(int(left * 1000) + 1):
-                topic, seq, frame = self.sub.recv_multipart()
-                got.append((topic, codec.unpack(seq), envelope.decode(frame)))
+                for topic, seq, frame in unpack_events(self.sub.recv_multipart()):
+                    got.append((topic.encode(), seq, envelope.decode(frame)))
         return got
 
     def close(self) -> None:
@@ -514,11 +514,12 @@ def test_started_heartbeat_and_request_events(actor, T):
     seqs = [s for _t, s, _e in evs]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     # The stream's ring has what was forwarded, ActorStarted first.
-    history = actor.stream.history(0)
-    first = envelope.decode(history[0][2])
+    history = [e for frames in actor.stream.history(0) for e in unpack_events(frames)]
+    topic, seq, frame = history[0]
+    first = envelope.decode(frame)
     assert first.type == "event.actor_started" and first.body.pid == actor.pid
-    assert codec.unpack(history[0][1]) == 1
-    assert history[0][0] == b"sbx.-.echo.actor_started"
+    assert seq == 1
+    assert topic == "sbx.-.echo.actor_started"
 
 
 # --- tcp only with CURVE --------------------------------------------------------

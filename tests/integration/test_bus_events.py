@@ -1,4 +1,4 @@
-"""The event stream: topics, seq, drop-and-count, the ring, late joiners."""
+"""The event stream: topics, seq, batches, drop-and-count, the ring, late joiners."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import zmq
 
 import zentry.bus.messages as M
-from zentry.bus import codec, envelope, events
+from zentry.bus import codec, envelope, errors, events
 from zentry.bus.endpoints import Endpoints
-from zentry.bus.events import EventStream, Publisher, topic
+from zentry.bus.events import EventStream, Publisher, topic, unpack_events
 
 
 @pytest.fixture
@@ -57,12 +57,19 @@ def wait_live(pub: Publisher) -> None:
         time.sleep(0.005)
 
 
-def recv_all(sock: zmq.Socket, quiet_ms: int = 300) -> list[tuple[bytes, int, envelope.Envelope]]:
+def recv_messages(sock: zmq.Socket, quiet_ms: int = 300) -> list[list[bytes]]:
     out = []
     while sock.poll(quiet_ms):
-        t, seq, frame = sock.recv_multipart()
-        out.append((t, codec.unpack(seq), envelope.decode(frame)))
+        out.append(sock.recv_multipart())
     return out
+
+
+def events_of(messages: list[list[bytes]]) -> list[tuple[bytes, int, envelope.Envelope]]:
+    return [(t.encode(), seq, envelope.decode(f)) for frames in messages for t, seq, f in unpack_events(frames)]
+
+
+def recv_all(sock: zmq.Socket, quiet_ms: int = 300) -> list[tuple[bytes, int, envelope.Envelope]]:
+    return events_of(recv_messages(sock, quiet_ms))
 
 
 def test_topic_format():
@@ -115,7 +122,7 @@ def test_events_published_before_the_stream_exists_are_delivered(bus):
             time.sleep(0.01)
         pub.publish(M.Dropped(count=0))
         time.sleep(0.2)
-        hist = [(t, codec.unpack(s), envelope.decode(f).type) for t, s, f in stream.history(0)]
+        hist = [(t, s, e.type) for t, s, e in events_of(stream.history(0))]
         sub.close()
     finally:
         pub.close()
@@ -130,7 +137,8 @@ def test_a_slow_subscriber_drops_and_counts_never_blocks(bus):
     bus.start_stream()
     slow = bus.sub()
     slow.setsockopt(zmq.RCVHWM, 100)
-    pub = Publisher(bus.ctx, bus.ep.events_in, sandbox_id="sbx", actor="sandbox")
+    # small batches: more stream messages than the stream's queue for a subscriber holds
+    pub = Publisher(bus.ctx, bus.ep.events_in, sandbox_id="sbx", actor="sandbox", batch_max=2)
     n = 60_000
     try:
         deadline = time.monotonic() + 5
@@ -177,11 +185,12 @@ def test_ring_keeps_the_last_events_with_time(bus):
         wait_forwarded(events.RING_SIZE + 50)
     finally:
         pub.close()
-    everything = stream.history(0)
-    assert len(everything) == events.RING_SIZE
-    assert envelope.decode(everything[0][2]).body.count == 50
-    recent = stream.history(mid)
-    assert [envelope.decode(f[2]).body.count for f in recent] == list(range(events.RING_SIZE, events.RING_SIZE + 50))
+    everything = events_of(stream.history(0))
+    assert len(everything) == events.RING_SIZE  # the oldest batch is cut to fit
+    assert everything[0][2].body.count == 50 and everything[0][1] == 51  # seq follows the cut
+    assert [e.body.count for _t, _s, e in everything] == list(range(50, events.RING_SIZE + 50))
+    recent = events_of(stream.history(mid))
+    assert [e.body.count for _t, _s, e in recent] == list(range(events.RING_SIZE, events.RING_SIZE + 50))
 
 
 def test_stream_reports_bind_failures(bus):
@@ -191,3 +200,87 @@ def test_stream_reports_bind_failures(bus):
         s.wait_ready()
     s.join(5)
     assert not s.is_alive()
+
+
+def test_events_of_one_topic_travel_in_batches_each_with_its_own_seq(bus):
+    bus.start_stream()
+    sub = bus.sub()
+    pub = Publisher(bus.ctx, bus.ep.events_in, sandbox_id="sbx", actor="sentry", batch_max=8)
+    try:
+        wait_live(pub)
+        for i in range(20):
+            pub.publish(M.Dropped(count=i))
+        pub.publish(M.StatusChanged(container_id="web", old="created", new="running"))  # another topic: a new batch
+        pub.publish(M.Dropped(count=20))
+        pub.send_pending()
+        messages = recv_messages(sub)
+    finally:
+        pub.close()
+        sub.close()
+    sizes = [len(unpack_events(m)) for m in messages]
+    assert sizes == [8, 8, 4, 1, 1]
+    got = events_of(messages)
+    assert [s for _t, s, _e in got] == list(range(1, 23))
+    assert [t for t, _s, _e in got] == [b"sbx.-.sentry.dropped"] * 20 + [b"sbx.web.sentry.status", b"sbx.-.sentry.dropped"]
+    assert [e.body.count for _t, _s, e in got if e.type == "event.dropped"] == list(range(21))
+    assert len({e.id for _t, _s, e in got}) == 22  # every event its own envelope
+    assert pub.published == 22
+
+
+def test_a_batch_goes_out_within_the_flush_interval_without_a_flush(bus):
+    """No owner loop (the sentry's thread publishes): the process's flusher sends the open batch."""
+    bus.start_stream()
+    sub = bus.sub()
+    pub = Publisher(bus.ctx, bus.ep.events_in, sandbox_id="sbx", actor="sentry")
+    try:
+        wait_live(pub)
+        t0 = time.monotonic()
+        pub.publish(M.Dropped(count=7))
+        assert sub.poll(2000), "the open batch was never sent"
+        waited = time.monotonic() - t0
+        got = events_of([sub.recv_multipart()])
+    finally:
+        pub.close()
+        sub.close()
+    assert [(t, s, e.body.count) for t, s, e in got] == [(b"sbx.-.sentry.dropped", 1, 7)]
+    assert waited < 0.5
+
+
+def test_a_dropped_batch_is_a_seq_gap_of_its_size(bus):
+    """Batches the stream cannot take are lost whole; the next batch's seq shows how many events."""
+    pub = Publisher(bus.ctx, bus.ep.events_in, sandbox_id="sbx", actor="a", batch_max=5)
+    pub.BACKLOG = 10  # before the stream exists: two batches wait, the third is dropped
+    try:
+        for i in range(15):
+            pub.publish(M.Dropped(count=i))
+        stream = bus.start_stream()
+        wait_live(pub)
+        pub.publish(M.Dropped(count=15))
+        pub.send_pending()
+        deadline = time.monotonic() + 5
+        while stream.forwarded < 11:
+            assert time.monotonic() < deadline, stream.forwarded
+            time.sleep(0.01)
+    finally:
+        pub.close()
+    seqs = [s for _t, s, _e in events_of(stream.history(0))]
+    assert seqs == list(range(1, 11)) + [16]  # 11..15 lost: a gap of 5
+
+
+def test_unpack_events_refuses_malformed_messages():
+    good = events.event_frames(b"s.-.a.k", 3, [b"x", b"y"])
+    assert unpack_events(good) == [("s.-.a.k", 3, b"x"), ("s.-.a.k", 4, b"y")]
+    assert events.batch_count(good[2]) == 2
+    assert events.batch_count(codec.pack([b"e"] * 70000)) == 70000
+    bad = [
+        good[:2],
+        [b"\xff\xfe", good[1], good[2]],
+        [good[0], codec.pack(-1), good[2]],
+        [good[0], codec.pack(True), good[2]],
+        [good[0], good[1], codec.pack([])],
+        [good[0], good[1], codec.pack(["str"])],
+        [good[0], good[1], b"\xc1"],
+    ]
+    for frames in bad:
+        with pytest.raises(errors.ProtocolError):
+            unpack_events(frames)

@@ -4,10 +4,7 @@ unknown fields, required fields, field types, error codes)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import typing
-from typing import Any
 
 import msgpack
 import pytest
@@ -16,77 +13,72 @@ import zentry.bus.messages as M
 from zentry.bus import codec, envelope, errors
 from zentry.bus.envelope import Envelope, PROTOCOL_VERSION
 from zentry.bus.errors import ProtocolError, UnknownMessage, ZentryError
-from zentry.bus.message import REGISTRY, Message, doc, lookup, message
+from zentry.bus.message import MISSING, REGISTRY, Field, FrozenMessageError, Message, doc, fields, lookup, message
 
 TAGS = sorted(REGISTRY)
+V = PROTOCOL_VERSION
 
 # A nested value of every kind the codec carries, for `Any` fields.
 ANY_SAMPLE = {"n": None, "b": True, "i": -(2**63), "u": 2**64 - 1, "f": 0.5, "s": "é✓", "y": b"\x00\xff", "l": [1, [2, {"k": "v"}]]}
 
 
-def sample(tp: Any, name: str) -> Any:
-    """A non-default sample value for annotation ``tp``."""
-    if tp is Any:
+def sample(spec: object, name: str) -> object:
+    """A non-default sample value for a field spec (``Field.spec``)."""
+    if spec == "any":
         return ANY_SAMPLE
-    if tp is bool:
+    if spec == "bool":
         return True
-    if tp is int:
+    if spec == "int":
         return 2**40 + len(name)
-    if tp is float:
+    if spec == "float":
         return 1.25
-    if tp is str:
+    if spec == "str":
         return f"{name}-värde"
-    if tp is bytes:
+    if spec == "bytes":
         return b"\x00" + name.encode()
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is list:
-        return [sample(args[0], name), sample(args[0], name + "2")]
-    if origin is dict:
-        return {"k1": sample(args[1], name), "k2": sample(args[1], name + "2")}
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
-        return sample([a for a in args if a is not type(None)][0], name)
-    raise AssertionError(f"no sample for {tp!r}")
+    kind = spec[0]
+    if kind == "list":
+        return [sample(spec[1], name), sample(spec[1], name + "2")]
+    if kind == "map":
+        return {"k1": sample(spec[2], name), "k2": sample(spec[2], name + "2")}
+    if kind == "union":
+        return sample([a for a in spec[1] if a != "none"][0], name)
+    raise AssertionError(f"no sample for {spec!r}")
 
 
-def wrong(tp: Any) -> list[Any]:
-    """Values that must be refused for annotation ``tp``."""
-    if tp is Any:
+def wrong(spec: object) -> list:
+    """Values that must be refused for a field spec."""
+    if spec == "any":
         return []
-    if tp is bool:
+    if spec == "bool":
         return [1, "true", None]
-    if tp is int:
+    if spec == "int":
         return [True, "1", 1.0, None]
-    if tp is float:
+    if spec == "float":
         return [False, "1.0", None]
-    if tp is str:
+    if spec == "str":
         return [b"bytes", 1, None, ["s"]]
-    if tp is bytes:
+    if spec == "bytes":
         return ["str", 1]
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is list:
-        bad_items = wrong(args[0])
+    kind = spec[0]
+    if kind == "list":
+        bad_items = wrong(spec[1])
         return [{}, "list", None] + ([[bad_items[0]]] if bad_items else [])
-    if origin is dict:
-        bad_values = wrong(args[1])
+    if kind == "map":
+        bad_values = wrong(spec[2])
         return [[], "map", None] + ([{"k": bad_values[0]}] if bad_values else [])
-    raise AssertionError(f"no wrong values for {tp!r}")
-
-
-def hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    raise AssertionError(f"no wrong values for {spec!r}")
 
 
 def full_instance(cls: type[Message]) -> Message:
-    h = hints(cls)
-    return cls(**{f.name: sample(h[f.name], f.name) for f in dataclasses.fields(cls)})
+    return cls(**{f.name: sample(f.spec, f.name) for f in fields(cls)})
 
 
 def required_only(cls: type[Message]) -> Message:
-    h = hints(cls)
-    return cls(**{name: sample(h[name], name) for name, _c, _t, req in cls._FIELDS if req})
+    return cls(**{f.name: sample(f.spec, f.name) for f in fields(cls) if f.required})
 
 
-def frame_of(tag: str, body: Any, *, version: int = PROTOCOL_VERSION, mid: str = "abc-1") -> bytes:
+def frame_of(tag: str, body: object, *, version: int = PROTOCOL_VERSION, mid: str = "abc-1") -> bytes:
     return codec.pack([version, tag, mid, "p-1", "test", 123, body])
 
 
@@ -103,7 +95,7 @@ def test_every_message_round_trips(tag):
         # The wire form is the documented 7-field array with the body as a map.
         wire = msgpack.unpackb(frame, raw=False)
         assert wire[:6] == [PROTOCOL_VERSION, tag, env.id, "req-7", "contract", env.time_ns]
-        assert wire[6] == {f.name: getattr(msg, f.name) for f in dataclasses.fields(cls)}
+        assert wire[6] == {f.name: getattr(msg, f.name) for f in fields(cls)}
 
 
 @pytest.mark.parametrize("tag", TAGS)
@@ -118,37 +110,36 @@ def test_unknown_fields_are_ignored(tag):
 def test_missing_optional_fields_take_defaults(tag):
     cls = REGISTRY[tag]
     full = full_instance(cls)
-    body = {name: getattr(full, name) for name, _c, _t, req in cls._FIELDS if req}
+    body = {f.name: getattr(full, f.name) for f in fields(cls) if f.required}
     assert envelope.decode(frame_of(tag, body)).body == required_only(cls)
 
 
-@pytest.mark.parametrize("tag", [t for t in TAGS if any(req for *_x, req in REGISTRY[t]._FIELDS)])
+@pytest.mark.parametrize("tag", [t for t in TAGS if any(f.required for f in fields(REGISTRY[t]))])
 def test_missing_required_field_is_refused(tag):
     cls = REGISTRY[tag]
     body = full_instance(cls).to_wire()
-    for name, _c, _t, req in cls._FIELDS:
-        if not req:
+    for f in fields(cls):
+        if not f.required:
             continue
-        partial = {k: v for k, v in body.items() if k != name}
-        with pytest.raises(ProtocolError, match=f"missing field '{name}'") as info:
+        partial = {k: v for k, v in body.items() if k != f.name}
+        with pytest.raises(ProtocolError, match=f"missing field '{f.name}'") as info:
             envelope.decode(frame_of(tag, partial, mid="m-miss"))
         assert info.value.details["id"] == "m-miss"
         assert type(info.value) is ProtocolError
 
 
-@pytest.mark.parametrize("tag", [t for t in TAGS if REGISTRY[t]._FIELDS])
+@pytest.mark.parametrize("tag", [t for t in TAGS if fields(REGISTRY[t])])
 def test_wrong_field_types_are_refused(tag):
     cls = REGISTRY[tag]
-    h = hints(cls)
     body = full_instance(cls).to_wire()
     checked = 0
-    for f in dataclasses.fields(cls):
-        for bad in wrong(h[f.name]):
+    for f in fields(cls):
+        for bad in wrong(f.spec):
             with pytest.raises(ProtocolError, match=f"field '{f.name}' must be") as info:
                 envelope.decode(frame_of(tag, dict(body, **{f.name: bad}), mid="m-type"))
             assert info.value.details["id"] == "m-type"
             checked += 1
-    if any(h[f.name] is not Any for f in dataclasses.fields(cls)):
+    if any(f.spec != "any" for f in fields(cls)):
         assert checked
 
 
@@ -167,7 +158,7 @@ def test_unknown_type_is_unknown_message_with_id():
         lookup("nope")
 
 
-@pytest.mark.parametrize("version", [0, 2, PROTOCOL_VERSION + 100, -1])
+@pytest.mark.parametrize("version", sorted({0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 100, -1}))
 def test_version_mismatch_is_refused_with_id(version):
     with pytest.raises(ProtocolError, match="not supported") as info:
         envelope.decode(frame_of("ping", {}, version=version, mid="m-ver"))
@@ -178,19 +169,19 @@ def test_version_mismatch_is_refused_with_id(version):
 @pytest.mark.parametrize(
     "fields,match",
     [
-        ([1, "ping", "i", "", "s", 1], "7 fields"),
-        ([1, "ping", "i", "", "s", 1, {}, 0], "7 fields"),
+        ([V, "ping", "i", "", "s", 1], "7 fields"),
+        ([V, "ping", "i", "", "s", 1, {}, 0], "7 fields"),
         ({"version": 1}, "7 fields"),
         ([True, "ping", "i", "", "s", 1, {}], "version must be an int"),
-        ([1, "ping", "", "", "s", 1, {}], "envelope id"),
-        ([1, "ping", 7, "", "s", 1, {}], "envelope id"),
-        ([1, "ping", "x" * 129, "", "s", 1, {}], "envelope id"),
-        ([1, 5, "i", "", "s", 1, {}], "envelope type"),
-        ([1, "ping", "i", None, "s", 1, {}], "envelope parent"),
-        ([1, "ping", "i", "", "s" * 257, 1, {}], "envelope sender"),
-        ([1, "ping", "i", "", "s", -1, {}], "envelope time"),
-        ([1, "ping", "i", "", "s", 1.5, {}], "envelope time"),
-        ([1, "ping", "i", "", "s", False, {}], "envelope time"),
+        ([V, "ping", "", "", "s", 1, {}], "envelope id"),
+        ([V, "ping", 7, "", "s", 1, {}], "envelope id"),
+        ([V, "ping", "x" * 129, "", "s", 1, {}], "envelope id"),
+        ([V, 5, "i", "", "s", 1, {}], "envelope type"),
+        ([V, "ping", "i", None, "s", 1, {}], "envelope parent"),
+        ([V, "ping", "i", "", "s" * 257, 1, {}], "envelope sender"),
+        ([V, "ping", "i", "", "s", -1, {}], "envelope time"),
+        ([V, "ping", "i", "", "s", 1.5, {}], "envelope time"),
+        ([V, "ping", "i", "", "s", False, {}], "envelope time"),
     ],
 )
 def test_bad_headers_are_refused(fields, match):
@@ -325,8 +316,10 @@ def test_declaration_rules():
 
 def test_messages_are_frozen_slotted_keyword_only():
     msg = M.Kill(container_id="c", signal=9)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(FrozenMessageError):
         msg.signal = 15  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del msg.signal
     with pytest.raises(TypeError):
         M.Kill("c", 9)  # type: ignore[misc]
     assert not hasattr(msg, "__dict__")
@@ -334,4 +327,55 @@ def test_messages_are_frozen_slotted_keyword_only():
 
 def test_doc_helper_keeps_the_text():
     f = doc("hello", 3)
-    assert f.metadata["doc"] == "hello" and f.default == 3
+    assert isinstance(f, Field) and f.doc == "hello" and f.default == 3 and f.factory is MISSING
+    assert doc("x", factory=list).default_value() == []
+
+
+def test_fields_introspection():
+    got = {f.name: (f.type, f.required, f.doc) for f in fields(M.Kill)}
+    assert got == {
+        "container_id": ("str", True, "the container"),
+        "signal": ("int", True, "signal number"),
+        "all": ("bool", False, "signal every process of the container"),
+    }
+    assert fields(M.Kill(container_id="c", signal=9)) == fields(M.Kill)
+    assert [f.type for f in fields(M.HistoryReply)][0] == "list[list[bytes]]"
+    assert fields(M.Syscall)[4].spec == ("list", "any")
+    assert fields(M.Error)[2].default_value() == {} and fields(M.Error)[2].default_value() is not fields(M.Error)[2].default_value()
+    with pytest.raises(TypeError):
+        fields(int)
+
+
+def test_messages_equality_hash_repr():
+    a, b = M.Kill(container_id="c", signal=9), M.Kill(container_id="c", signal=9)
+    assert a == b and hash(a) == hash(b) and a != M.Kill(container_id="c", signal=15)
+    assert M.Ok() == M.Ok() and M.Ok() != M.Ping()  # same (empty) fields, different types
+    assert repr(a) == "Kill(container_id='c', signal=9, all=False)"
+    assert M.Error(code="x", message="y").details == {}
+    first, second = M.Error(code="x", message="y"), M.Error(code="x", message="y")
+    assert first.details is not second.details  # factory defaults are not shared
+
+
+def test_field_type_annotations_are_parsed_without_typing():
+    from zentry.bus.message import parse_type
+
+    assert parse_type("dict[str, Any]") == ("map", "str", "any")
+    assert parse_type("list[list[bytes]]") == ("list", ("list", "bytes"))
+    assert parse_type("int | None") == ("union", ("int", "none"))
+    assert parse_type("Optional[str]") == ("union", ("str", "none"))
+    assert parse_type(int) == "int"
+    for bad in ("set[int]", "list[", "dict[str]", "tuple[int, int]", "int]"):
+        with pytest.raises(TypeError, match="unsupported field type"):
+            parse_type(bad)
+
+    @message("test.optional", "event")
+    class Optional_(Message):
+        n: int | None = doc("maybe a number", None)
+
+    try:
+        assert envelope.decode(frame_of("test.optional", {"n": None})).body == Optional_()
+        assert envelope.decode(frame_of("test.optional", {"n": 3})).body == Optional_(n=3)
+        with pytest.raises(ProtocolError, match="must be int \\| None"):
+            envelope.decode(frame_of("test.optional", {"n": "3"}))
+    finally:
+        REGISTRY.pop("test.optional")

@@ -18,7 +18,7 @@ import zentry.bus.messages as M
 from zentry.bus import codec, envelope
 from zentry.bus.envelope import Envelope, PROTOCOL_VERSION
 from zentry.bus.errors import ProtocolError, UnknownMessage, ZentryError
-from zentry.bus.message import REGISTRY
+from zentry.bus.message import REGISTRY, fields
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Recursive values are slow to generate; fewer examples of them.
@@ -99,14 +99,14 @@ def test_random_envelope_shaped_arrays(fields, tag):
 
 
 @SLOW_SETTINGS
-@given(st.sampled_from([t for t in sorted(REGISTRY) if REGISTRY[t]._FIELDS]), st.data())
+@given(st.sampled_from([t for t in sorted(REGISTRY) if fields(REGISTRY[t])]), st.data())
 def test_wrong_field_values(tag, data):
     cls = REGISTRY[tag]
     body = {}
-    for name, check, _tn, _req in cls._FIELDS:
-        body[name] = data.draw(wire_values, label=name)
+    for f in fields(cls):
+        body[f.name] = data.draw(wire_values, label=f.name)
     frame = codec.pack([PROTOCOL_VERSION, tag, "id-2", "", "fuzz", 1, body])
-    expect_ok = all(check(body[name]) for name, check, _tn, _req in cls._FIELDS)
+    expect_ok = all(f.check(body[f.name]) for f in fields(cls))
     assert outcome(frame) == ("ok" if expect_ok else "refused")
 
 

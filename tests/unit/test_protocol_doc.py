@@ -10,7 +10,6 @@ docstring), and either ``No fields`` or a table
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 import zentry.bus.messages  # noqa: F401  (fills the registry)
 from zentry.bus import codec, envelope, errors, events, fdpass
-from zentry.bus.message import REGISTRY
+from zentry.bus.message import REGISTRY, Field, fields
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -102,10 +101,8 @@ def parse_messages(text: str) -> dict[str, dict]:
     return out
 
 
-def _default_json(cls: type, name: str) -> str:
-    f = {f.name: f for f in dataclasses.fields(cls)}[name]
-    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    return json.dumps(value)
+def _default_json(f: Field) -> str:
+    return json.dumps(f.default_value())
 
 
 def _docstring(cls: type) -> str:
@@ -115,15 +112,11 @@ def _docstring(cls: type) -> str:
 def registry_view() -> dict[str, dict]:
     out = {}
     for tag, cls in REGISTRY.items():
-        docs = {f.name: f.metadata["doc"] for f in dataclasses.fields(cls)}
         out[tag] = {
             "kind": cls.KIND,
             "idempotent": cls.IDEMPOTENT,
             "doc": _docstring(cls),
-            "fields": [
-                (name, tname, req, None if req else _default_json(cls, name), docs.get(name, ""))
-                for name, _check, tname, req in cls._FIELDS
-            ],
+            "fields": [(f.name, f.type, f.required, None if f.required else _default_json(f), f.doc) for f in fields(cls)],
         }
     return out
 
@@ -247,7 +240,8 @@ def test_checker_catches_extra_documented_type():
 
 def test_checker_catches_new_registry_field(monkeypatch):
     cls = REGISTRY["container.start"]
-    fields = cls._FIELDS + (("extra", lambda v: True, "int", True),)
-    monkeypatch.setattr(cls, "_FIELDS", fields)
+    extra = Field("an added field")
+    extra.name, extra.type = "extra", "int"
+    monkeypatch.setattr(cls, "_FIELDS", fields(cls) + (extra,))
     found = problems(DOC.read_text())
     assert any("container.start: fields" in p for p in found), found

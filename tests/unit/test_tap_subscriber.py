@@ -16,7 +16,7 @@ from zentry.bus import codec
 from zentry.bus.endpoints import Endpoints
 from zentry.bus.envelope import Envelope
 from zentry.bus.errors import InvalidArgument
-from zentry.bus.events import EventStream, Publisher
+from zentry.bus.events import EventStream, Publisher, unpack_events
 from zentry.bus.tap import (
     Filters,
     Gap,
@@ -35,7 +35,7 @@ from zentry.bus.tap import (
 
 def ev(topic: str, seq: int, body, *, id: str = "1a-1", parent: str = "", sender: str | None = None) -> TapEvent:
     env = Envelope(type=body.TAG, id=id, parent=parent, sender=sender or topic.split(".")[2], time_ns=1_700_000_000_123_456_789, body=body)
-    return TapEvent(topic, seq, env, [topic.encode(), codec.pack(seq), env.encode()])
+    return TapEvent(topic, seq, env, env.encode())
 
 
 SYSCALL = M.Syscall(container_id="c1", pid=42, tid=42, syscall="openat", args=[-100, "/etc/hostname", 0], result=3, errno="", duration_ns=12_000)
@@ -180,6 +180,29 @@ def test_tap_follows_a_stream_counts_gaps_and_filters(fake_root):
     assert [(g.count, g.after_seq, g.seq) for g in gaps] == [(4, 2, 7)]
     assert tap.received == 3 and tap.dropped == 4
     assert events[0].sandbox == "sb" and events[0].container == "c1" and events[0].actor == "controller" and events[0].kind == "status"
+
+
+def test_tap_unpacks_batches_into_events_and_relays_them_one_by_one(fake_root):
+    root, ctx, ep = fake_root
+    with Tap(root=root, ctx=ctx) as tap:
+        time.sleep(0.2)
+        pub = Publisher(ctx, ep.events_in, sandbox_id="sb", actor="sentry")
+        try:
+            _live(pub)
+            calls = [M.Syscall(container_id="c1", pid=42, tid=42, syscall="getpid", args=[], result=i, errno="", duration_ns=1)
+                     for i in range(300)]
+            for msg in calls:
+                pub.publish(msg)  # one topic: a full batch (BATCH_MAX) then the rest
+            pub.send_pending()
+            got = [g for g in tap.drain(1.0) if isinstance(g, TapEvent)]
+        finally:
+            pub.close()
+    assert [e.env.body for e in got] == calls
+    assert [e.seq for e in got] == list(range(1, 301))
+    assert tap.received == 300 and tap.dropped == 0 and tap.bad_frames == 0
+    # relaying (zentry tap --serve) sends each event as a stream message of its own
+    relayed = unpack_events(got[5].frames)
+    assert relayed == [("sb.c1.sentry.syscall", 6, got[5].data)]
 
 
 def test_tap_finds_sandboxes_created_after_it_started(tmp_path):
