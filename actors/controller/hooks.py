@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from zentry.bus.errors import SystemFailure
 
@@ -23,8 +23,7 @@ FATAL_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer")
 DEFAULT_TIMEOUT = 60.0
 
 
-@dataclass
-class HookResult:
+class HookResult(NamedTuple):
     kind: str
     path: str
     exit_code: int

@@ -11,11 +11,11 @@ the old one names the covered directory, not the new mount on top of it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import posixpath
 import shutil
 import stat
+from typing import NamedTuple
 
 from zentry.bus.errors import ConfigError, SystemFailure, Unsupported
 from zentry.sentry.abi import libc
@@ -117,8 +117,7 @@ _ST_TO_MS = {
 IN_CONTAINER_TYPES = frozenset({"proc", "sysfs", "mqueue", "cgroup", "cgroup2"})
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class MountOptions:
+class MountOptions(NamedTuple):
     """The OCI ``options`` of one mount, sorted by how they reach the kernel."""
 
     flags: int = 0  #: MS_* flags to set
