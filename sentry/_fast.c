@@ -630,20 +630,12 @@ fail:
     return NULL;
 }
 
-static PyObject *Loop_fds(Loop *self, PyObject *Py_UNUSED(ignored)) {
-    PyObject *out = PyList_New(self->n);
-    if (!out) return NULL;
-    for (int i = 0; i < self->n; i++) PyList_SET_ITEM(out, i, PyLong_FromLong(self->ls[i]->fd));
-    return out;
-}
-
 static PyMethodDef Loop_methods[] = {
     {"add", (PyCFunction)Loop_add, METH_VARARGS, "add(fd, entries): serve listener fd with these precomputed answers"},
     {"remove", (PyCFunction)Loop_remove, METH_O, "remove(fd) -> bool: stop polling fd (does not close it)"},
     {"set_root", (PyCFunction)Loop_set_root, METH_VARARGS, "set_root(fd, root_fd, link): the container root opens start from"},
     {"next", (PyCFunction)Loop_next, METH_O, "next(buffer) -> (fd, code): serve until Python is needed"},
     {"counts", (PyCFunction)Loop_counts, METH_NOARGS, "counts() -> (trapped, errors, mediated) answered natively"},
-    {"fds", (PyCFunction)Loop_fds, METH_NOARGS, "fds() -> the listener fds polled"},
     {NULL},
 };
 

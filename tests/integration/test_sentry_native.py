@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -226,6 +227,25 @@ def test_the_native_fast_path_is_built_and_used_by_default():
     finally:
         s.stop()
     assert not Sentry(native=False).native
+
+
+def test_without_the_extension_the_python_loop_serves_everything():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["zentry.sentry._fast"] = None  # as if it had not been built: import fails
+        from zentry.sentry import kernel
+        from zentry.sentry.harness import run
+        s = kernel.Sentry()
+        assert not kernel.native_available() and not s.native
+        s.start()
+        r = run(["/bin/busybox", "sh", "-c", "uname -n; cat /etc/hostname >/dev/null"], sentry=s, view=kernel.ContainerView("c", "no-ext"))
+        s.stop()
+        print(r.stdout.decode().strip(), s.stats()["native"], s.stats()["mediated_opens"] > 0)
+        """
+    )
+    r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, b"no-ext {} True\n"), r.stderr
 
 
 def test_native_and_python_paths_answer_identically(native_sentry, python_sentry, rootfs):
