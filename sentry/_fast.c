@@ -36,6 +36,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/audit.h>
+#include <linux/capability.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <stdint.h>
@@ -47,7 +48,7 @@
 #include <unistd.h>
 
 /* bump when the Python <-> C interface changes: kernel.py refuses a stale build */
-#define FAST_ABI 1
+#define FAST_ABI 2  /* 2: root tracees without DAC capabilities */
 
 #define KIND_NONE 0
 #define KIND_WRITE 1
@@ -126,6 +127,8 @@ typedef struct {
     int fast;  /* 0: hand every notification to Python (strace) */
     int max_nr;
     int root_ids;  /* the sentry runs as uid 0 / gid 0 */
+    struct __user_cap_data_struct own_caps[2];  /* the sentry thread's capabilities, restored after an open */
+    uint64_t own_eff;
     int own_ngroups;  /* the sentry thread's own groups, restored after opening as a tracee */
     gid_t own_groups[MAX_GROUPS];
     int n;
@@ -224,6 +227,36 @@ static int tracee_groups(tidslot_t *s, const struct pidfd_info_ *info) {
     s->ngroups = k;
     memcpy(s->gids_for, &info->pid, sizeof s->gids_for);
     return 0;
+}
+
+/* CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER: what lets root's opens bypass permissions */
+#define DAC_CAPS ((1ULL << 1) | (1ULL << 2) | (1ULL << 3))
+
+/* The thread's effective capabilities, read now: they change (capset, execve) without its ids changing. */
+static int tracee_cap_eff(int tid, uint64_t *cap) {
+    char path[64], text[8192];
+    snprintf(path, sizeof path, "/proc/%d/status", tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    text[n] = 0;
+    char *line = strstr(text, "\nCapEff:");
+    if (!line) return -1;
+    char *after;
+    *cap = strtoull(line + 8, &after, 16);
+    return after == line + 8 ? -1 : 0;
+}
+
+/* This thread's effective set (raw capset: capabilities are per thread); 0 or -1 */
+static int set_own_eff(Loop *self, uint64_t eff) {
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct d[2];
+    memcpy(d, self->own_caps, sizeof d);
+    d[0].effective = (uint32_t)eff;
+    d[1].effective = (uint32_t)(eff >> 32);
+    return (int)syscall(SYS_capset, &h, d);
 }
 
 /* Become the tracee for file access (this thread only: raw syscalls), as tracee.FsIdentity.enter.
@@ -328,10 +361,22 @@ static int do_open(Loop *self, listener_t *l, entry_t *e) {
     /* O_PATH takes no other flags in openat2 (EINVAL) and cannot block or acquire a terminal */
     uint64_t ours = (flags & O_PATH) ? O_CLOEXEC : (O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     struct open_how_ how = {(flags | ours) & 0xFFFFFFFFULL, mode, RESOLVE_IN_ROOT_ | RESOLVE_NO_MAGICLINKS_};
-    if (info.fsuid != 0 || info.fsgid != 0) {
+    uint64_t drop = 0;
+    if (info.fsuid == 0) {
+        /* root keeps fsuid 0 but not necessarily root's file capabilities (runc's default set has
+         * none): drop from this thread the ones the tracee lacks, as tracee.FsIdentity does */
+        uint64_t cap;
+        if (tracee_cap_eff(tid, &cap) < 0) return HANDOFF;
+        drop = DAC_CAPS & self->own_eff & ~cap;
+    }
+    if (info.fsuid != 0 || info.fsgid != 0 || drop) {
         /* open as the tracee (its fsuid, fsgid and groups): the kernel's own permission checks */
         if (tracee_groups(slot, &info) < 0 || enter_identity(self, slot, info.fsuid, info.fsgid) < 0) return HANDOFF;
         switched = 1;
+    }
+    if (drop && set_own_eff(self, self->own_eff & ~drop) < 0) {
+        leave_identity(self);
+        return HANDOFF;
     }
     int fd = -1;
     for (int i = 0; i < 8; i++) {  /* openat2 IN_ROOT answers EAGAIN when a rename races its ".." walk */
@@ -339,6 +384,7 @@ static int do_open(Loop *self, listener_t *l, entry_t *e) {
         if (fd >= 0 || errno != EAGAIN) break;
     }
     err = fd < 0 ? errno : 0;
+    if (drop) set_own_eff(self, self->own_eff);
     if (switched) leave_identity(self);
     if (fd < 0) return respond(self, l, nr, 0, err);
     if (!(flags & O_NONBLOCK) && !(flags & O_PATH)) {
@@ -376,6 +422,9 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
     self->root_ids = geteuid() == 0 && getegid() == 0;
     self->own_ngroups = getgroups(MAX_GROUPS, self->own_groups);
     if (self->own_ngroups < 0) self->root_ids = 0;  /* cannot restore them: never switch identity */
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    if (syscall(SYS_capget, &h, self->own_caps) < 0) self->root_ids = 0;  /* cannot restore them either */
+    self->own_eff = (uint64_t)self->own_caps[0].effective | ((uint64_t)self->own_caps[1].effective << 32);
     self->cap = 8;
     self->ls = PyMem_Calloc(self->cap, sizeof *self->ls);
     self->pfds = PyMem_Calloc(self->cap + 1, sizeof *self->pfds);

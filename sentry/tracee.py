@@ -147,24 +147,54 @@ def parse_status(status: bytes) -> Creds:
     )
 
 
+#: capabilities that bypass file permission checks on open: CAP_DAC_OVERRIDE,
+#: CAP_DAC_READ_SEARCH, CAP_FOWNER (O_NOATIME, and owner checks)
+DAC_CAPS = (1 << 1) | (1 << 2) | (1 << 3)
+
+
+def cap_eff_of(tid: int) -> int:
+    """The thread's effective capabilities, read now (they change without its ids changing)."""
+    with open(f"/proc/{tid}/status", "rb") as f:
+        cap = _field(f.read(), b"\nCapEff:")
+    if not cap:
+        raise OSError(errno.ESRCH, f"no CapEff for thread {tid}")
+    return int(cap[0], 16)
+
+
 class FsIdentity:
-    """Switches the calling thread's fsuid/fsgid/groups to a tracee's and back.
+    """Switches the calling thread's file identity to a tracee's and back.
 
     setfsuid/setfsgid/setgroups as raw syscalls change only this thread (glibc's
     wrappers would broadcast to every thread of the sandbox). Leaving fsuid 0
     drops CAP_DAC_OVERRIDE & co. from this thread's effective set; returning
     restores them, so a non-root tracee gets the kernel's own permission checks.
+
+    A root tracee keeps fsuid 0, but it may lack the capabilities that make
+    root's opens bypass permissions: runc's default set has none of them, so
+    container root cannot read another user's 0600 file. This thread then
+    drops the ones the tracee lacks (capset, this thread only) for the open.
     """
 
     def __init__(self) -> None:
         self._groups = tuple(os.getgroups())
         self._uid = os.geteuid()
         self._gid = os.getegid()
+        self._caps = libc.thread_capget()
+        self._dropped = False
 
     def enter(self, t: "Tracee") -> bool:
         """Become thread ``t`` for file access; False when nothing had to change."""
-        if t.fsuid == self._uid and t.fsgid == self._gid and t.fsuid == 0:
-            return False  # root: its capabilities decide, groups do not matter
+        if t.fsuid == 0 and self._uid == 0:
+            drop = DAC_CAPS & self._caps[0] & ~cap_eff_of(t.tid)
+            if t.fsgid == self._gid and not drop:
+                return False  # root with root's file capabilities: groups do not matter
+            libc.thread_setgroups(t.creds().groups)  # without DAC_OVERRIDE, groups decide too
+            libc.thread_setfsgid(t.fsgid)
+            if drop:
+                eff, perm, inh = self._caps
+                libc.thread_capset(eff & ~drop, perm, inh)
+                self._dropped = True
+            return True
         c = t.creds()
         libc.thread_setgroups(c.groups)
         libc.thread_setfsgid(t.fsgid)
@@ -175,6 +205,9 @@ class FsIdentity:
         libc.thread_setfsuid(self._uid)
         libc.thread_setfsgid(self._gid)
         libc.thread_setgroups(self._groups)
+        if self._dropped:
+            libc.thread_capset(*self._caps)
+            self._dropped = False
 
 
 # --- <linux/pidfd.h> -----------------------------------------------------------------

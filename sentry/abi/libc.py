@@ -315,6 +315,37 @@ def thread_setfsgid(gid: int) -> int:
     return _libc.syscall(ctypes.c_long(SYS_setfsgid), ctypes.c_uint(gid))
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def thread_capget() -> tuple[int, int, int]:
+    """capget(2) of the calling thread: (effective, permitted, inheritable) as 64-bit masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.syscall(ctypes.c_long(SYS_capget), ctypes.byref(header), data), "capget")
+    lo, hi = data[0], data[1]
+    return (lo.effective | hi.effective << 32, lo.permitted | hi.permitted << 32, lo.inheritable | hi.inheritable << 32)
+
+
+def thread_capset(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) of the calling thread only (raw syscall; capabilities are per thread)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        data[i].effective = (effective >> (32 * i)) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> (32 * i)) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> (32 * i)) & 0xFFFFFFFF
+    _check(_libc.syscall(ctypes.c_long(SYS_capset), ctypes.byref(header), data), "capset")
+
+
 def thread_setgroups(gids: tuple[int, ...] | list[int]) -> None:
     """setgroups(2) as a raw syscall: unlike glibc's wrapper it changes only the calling thread."""
     arr = (ctypes.c_uint * max(1, len(gids)))(*gids)

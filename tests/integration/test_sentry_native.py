@@ -163,6 +163,43 @@ int main(void) {
 """
 
 
+DROPCAPS_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void try(const char *p, int flags) {
+    errno = 0;
+    int fd = syscall(SYS_open, p, flags, 0640);
+    if (fd < 0) { printf("%s %s\n", p, strerrorname_np(errno)); return; }
+    printf("%s ok\n", p);
+    close(fd);
+}
+static int drop(int cap) {  /* from the effective set only: still uid 0 */
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d)) return -1;
+    d[cap / 32].effective &= ~(1U << (cap % 32));
+    return syscall(SYS_capset, &h, d);
+}
+int main(void) {
+    try("/perm/owner.txt", O_RDONLY);             /* root: DAC_OVERRIDE reads it */
+    if (drop(CAP_DAC_OVERRIDE)) return 2;
+    try("/perm/owner.txt", O_RDONLY);             /* DAC_READ_SEARCH still reads it */
+    try("/perm/owner.txt", O_WRONLY);             /* but cannot write it */
+    if (drop(CAP_DAC_READ_SEARCH)) return 3;
+    try("/perm/owner.txt", O_RDONLY);             /* runc's default set: neither */
+    try("/perm/root.txt", O_RDONLY);              /* its own file still opens */
+    try("/perm/private/new.txt", O_CREAT | O_WRONLY);  /* another user's 0700 directory */
+    return 0;
+}
+"""
+
+
 @pytest.fixture
 def rootfs(tmp_path):
     (tmp_path / "secret.txt").write_text("HOST-SECRET\n")
@@ -188,7 +225,10 @@ def rootfs(tmp_path):
     os.chown(perm / "shared", 0, 2000)
     os.chmod(perm / "shared", 0o2770)  # writable through the supplementary group only
     os.chmod(perm / "closed", 0o755)
-    for name, source in (("calls", CALLS_C), ("chroot", CHROOT_C), ("asuser", ASUSER_C)):
+    (perm / "private").mkdir()
+    os.chown(perm / "private", 1000, 1000)
+    os.chmod(perm / "private", 0o700)
+    for name, source in (("calls", CALLS_C), ("chroot", CHROOT_C), ("asuser", ASUSER_C), ("dropcaps", DROPCAPS_C)):
         src = tmp_path / f"{name}.c"
         src.write_text(textwrap.dedent(source))
         subprocess.run(["gcc", "-O1", "-static", "-o", str(root / "bin" / name), str(src)], check=True)
@@ -307,6 +347,34 @@ def test_a_non_root_tracee_opens_with_its_own_ids_and_groups(native_sentry, pyth
     assert (status["Uid"], status["Gid"], status["Groups"], status["CapEff"]) == (ours["Uid"], ours["Gid"], ours["Groups"], ours["CapEff"])
 
 
+def test_a_root_tracee_without_dac_capabilities_gets_no_more_than_the_kernel_gives(native_sentry, python_sentry, rootfs):
+    """Container root keeps fsuid 0 but may lack CAP_DAC_OVERRIDE/READ_SEARCH (runc's default
+    set has neither): the sentry must not open with its own, as the kernel would not."""
+    out = {}
+    for label, sentry in (("native", native_sentry), ("python", python_sentry), ("kernel", None)):
+        for leftover in rootfs.glob("perm/*/new.txt"):
+            leftover.unlink()
+        r = run(["/bin/dropcaps"], sentry=sentry, root=str(rootfs))
+        assert r.returncode == 0, (label, r.returncode, r.stderr)
+        out[label] = r.stdout.decode()
+    assert out["native"] == out["python"] == out["kernel"], out
+    assert out["kernel"].splitlines() == [
+        "/perm/owner.txt ok",
+        "/perm/owner.txt ok",
+        "/perm/owner.txt EACCES",
+        "/perm/owner.txt EACCES",
+        "/perm/root.txt ok",
+        "/perm/private/new.txt EACCES",
+    ]
+    assert native_sentry.stats()["native"]["open"] >= 5  # answered in C, not handed to Python
+    # the sentry thread has all its capabilities back
+    with open(f"/proc/self/task/{native_sentry._thread.native_id}/status") as f:
+        status = dict(line.split(":", 1) for line in f.read().splitlines())
+    with open("/proc/self/status") as f:
+        ours = dict(line.split(":", 1) for line in f.read().splitlines())
+    assert (status["Uid"], status["Gid"], status["Groups"], status["CapEff"]) == (ours["Uid"], ours["Gid"], ours["Groups"], ours["CapEff"])
+
+
 def test_after_chroot_opens_resolve_from_the_new_root(native_sentry, python_sentry, rootfs):
     out = {}
     for label, sentry in (("native", native_sentry), ("python", python_sentry), ("kernel", None)):
@@ -336,10 +404,18 @@ def test_strace_sees_every_trapped_call_while_on(rootfs):
         s.set_strace(True)
         _reset(rootfs)
         run(["/bin/calls", "uname"], sentry=s, root=str(rootfs))
+        # the sentry answers a call before it publishes its event: the tracee may exit first
+        import time
+
+        deadline = time.monotonic() + 5
+        while True:
+            after = s.stats()
+            traced = sum(after["trapped"].values()) - sum(before["trapped"].values())
+            if len(events) >= traced or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         s.set_strace(False)
-        after = s.stats()
         assert after["native"] == before["native"]  # nothing bypassed Python while tracing
-        traced = sum(after["trapped"].values()) - sum(before["trapped"].values())
         assert len(events) == traced > 30
         assert sum(e["syscall"] == "uname" for e in events) == 3
         assert any(e["syscall"] == "open" and e["args"][1:2] == ["/tmp/x"] and e["result"] >= 0 for e in events)

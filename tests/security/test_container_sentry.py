@@ -100,3 +100,21 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("extra_caps, expect", [((), "DENIED"), (("CAP_DAC_OVERRIDE",), "SECRET")])
+def test_container_root_reads_other_users_files_only_with_dac_override(zentry, busybox_bundle, extra_caps, expect):
+    """runc's default capability set has no CAP_DAC_OVERRIDE: container root cannot read another
+    user's 0600 file. The sentry opens files for the container: it must not lend its own."""
+    caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", *extra_caps]
+    bundle = busybox_bundle(
+        ["sh", "-c", "cat /private.txt 2>/dev/null || echo DENIED"],
+        process={"capabilities": {k: caps for k in ("bounding", "effective", "permitted")}},
+    )
+    secret = bundle / "rootfs" / "private.txt"
+    secret.write_text("SECRET\n")
+    os.chown(secret, 1000, 1000)
+    os.chmod(secret, 0o600)
+    r = run(zentry, bundle, "dac" + str(len(extra_caps)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == expect
