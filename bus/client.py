@@ -15,6 +15,7 @@ import os
 import time
 
 import zmq
+import zmq.backend
 
 from zentry.bus import envelope as envmod
 from zentry.bus.envelope import Envelope
@@ -23,6 +24,8 @@ from zentry.bus.message import Message
 from zentry.bus.messages import Error
 
 _SLICE_MS = 50
+#: The backend's send, without pyzmq's Python-level wrapper (see bus/actor.py).
+_send = getattr(zmq.backend, "Socket", zmq.Socket).send
 
 
 def pid_alive(pid: int) -> bool:
@@ -88,7 +91,7 @@ class Client:
             self.sock.setsockopt(zmq.RCVTIMEO, first_ms)
             self._rcvtimeo = first_ms
         for attempt in range(attempts):
-            self.sock.send(frame)
+            _send(self.sock, frame)
             reply = self._await(mid, time.monotonic() + timeout, msg.TAG)
             if reply is not None:
                 return self._unwrap(reply)

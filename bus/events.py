@@ -16,10 +16,11 @@ drops at its high-water mark, and the loss shows up as a seq gap.
 Why batches: one ZeroMQ message per event costs ~14 µs here (the raw PUB
 limit is ~70k msgs/s), so a publisher keeps the events of one topic together
 and sends them as one message when the topic changes, when the batch is full
-(``BATCH_MAX`` events or ``BATCH_BYTES``), when its owner flushes (the actor
-loop does before it sleeps), and at the latest ``FLUSH_INTERVAL`` after the
-batch's first event (a process-wide flusher thread), so an event is never
-held longer than that.
+(``BATCH_MAX`` events or ``BATCH_BYTES``), when its owner flushes (an actor's
+loop does before every wait, so an actor's event waits at most for the
+handler that published it), and otherwise at the latest ``FLUSH_INTERVAL``
+after the batch's first event (a process-wide flusher thread: publishers
+with no loop of their own, such as the sentry thread's).
 """
 
 from __future__ import annotations
@@ -175,7 +176,11 @@ class Publisher:
 
     ``publish`` is meant for one thread (the owner); ``flush`` may be called
     from any thread (the flusher does): both take the publisher's lock,
-    which is also what lets the socket be used from two threads.
+    which is also what lets the socket be used from two threads. With
+    ``flush_interval=0`` no flusher touches it: the owner must call
+    ``send_pending`` (or ``flush``) itself, as the actor loop does before it
+    waits; that is required when the owner polls the socket, since a poll is
+    a use of the socket that the lock does not cover.
 
     The socket is an XPUB (the same wire as PUB) so that the publisher sees
     the stream's subscription arrive: until it has, a PUB would silently
@@ -259,9 +264,9 @@ class Publisher:
         frames = event_frames(self._topic, self._first, batch)
         self._batch = []
         self._bytes = 0
-        if self._live:
+        if self._live and not self._backlog:
             self._send(frames, len(batch))
-        elif self._backlog_events + len(batch) <= self.BACKLOG:
+        elif self._backlog_events + len(batch) <= self.BACKLOG:  # (behind the backlog: order kept)
             self._backlog.append((frames, len(batch)))
             self._backlog_events += len(batch)
         # else: dropped; the gap in seq tells the subscriber
@@ -303,12 +308,12 @@ class Publisher:
             return self._send_pending()
 
     def _send_pending(self) -> bool:
-        self._seal()
         if self._live:
-            while self._backlog:
+            while self._backlog:  # first: the open batch is newer
                 frames, count = self._backlog.popleft()
                 self._backlog_events -= count
                 self._send(frames, count)
+        self._seal()
         return self._live
 
     def close(self) -> None:

@@ -8,7 +8,10 @@ too. A sandbox directory is followed as soon as its ``events.sock`` exists,
 before its ``state.json`` does (``create`` binds the stream first); what it
 published before the tap connected is fetched from the controller's ring
 with a ``stream.history`` request and merged in front of the live events
-(duplicates removed by envelope id). A remote tap follows one ``tcp://``
+(duplicates removed by envelope id). The ring is asked for once the tap's
+subscription is known to be in effect (its first live message, or
+``SUBSCRIBE_WAIT`` of quiet), so that nothing falls between the ring's
+snapshot and the live events. A remote tap follows one ``tcp://``
 stream (``zentry tap --serve`` on another host) over CURVE instead.
 
 Each stream message is a batch of one publisher's events under one topic
@@ -49,6 +52,11 @@ GONE_GRACE = 1.0
 TAP_RCVHWM = 100_000
 #: How long a tap waits for a controller's ring before going on without it.
 HISTORY_TIMEOUT = 10.0
+#: A new stream's ring is fetched once its first live message shows that the
+#: tap's subscription is in effect, or after this many seconds of quiet: an
+#: event the stream forwarded between the ring's snapshot and the
+#: subscription taking effect would otherwise be lost (a seq gap).
+SUBSCRIBE_WAIT = 0.2
 #: Live stream messages (batches) held per sandbox while its ring is on the way; beyond: their events counted lost.
 HISTORY_BUFFER = 20_000
 #: Sender name of the tap's own requests (their request events are not shown).
@@ -295,6 +303,8 @@ class _Stream:
         self.hist_sock: zmq.Socket | None = None
         self.hist_id = ""
         self.hist_deadline = 0.0
+        self.hist_since: int | None = None  # ring wanted since then, not yet asked for
+        self.hist_at = 0.0  # ask at the latest then (monotonic)
         self.buffer: list[list[bytes]] = []
         self.seen: set[str] = set()  # ids that came from the ring
 
@@ -315,7 +325,8 @@ class _Stream:
 
     @property
     def waiting(self) -> bool:
-        return self.hist_sock is not None
+        """Live messages are buffered: the ring is wanted and has not been merged yet."""
+        return self.hist_sock is not None or self.hist_since is not None
 
     def end_history(self) -> list[list[bytes]]:
         """Stop waiting; the ring's frames (if a reply came) then the buffered live ones."""
@@ -440,9 +451,8 @@ class Tap:
                 stream.info = info
                 since = self._history_since()
                 if since is not None and (info.controller_pid == 0 or _alive(info.controller_pid)):
-                    stream.ask_history(since)
-                    if stream.hist_sock is not None:
-                        self._by_sock[stream.hist_sock] = stream
+                    stream.hist_since = since  # asked for in poll (SUBSCRIBE_WAIT)
+                    stream.hist_at = now + SUBSCRIBE_WAIT
             else:
                 stream.info = info
                 stream.gone_at = None
@@ -472,7 +482,12 @@ class Tap:
         if self.root is not None:
             timeout_ms = max(0, min(timeout_ms, int((self._next_scan - now) * 1000) + 1))
         for stream in list(self.streams.values()):
-            if stream.waiting and now > stream.hist_deadline:
+            if stream.hist_since is not None:
+                if now >= stream.hist_at:
+                    self._ask_history(stream, out)
+                else:
+                    timeout_ms = max(0, min(timeout_ms, int((stream.hist_at - now) * 1000) + 1))
+            elif stream.hist_sock is not None and now > stream.hist_deadline:
                 self._finish_history(stream, out)
         ready = dict(self._poller.poll(timeout_ms))
         for sock in ready:
@@ -494,9 +509,20 @@ class Tap:
                         self.buffer_overflow += max(1, batch_count(frames[2])) if len(frames) == 3 else 1
                     continue
                 self._take(stream, frames, out, history=False)
+            if stream.hist_since is not None and stream.buffer:
+                self._ask_history(stream, out)  # live messages flow: the subscription is in effect
         if self.root is not None and time.monotonic() >= self._next_scan:
             self.rescan()
         return out
+
+    def _ask_history(self, stream: _Stream, out: list) -> None:
+        since, stream.hist_since = stream.hist_since, None
+        if since is not None:
+            stream.ask_history(since)
+        if stream.hist_sock is not None:
+            self._by_sock[stream.hist_sock] = stream
+        else:  # no controller to ask: what was buffered goes out now
+            self._finish_history(stream, out)
 
     def _finish_history(self, stream: _Stream, out: list) -> None:
         self._by_sock.pop(stream.hist_sock, None)

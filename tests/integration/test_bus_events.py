@@ -133,6 +133,27 @@ def test_events_published_before_the_stream_exists_are_delivered(bus):
     ]
 
 
+def test_the_backlog_goes_out_before_the_batch_open_when_the_stream_subscribes(bus):
+    """Regression: the open batch was sent before the backlog it came after (seq 3 before 1 and 2)."""
+    pub = Publisher(bus.ctx, bus.ep.events_in, sandbox_id="sbx", actor="sandbox", flush_interval=0)
+    try:
+        pub.publish(M.ActorStarted(actor="sandbox", pid=42))
+        pub.publish(M.Heartbeat(actor="sandbox", pid=42, uptime_ns=1, handled=0, published=1))
+        pub.send_pending()  # not live: both wait in the backlog
+        stream = bus.start_stream()
+        pub.publish(M.Dropped(count=0))  # open batch, while the subscription is on its way
+        deadline = time.monotonic() + 5
+        while not pub.flush():
+            assert time.monotonic() < deadline, "the stream never subscribed"
+            time.sleep(0.01)
+        while stream.forwarded < 3:
+            assert time.monotonic() < deadline, stream.forwarded
+            time.sleep(0.01)
+    finally:
+        pub.close()
+    assert [s for _t, s, _e in events_of(stream.history(0))] == [1, 2, 3]
+
+
 def test_a_slow_subscriber_drops_and_counts_never_blocks(bus):
     bus.start_stream()
     slow = bus.sub()
