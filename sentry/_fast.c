@@ -232,21 +232,14 @@ static int tracee_groups(tidslot_t *s, const struct pidfd_info_ *info) {
 /* CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER: what lets root's opens bypass permissions */
 #define DAC_CAPS ((1ULL << 1) | (1ULL << 2) | (1ULL << 3))
 
-/* The thread's effective capabilities, read now: they change (capset, execve) without its ids changing. */
+/* The thread's effective capabilities, asked now (capget with its tid: one syscall; they change
+ * with capset and execve, without its ids changing). The thread is blocked in its trapped call. */
 static int tracee_cap_eff(int tid, uint64_t *cap) {
-    char path[64], text[8192];
-    snprintf(path, sizeof path, "/proc/%d/status", tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, text, sizeof text - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    text[n] = 0;
-    char *line = strstr(text, "\nCapEff:");
-    if (!line) return -1;
-    char *after;
-    *cap = strtoull(line + 8, &after, 16);
-    return after == line + 8 ? -1 : 0;
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, tid};
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) < 0) return -1;
+    *cap = (uint64_t)d[0].effective | ((uint64_t)d[1].effective << 32);
+    return 0;
 }
 
 /* This thread's effective set (raw capset: capabilities are per thread); 0 or -1 */

@@ -153,12 +153,9 @@ DAC_CAPS = (1 << 1) | (1 << 2) | (1 << 3)
 
 
 def cap_eff_of(tid: int) -> int:
-    """The thread's effective capabilities, read now (they change without its ids changing)."""
-    with open(f"/proc/{tid}/status", "rb") as f:
-        cap = _field(f.read(), b"\nCapEff:")
-    if not cap:
-        raise OSError(errno.ESRCH, f"no CapEff for thread {tid}")
-    return int(cap[0], 16)
+    """The thread's effective capabilities, asked now (capget by tid; they change with
+    capset and execve without its ids changing)."""
+    return libc.thread_capget(tid)[0]
 
 
 class FsIdentity:

@@ -326,9 +326,9 @@ class _CapData(ctypes.Structure):
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
-def thread_capget() -> tuple[int, int, int]:
-    """capget(2) of the calling thread: (effective, permitted, inheritable) as 64-bit masks."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+def thread_capget(tid: int = 0) -> tuple[int, int, int]:
+    """capget(2) of thread ``tid`` (0: the calling one): (effective, permitted, inheritable) as 64-bit masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, tid)
     data = (_CapData * 2)()
     _check(_libc.syscall(ctypes.c_long(SYS_capget), ctypes.byref(header), data), "capget")
     lo, hi = data[0], data[1]
