@@ -11,7 +11,6 @@ Every failure is a :class:`~zentry.bus.errors.ProtocolError`.
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import msgpack
 
@@ -26,18 +25,18 @@ MAX_ARRAY = 65536
 MAX_MAP = 4096
 
 
-def _no_ext(code: int, data: bytes) -> Any:
+def _no_ext(code: int, data: bytes) -> object:
     raise ProtocolError(f"msgpack ext type {code} is not allowed on the bus")
 
 
-def _not_wire(obj: Any) -> Any:
+def _not_wire(obj: object) -> object:
     raise ProtocolError(f"cannot encode {type(obj).__name__} on the bus")
 
 
 _packer = msgpack.Packer(use_bin_type=True, default=_not_wire, datetime=False, strict_types=False)
 
 
-def pack(obj: Any) -> bytes:
+def pack(obj: object) -> bytes:
     """Encode a value made of None/bool/int/float/str/bytes/list/tuple/dict."""
     try:
         data = _packer.pack(obj)
@@ -74,7 +73,7 @@ def _new_unpacker() -> msgpack.Unpacker:
     return u
 
 
-def unpack(data: bytes) -> Any:
+def unpack(data: bytes) -> object:
     """Decode one frame; anything malformed or over a limit is a ProtocolError."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"frame must be bytes, not {type(data).__name__}")
