@@ -155,11 +155,10 @@ class _Flusher(threading.Thread):
                     del self.due[pub]
             for pub in ready:
                 try:
-                    live = pub.flush()
-                except Exception:  # a closed or broken socket must not end the flushing of others
+                    again = pub._timed_flush()
+                except Exception:  # a broken socket must not end the flushing of others
                     continue
-                if not live and pub.pending and pub.sock is not None:
-                    # no stream yet: look for its subscription again a little later
+                if again:  # no stream yet: look for its subscription again a little later
                     self.schedule(pub, time.monotonic() + 5 * (pub.flush_interval or FLUSH_INTERVAL))
 
 
@@ -204,6 +203,7 @@ class Publisher:
         self.batch_max = max(1, batch_max)
         self.flush_interval = flush_interval
         self._live = False
+        self._closing = False
         self._lock = threading.Lock()
         self._topics: dict[tuple[str | None, str], bytes] = {}
         self._topic = b""
@@ -288,17 +288,27 @@ class Publisher:
         Call it when the socket turns readable: the subscription messages
         must be read, or a poller keeps reporting the socket readable."""
         with self._lock:
-            sock = self.sock
-            if sock is None:
+            if self.sock is None:
                 return False
-            while sock.getsockopt(_EVENTS) & _POLLIN:
-                try:
-                    sub = sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                if sub[:1] == b"\x01":
-                    self._live = True
-            return self._send_pending()
+            return self._flush_locked()
+
+    def _flush_locked(self) -> bool:
+        sock = self.sock
+        while sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[union-attr]
+            try:
+                sub = sock.recv(zmq.NOBLOCK)  # type: ignore[union-attr]
+            except zmq.Again:
+                break
+            if sub[:1] == b"\x01":
+                self._live = True
+        return self._send_pending()
+
+    def _timed_flush(self) -> bool:
+        """The flusher's flush; True when it should look again later (events wait for a stream)."""
+        with self._lock:
+            if self.sock is None or self._closing:
+                return False
+            return not self._flush_locked() and self.pending
 
     def send_pending(self) -> bool:
         """Send the open batch (and, once live, the backlog) now. True when live."""
@@ -317,15 +327,22 @@ class Publisher:
         return self._live
 
     def close(self) -> None:
-        if self.sock is not None:
-            if self.pending and not self.flush():
-                self.sock.poll(200)  # within the linger we allow anyway
-            self.flush()
-            if _Flusher._instance is not None:
-                _Flusher._instance.forget(self)
-            with self._lock:
-                self.sock.close()
-                self.sock = None
+        """Send what waits (giving a stream that has not subscribed yet 200 ms), then close."""
+        with self._lock:
+            if self.sock is None:
+                return
+            # From here the flusher leaves the socket alone; a flush of its
+            # already under way has finished once we hold the lock again.
+            self._closing = True
+        if _Flusher._instance is not None:
+            _Flusher._instance.forget(self)
+        if self.pending and not self.flush():
+            self.sock.poll(200)  # within the linger we allow anyway
+        self.flush()
+        with self._lock:
+            self.sock.close()
+            self.sock = None
+
 
 class EventStream(threading.Thread):
     """The sandbox's stream: XSUB (actors publish in) -> XPUB (taps subscribe).
