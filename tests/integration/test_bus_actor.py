@@ -425,6 +425,29 @@ def test_missing_socket_is_actor_gone_at_once(T, tmp_path):
         assert time.monotonic() - start < 0.5
 
 
+def test_socket_gone_after_the_first_request_is_actor_gone_within_a_slice(T, tmp_path):
+    """The socket file is stat-ed before a client's first request only; a later
+    request to a vanished actor (no pid known) fails after one silent slice,
+    not at its deadline."""
+    ctx = zmq.Context()
+    path = tmp_path / "short.sock"
+    server = ctx.socket(zmq.ROUTER)
+    server.bind("ipc://" + str(path))
+    try:
+        with Client("ipc://" + str(path), ctx=ctx) as c:
+            with pytest.raises(Timeout):  # a first request: the file exists (a bare ROUTER never answers)
+                c.request(M.Ping(), timeout=0.1, retries=0)
+            server.close(linger=0)
+            os.unlink(path)
+            start = time.monotonic()
+            with pytest.raises(ActorGone, match="no actor listens"):
+                c.request(M.Ping(), timeout=10)
+            assert time.monotonic() - start < 1.0
+    finally:
+        server.close(linger=0)
+        ctx.term()
+
+
 # --- the control lane -------------------------------------------------------------
 
 def test_control_lane_is_served_before_queued_main_requests(actor, T):
