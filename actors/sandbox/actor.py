@@ -431,6 +431,8 @@ class Sandbox(Actor):
 
     @handles(Processes)
     def processes(self, msg: Processes, req: Request) -> Message:
+        import psutil  # only `ps` needs it (20 ms to import on every CLI call otherwise)
+
         box = self.box(msg.container_id)
         out = []
         for pid in sorted(box.cgroup.pids()):
@@ -445,8 +447,6 @@ class Sandbox(Actor):
                             "stime": int(p.create_time()),
                             "time": sum(p.cpu_times()[:2]),
                             "cmd": " ".join(p.cmdline()) or p.name(),
-        import psutil  # only `ps` needs it (20 ms to import on every CLI call otherwise)
-
                             "tty": p.terminal() or "?",
                         }
                     )
