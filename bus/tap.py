@@ -31,7 +31,6 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import zmq
@@ -74,17 +73,36 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _SCALE[m.group(2)]
 
 
+class _Record:
+    """Plain slotted records with keyword or positional construction, equality
+    and a repr (dataclasses would cost ``zentry tap`` ~14 ms of imports)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclasses were
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+
+
 # --- discovery ----------------------------------------------------------------------
 
 
-@dataclass
-class SandboxInfo:
+class SandboxInfo(_Record):
     """One sandbox as the root shows it."""
 
-    sandbox_id: str
-    bus_dir: str
-    controller_pid: int = 0  # 0: not yet recorded (being created)
-    containers: set[str] = field(default_factory=set)
+    __slots__ = ("sandbox_id", "bus_dir", "controller_pid", "containers")
+
+    def __init__(self, sandbox_id: str, bus_dir: str, controller_pid: int = 0, containers: set[str] | None = None) -> None:
+        self.sandbox_id = sandbox_id
+        self.bus_dir = bus_dir
+        self.controller_pid = controller_pid  # 0: not yet recorded (being created)
+        self.containers = containers if containers is not None else set()
 
     @property
     def endpoints(self) -> Endpoints:
@@ -143,15 +161,17 @@ def resolve_ids(root: str, ids: Iterable[str]) -> set[str]:
 # --- what a tap yields --------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class TapEvent:
+class TapEvent(_Record):
     """One event off a stream, decoded, with its envelope as it travelled."""
 
-    topic: str
-    seq: int
-    env: Envelope
-    data: bytes  # the encoded envelope
-    history: bool = False  # came from the controller's ring, not live
+    __slots__ = ("topic", "seq", "env", "data", "history")
+
+    def __init__(self, topic: str, seq: int, env: Envelope, data: bytes, history: bool = False) -> None:
+        self.topic = topic
+        self.seq = seq
+        self.env = env
+        self.data = data  # the encoded envelope
+        self.history = history  # came from the controller's ring, not live
 
     @property
     def frames(self) -> list[bytes]:
@@ -200,17 +220,19 @@ class TapEvent:
         }
 
 
-@dataclass(slots=True)
-class Gap:
+class Gap(_Record):
     """Events a publisher sent that this tap never got."""
 
-    sandbox: str
-    actor: str
-    publisher: str  # the sender pid (hex) of the publisher's envelope ids
-    count: int
-    after_seq: int
-    seq: int
-    time_ns: int
+    __slots__ = ("sandbox", "actor", "publisher", "count", "after_seq", "seq", "time_ns")
+
+    def __init__(self, sandbox: str, actor: str, publisher: str, count: int, after_seq: int, seq: int, time_ns: int) -> None:
+        self.sandbox = sandbox
+        self.actor = actor
+        self.publisher = publisher  # the sender pid (hex) of the publisher's envelope ids
+        self.count = count
+        self.after_seq = after_seq
+        self.seq = seq
+        self.time_ns = time_ns
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -246,16 +268,19 @@ class SeqTracker:
         return Gap(ev.sandbox, ev.actor, publisher, missing, last, ev.seq, ev.env.time_ns)
 
 
-@dataclass
-class Filters:
+class Filters(_Record):
     """What the user asked to see (every list empty: everything)."""
 
-    actors: set[str] = field(default_factory=set)
-    kinds: set[str] = field(default_factory=set)
-    syscalls: set[str] = field(default_factory=set)
-    containers: set[str] = field(default_factory=set)
-    topics: list[str] = field(default_factory=list)
-    ids: set[str] = field(default_factory=set)  # sandbox or container ids to follow
+    __slots__ = ("actors", "kinds", "syscalls", "containers", "topics", "ids")
+
+    def __init__(self, actors: set[str] | None = None, kinds: set[str] | None = None, syscalls: set[str] | None = None,
+                 containers: set[str] | None = None, topics: list[str] | None = None, ids: set[str] | None = None) -> None:
+        self.actors = actors if actors is not None else set()
+        self.kinds = kinds if kinds is not None else set()
+        self.syscalls = syscalls if syscalls is not None else set()
+        self.containers = containers if containers is not None else set()
+        self.topics = topics if topics is not None else []
+        self.ids = ids if ids is not None else set()  # sandbox or container ids to follow
 
     def match(self, ev: TapEvent) -> bool:
         if self.ids and ev.sandbox not in self.ids and ev.container not in self.ids:
