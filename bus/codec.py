@@ -66,6 +66,7 @@ _UNPACK_OPTIONS = dict(
 # frame must be consumed exactly; after any failure the unpacker (which may
 # hold a partial value) is replaced.
 _local = threading.local()
+_KEEP_BUFFER = 64 * 1024
 
 
 def _new_unpacker() -> msgpack.Unpacker:
@@ -87,6 +88,8 @@ def unpack(data: bytes) -> object:
         value = u.unpack()
         if u.tell() - start != size:
             raise msgpack.ExtraData(value, b"")
+        if size > _KEEP_BUFFER:
+            _new_unpacker()  # do not keep a large frame's buffer for the thread's life
         return value
     except ProtocolError:
         _new_unpacker()
