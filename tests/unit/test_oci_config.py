@@ -370,7 +370,8 @@ def test_user_namespace_with_mappings_is_fine(bundle):
 
 
 def test_joined_user_namespace_needs_no_mappings(bundle):
-    spec = _mutated(linux__namespaces=[{"type": "uts"}, {"type": "user", "path": "/proc/1/ns/user"}])
+    # our own user namespace (pid 1 may be another one's, and not ours to open)
+    spec = _mutated(linux__namespaces=[{"type": "uts"}, {"type": "user", "path": f"/proc/{os.getpid()}/ns/user"}])
     _write(bundle, spec)
     load_bundle(str(bundle))
 
