@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jsonschema
 import pytest
@@ -370,10 +371,24 @@ def test_user_namespace_with_mappings_is_fine(bundle):
 
 
 def test_joined_user_namespace_needs_no_mappings(bundle):
-    # our own user namespace (pid 1 may be another one's, and not ours to open)
-    spec = _mutated(linux__namespaces=[{"type": "uts"}, {"type": "user", "path": f"/proc/{os.getpid()}/ns/user"}])
-    _write(bundle, spec)
-    load_bundle(str(bundle))
+    import shutil
+    import subprocess
+
+    if not shutil.which("unshare"):
+        pytest.skip("needs util-linux unshare")
+    # a user namespace of its own (pid 1's may not be ours to open; our own cannot be joined)
+    holder = subprocess.Popen(["unshare", "--user", "--map-root-user", "sleep", "60"])
+    try:
+        path = f"/proc/{holder.pid}/ns/user"
+        deadline = time.monotonic() + 10
+        while os.readlink(path) == os.readlink("/proc/self/ns/user") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        spec = _mutated(linux__namespaces=[{"type": "uts"}, {"type": "user", "path": path}])
+        _write(bundle, spec)
+        load_bundle(str(bundle))
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_mappings_without_user_namespace_warn(bundle, caplog):
