@@ -274,6 +274,14 @@ class Sentry:
             # The wake pipe stays open: other threads may still write to it;
             # stop() closes it once this thread has ended.
 
+    def _woken(self) -> list[_Listener]:
+        """The wake pipe fired: empty it; the listeners added meanwhile."""
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        return self._take_pending()
+
     def _take_pending(self) -> list[_Listener]:
         with self._lock:
             pending, self._pending = self._pending, []
@@ -290,11 +298,7 @@ class Sentry:
         while not self._stopping:
             for fd, ev in poller.poll():
                 if fd == wake_r:
-                    try:
-                        os.read(wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                    for lst in self._take_pending():
+                    for lst in self._woken():
                         listeners[lst.fd] = lst
                         poller.register(lst.fd, _POLL_IN)
                     continue
@@ -327,11 +331,7 @@ class Sentry:
         while not self._stopping:
             fd, code = native.next(notif)
             if fd == wake_r:
-                try:
-                    os.read(wake_r, 4096)
-                except BlockingIOError:
-                    pass
-                for lst in self._take_pending():
+                for lst in self._woken():
                     listeners[lst.fd] = lst
                     native.add(lst.fd, self._native_entries(lst))
                 continue

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 
 from zentry.bus.errors import ConfigError
 from zentry.sentry.abi import libc
@@ -23,21 +22,6 @@ CAPS: dict[str, int] = {
         ]
     )
 }
-
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
-
-
-class _Header(ctypes.Structure):
-    """struct __user_cap_header_struct { __u32 version; int pid; };"""
-
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _Data(ctypes.Structure):
-    """struct __user_cap_data_struct { __u32 effective, permitted, inheritable; };"""
-
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
 
 def last_cap() -> int:
     try:
@@ -77,13 +61,7 @@ def apply(capabilities: dict | None) -> None:
     caps = capabilities or {}
     top = last_cap()
     eff, perm, inh = mask(caps.get("effective")), mask(caps.get("permitted")), mask(caps.get("inheritable"))
-    header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_Data * 2)()
-    for i in range(2):
-        data[i].effective = (eff >> (32 * i)) & 0xFFFFFFFF
-        data[i].permitted = (perm >> (32 * i)) & 0xFFFFFFFF
-        data[i].inheritable = (inh >> (32 * i)) & 0xFFFFFFFF
-    libc.raw_syscall(libc.SYS_capset, ctypes.addressof(header), ctypes.addressof(data))
+    libc.thread_capset(eff, perm, inh)  # the init is single-threaded: its one thread is the process
     libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
     # The kernel admits an ambient capability only if it is both permitted and
     # inheritable; like runc, others in the list are skipped, not fatal.

@@ -90,6 +90,20 @@ def _check_exec(path: str, name: str) -> None:
         raise ExecPermission(f'exec: "{name}": permission denied')
 
 
+def join_namespace(kind: str, path: str, flag: int) -> None:
+    """setns into the ``kind`` namespace at ``path``; ConfigError if it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise ConfigError(f"cannot open {kind} namespace {path!r}: {err.strerror}") from err
+    try:
+        libc.setns(fd, flag)
+    except OSError as err:
+        raise SystemFailure(f"cannot join {kind} namespace {path!r}: {err.strerror}") from err
+    finally:
+        os.close(fd)
+
+
 def join_namespaces(config: dict, *, skip: set[str]) -> None:
     """setns into namespaces given by path, unshare the new ones (except ``skip``)."""
     flags = 0
@@ -99,14 +113,7 @@ def join_namespaces(config: dict, *, skip: set[str]) -> None:
             continue
         flag, _name = libc.NAMESPACES[kind]
         if ns.get("path"):
-            try:
-                fd = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as err:
-                raise ConfigError(f"cannot open {kind} namespace {ns['path']!r}: {err.strerror}") from err
-            try:
-                libc.setns(fd, flag)
-            finally:
-                os.close(fd)
+            join_namespace(kind, ns["path"], flag)
         else:
             flags |= flag
     if flags:
@@ -141,16 +148,7 @@ def enter_user_namespace(chan: socket.socket, config: dict, gofer_pid: int, root
     join_gofer_mounts(gofer_pid)
     os.chdir(rootfs)
     if ns.get("path"):
-        try:
-            fd = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as err:
-            raise ConfigError(f"cannot open user namespace {ns['path']!r}: {err.strerror}") from err
-        try:
-            libc.setns(fd, libc.CLONE_NEWUSER)
-        except OSError as err:
-            raise SystemFailure(f"cannot join user namespace {ns['path']!r}: {err.strerror}") from err
-        finally:
-            os.close(fd)
+        join_namespace("user", ns["path"], libc.CLONE_NEWUSER)
     else:
         libc.unshare(libc.CLONE_NEWUSER)
         send_line(chan, "userns")

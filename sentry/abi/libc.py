@@ -316,10 +316,14 @@ def thread_setfsgid(gid: int) -> int:
 
 
 class _CapHeader(ctypes.Structure):
+    """struct __user_cap_header_struct { __u32 version; int pid; };"""
+
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
 
 class _CapData(ctypes.Structure):
+    """struct __user_cap_data_struct { __u32 effective, permitted, inheritable; };"""
+
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 

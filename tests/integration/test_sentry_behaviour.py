@@ -305,6 +305,11 @@ def test_strace_events_only_when_switched_on(sentry):
     assert sentry.events == []
     sentry.set_strace(True)
     run([BUSYBOX, "cat", "/etc/hostname", "/nonexistent"], sentry=sentry, view=ContainerView("traced", "h"))
+    # an event is published after the call is answered: the tracee may have exited first
+    deadline = time.monotonic() + 5
+    while not any(e["syscall"] == "openat" and e["args"][1] == "/nonexistent" for e in sentry.events):
+        assert time.monotonic() < deadline, sentry.events
+        time.sleep(0.01)
     sentry.set_strace(False)
     opens = [e for e in sentry.events if e["syscall"] == "openat"]
     ok = next(e for e in opens if e["args"][1] == "/etc/hostname")

@@ -259,6 +259,15 @@ def python_sentry():
     s.stop()
 
 
+def _assert_thread_is_itself(sentry) -> None:
+    """The sentry thread's ids, groups and capabilities are the process's again."""
+    with open(f"/proc/self/task/{sentry._thread.native_id}/status") as f:
+        status = dict(line.split(":", 1) for line in f.read().splitlines())
+    with open("/proc/self/status") as f:
+        ours = dict(line.split(":", 1) for line in f.read().splitlines())
+    assert (status["Uid"], status["Gid"], status["Groups"], status["CapEff"]) == (ours["Uid"], ours["Gid"], ours["Groups"], ours["CapEff"])
+
+
 def test_the_native_fast_path_is_built_and_used_by_default():
     assert kernel.native_available(), "sentry/_fast.c is not built (or stale): run .ci/install"
     s = Sentry()
@@ -340,11 +349,7 @@ def test_a_non_root_tracee_opens_with_its_own_ids_and_groups(native_sentry, pyth
     # all in C, as the tracee, but the container's first open: Python opens and caches its root
     assert native_sentry.stats()["native"]["open"] == 11
     # and the sentry thread is itself again afterwards
-    with open(f"/proc/self/task/{native_sentry._thread.native_id}/status") as f:
-        status = dict(line.split(":", 1) for line in f.read().splitlines())
-    with open("/proc/self/status") as f:
-        ours = dict(line.split(":", 1) for line in f.read().splitlines())
-    assert (status["Uid"], status["Gid"], status["Groups"], status["CapEff"]) == (ours["Uid"], ours["Gid"], ours["Groups"], ours["CapEff"])
+    _assert_thread_is_itself(native_sentry)
 
 
 def test_a_root_tracee_without_dac_capabilities_gets_no_more_than_the_kernel_gives(native_sentry, python_sentry, rootfs):
@@ -368,11 +373,7 @@ def test_a_root_tracee_without_dac_capabilities_gets_no_more_than_the_kernel_giv
     ]
     assert native_sentry.stats()["native"]["open"] >= 5  # answered in C, not handed to Python
     # the sentry thread has all its capabilities back
-    with open(f"/proc/self/task/{native_sentry._thread.native_id}/status") as f:
-        status = dict(line.split(":", 1) for line in f.read().splitlines())
-    with open("/proc/self/status") as f:
-        ours = dict(line.split(":", 1) for line in f.read().splitlines())
-    assert (status["Uid"], status["Gid"], status["Groups"], status["CapEff"]) == (ours["Uid"], ours["Gid"], ours["Groups"], ours["CapEff"])
+    _assert_thread_is_itself(native_sentry)
 
 
 def test_after_chroot_opens_resolve_from_the_new_root(native_sentry, python_sentry, rootfs):
