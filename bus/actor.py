@@ -110,6 +110,9 @@ class Actor:
 
     name = "actor"
     heartbeat_interval = 10.0
+    #: how long the event publisher may keep trying to deliver after close
+    #: (None: its LINGER); the controller sets 0 once its own stream has ended
+    events_linger_ms: int | None = None
     #: CURVE secret key (z85) of the actor's sockets; required for tcp:// endpoints.
     curve_secret_key: bytes | None = None
     _table: dict[str, str] = {}
@@ -204,6 +207,10 @@ class Actor:
             # stream this event must still cross.
             self.publish(ActorStopped(actor=self.name, pid=self.pid, reason=self._stopping or "stopped"))
             self._stopped_published = True
+            if self.events is not None:
+                # out now: the controller's stream ends in on_stop, and an event
+                # still batched then would hold close() for its 200 ms wait
+                self.events.flush()
             self.on_stop()
             return 0
         except BaseException as exc:
@@ -220,7 +227,7 @@ class Actor:
             if not getattr(self, "_stopped_published", False):
                 self.publish(ActorStopped(actor=self.name, pid=self.pid, reason=reason))
             if self.events is not None:
-                self.events.close()
+                self.events.close(linger_ms=self.events_linger_ms)
             for sock in (router, control):
                 if sock is not None:
                     sock.close(linger=100)

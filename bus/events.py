@@ -48,8 +48,11 @@ PUB_HWM = 10000
 #: Events kept by the stream for ``zentry tap --since``.
 RING_SIZE = 4096
 #: When the stream stops: forward what is still arriving until it has been
-#: quiet for DRAIN_QUIET_MS, for at most DRAIN_TIMEOUT seconds.
-DRAIN_QUIET_MS = 50
+#: quiet for DRAIN_QUIET_MS, for at most DRAIN_TIMEOUT seconds. The
+#: controller stops it only after the other actors have exited (their last
+#: batches are queued by then) and after flushing its own last event, so the
+#: quiet period is only a margin: it is on the path of every delete.
+DRAIN_QUIET_MS = 10
 DRAIN_TIMEOUT = 0.5
 #: Most events in one stream message, and most envelope bytes.
 BATCH_MAX = 256
@@ -326,8 +329,12 @@ class Publisher:
         self._seal()
         return self._live
 
-    def close(self) -> None:
-        """Send what waits (giving a stream that has not subscribed yet 200 ms), then close."""
+    def close(self, linger_ms: int | None = None) -> None:
+        """Send what waits (giving a stream that has not subscribed yet 200 ms), then close.
+
+        ``linger_ms``: how long the socket may still try to deliver after
+        closing (default: its LINGER, 200 ms); 0 when no stream can take it any
+        more (the controller's own publisher once its stream has ended)."""
         with self._lock:
             if self.sock is None:
                 return
@@ -340,7 +347,7 @@ class Publisher:
             self.sock.poll(200)  # within the linger we allow anyway
         self.flush()
         with self._lock:
-            self.sock.close()
+            self.sock.close(linger=linger_ms)
             self.sock = None
 
 

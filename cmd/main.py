@@ -177,7 +177,12 @@ def split_subcommand_argv(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = split_subcommand_argv(list(sys.argv[1:] if argv is None else argv))
-    parser = build_parser(find_verb(argv))
+    verb = find_verb(argv)
+    if verb is None and "--version" in argv:
+        # no command parsers needed (building all of them imports every command)
+        print(f"zentry version {version()}\nspec: 1.2.0")
+        return 0
+    parser = build_parser(verb)
     args = parser.parse_args(argv)
     setup_logging(args.log, args.log_format, args.debug)
     log = logging.getLogger("zentry.cli")

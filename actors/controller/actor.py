@@ -104,6 +104,8 @@ class Controller(Actor):
         if self.stream is not None:
             self.stream.stop()
             self.stream.join(2)
+            # nothing can take our publisher's last bytes now: do not linger for them
+            self.events_linger_ms = 0
 
     # --- helpers -----------------------------------------------------------------
     def record(self, container_id: str) -> Record:
