@@ -101,12 +101,14 @@ class Sandbox(Actor):
         self.controller.connect(self.endpoints.actor("controller"))
         self.fd_listener = fdpass.listen(self.endpoints.fd_socket)
         self.watch_fd(self.fd_listener.fileno(), self._on_fd_connection)
-        self._start_sentry()
         report_ready(self.ready_fd)
         # After the report, so this overlaps the controller's and the gofer's
         # part of `create` (the Spawn request waits in our queue meanwhile):
-        # what a container init needs before it pivots, and zentry's BPF
-        # program, compiled once here and inherited by every init we fork.
+        # the sentry, what a container init needs before it pivots, and
+        # zentry's BPF program, compiled once here and inherited by every init
+        # we fork. A sentry that fails to start fails this actor, and with it
+        # the Spawn: no container runs without its sentry.
+        self._start_sentry()
         from zentry.actors.sandbox import init  # noqa: F401
         from zentry.sentry import filter as sentry_filter
 
