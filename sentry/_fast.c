@@ -48,7 +48,7 @@
 #include <unistd.h>
 
 /* bump when the Python <-> C interface changes: kernel.py refuses a stale build */
-#define FAST_ABI 2  /* 2: root tracees without DAC capabilities */
+#define FAST_ABI 3  /* 2: root tracees without DAC capabilities; 3: nor in another user namespace */
 
 #define KIND_NONE 0
 #define KIND_WRITE 1
@@ -105,6 +105,7 @@ typedef struct {
 
 typedef struct {
     int fd;
+    int foreign_userns;  /* -1: not known yet; 1: the tracees' user namespace is not ours */
     int root_fd;  /* our own dup of the container root (O_PATH), -1: hand opens back */
     size_t root_len;
     char root_link[PATH_MAX_ + 1];
@@ -359,7 +360,16 @@ static int do_open(Loop *self, listener_t *l, entry_t *e) {
         /* root keeps fsuid 0 but not necessarily root's file capabilities (runc's default set has
          * none): drop from this thread the ones the tracee lacks, as tracee.FsIdentity does */
         uint64_t cap;
-        if (tracee_cap_eff(tid, &cap) < 0) return HANDOFF;
+        if (l->foreign_userns < 0) {
+            /* fixed for a listener's life: the sentry refuses unshare/setns/clone of a user namespace */
+            char p[64];
+            struct stat theirs, ours;
+            snprintf(p, sizeof p, "/proc/%d/ns/user", tid);
+            if (stat(p, &theirs) < 0 || stat("/proc/thread-self/ns/user", &ours) < 0) return HANDOFF;
+            l->foreign_userns = theirs.st_ino != ours.st_ino || theirs.st_dev != ours.st_dev;
+        }
+        if (l->foreign_userns) cap = 0;  /* its capabilities hold in its own namespace, not in ours */
+        else if (tracee_cap_eff(tid, &cap) < 0) return HANDOFF;
         drop = DAC_CAPS & self->own_eff & ~cap;
     }
     if (info.fsuid != 0 || info.fsgid != 0 || drop) {
@@ -486,6 +496,7 @@ static PyObject *Loop_add(Loop *self, PyObject *args) {
     listener_t *l = PyMem_Calloc(1, sizeof *l);
     if (!l) return PyErr_NoMemory();
     l->fd = fd;
+    l->foreign_userns = -1;
     l->root_fd = -1;
     l->table = PyMem_Calloc(self->max_nr + 1, sizeof(entry_t));
     if (!l->table) {

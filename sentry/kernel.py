@@ -77,7 +77,7 @@ try:
 except ImportError:  # not built: the pure-Python loop serves everything
     _fast = None
 #: the interface version of _fast.c this file speaks (a stale build is not used)
-NATIVE_ABI = 2
+NATIVE_ABI = 3
 
 
 def native_available() -> bool:

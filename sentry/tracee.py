@@ -177,12 +177,16 @@ class FsIdentity:
         self._uid = os.geteuid()
         self._gid = os.getegid()
         self._caps = libc.thread_capget()
+        self._userns = os.stat("/proc/thread-self/ns/user").st_ino
         self._dropped = False
 
     def enter(self, t: "Tracee") -> bool:
         """Become thread ``t`` for file access; False when nothing had to change."""
         if t.fsuid == 0 and self._uid == 0:
-            drop = DAC_CAPS & self._caps[0] & ~cap_eff_of(t.tid)
+            # in another user namespace (root mapped to host root) its capabilities hold
+            # there, not in ours, where the sentry opens: none of them are lent
+            foreign = os.stat(f"/proc/{t.tid}/ns/user").st_ino != self._userns
+            drop = DAC_CAPS & self._caps[0] & ~(0 if foreign else cap_eff_of(t.tid))
             if t.fsgid == self._gid and not drop:
                 return False  # root with root's file capabilities: groups do not matter
             libc.thread_setgroups(t.creds().groups)  # without DAC_OVERRIDE, groups decide too

@@ -300,3 +300,27 @@ def test_features_lists_the_user_namespace(zentry):
     # idmapped mounts ("idmap" mount option) are refused by zentry: not claimed
     assert linux["mountExtensions"]["idmap"]["enabled"] is False
     assert "idmap" not in json.loads(r.stdout)["mountOptions"]
+
+
+def test_root_mapped_to_host_root_gets_no_file_capabilities_through_the_sentry(zentry, busybox_bundle):
+    """Container root mapped to host root, with CAP_DAC_OVERRIDE in its own user namespace: the
+    capability does not cover a file of an unmapped owner (the kernel's rule, so runc's). The
+    sentry opens in the initial namespace, so it must not lend its own capabilities."""
+    # root is host root; the other ids (gid 5 for devpts…) map elsewhere, and host uid 1000 is unmapped
+    identity = [{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": HOST_BASE + 1, "size": SIZE - 1}]
+    caps = ["CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_KILL"]
+    bundle = busybox_bundle(
+        ["sh", "-c", "cat /private.txt 2>/dev/null || echo DENIED; cat /rootonly.txt"],
+        linux=userns_linux(uidMappings=identity, gidMappings=identity),
+        process={"capabilities": {k: caps for k in ("bounding", "effective", "permitted")}},
+    )
+    private = bundle / "rootfs" / "private.txt"
+    private.write_text("SECRET\n")
+    os.chown(private, 1000, 1000)
+    os.chmod(private, 0o600)
+    own = bundle / "rootfs" / "rootonly.txt"
+    own.write_text("ROOT-OWN\n")
+    os.chmod(own, 0o600)
+    r = zentry("run", "--bundle", bundle, "uid0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["DENIED", "ROOT-OWN"]
