@@ -24,6 +24,9 @@ def add_arguments(p) -> None:
 
 
 def run(args, ctx) -> int:
+    from zentry.cmd import long_running
+
+    long_running()
     from zentry.bus.errors import ZentryError
     from zentry.bus.messages import Stats
     from zentry.cmd.common import ask, load

@@ -95,6 +95,7 @@ def run(args, ctx) -> int:
     from zentry.actors.spawn import fork_actor, report_ready
     from zentry.bus.errors import InvalidArgument
     from zentry.bus.messages import ExecInfo
+    from zentry.cmd import long_running
     from zentry.cmd.common import ask, load, write_pid_file
 
     rec = load(ctx.store(), args.container_id)
@@ -120,6 +121,7 @@ def run(args, ctx) -> int:
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)
                 os.close(null)
+                long_running()
                 return forwarder.relay(pid, lambda sig: os.kill(pid, sig))
 
             child = fork_actor("forwarder", forwarder_main, detach=True, quiet_stdio=False)
@@ -130,6 +132,7 @@ def run(args, ctx) -> int:
         with forwarder.SignalCatcher() as catcher:
             pid = start()
             master = console.receive() if console is not None else None
+            long_running()
             return forwarder.relay(pid, lambda sig: os.kill(pid, sig), master, catcher)
     finally:
         if console is not None:

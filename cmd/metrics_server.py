@@ -30,6 +30,9 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def run(args, ctx) -> int:
+    from zentry.cmd import long_running
+
+    long_running()
     from prometheus_client import start_http_server
 
     from zentry.actors.metrics import MetricsFeeder, make_registry

@@ -31,6 +31,7 @@ def run_foreground(args, ctx, terminal: bool) -> int:
     from zentry.actors import forwarder, launch
     from zentry.bus.errors import InvalidArgument, ZentryError
     from zentry.bus.messages import Delete, Kill, Start
+    from zentry.cmd import long_running
     from zentry.cmd.common import ask, load, write_pid_file
     from zentry.cmd.create import create
 
@@ -61,6 +62,7 @@ def run_foreground(args, ctx, terminal: bool) -> int:
         def send(sig: int) -> None:
             ask(rec, Kill(container_id=rec.id, signal=sig), timeout=5)
 
+        long_running()  # the foreground lives as long as the container
         status = forwarder.relay(created.pid, send, master, catcher)
         if not args.keep:
             try:

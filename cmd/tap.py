@@ -75,6 +75,9 @@ class _Stopper:
 
 
 def run(args, ctx) -> int:
+    from zentry.cmd import long_running
+
+    long_running()
     from zentry.bus.errors import InvalidArgument
     from zentry.bus.tap import Tap, keypair_from_secret, parse_duration, read_key, resolve_ids
 

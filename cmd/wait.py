@@ -10,6 +10,9 @@ def add_arguments(p) -> None:
 
 
 def run(args, ctx) -> int:
+    from zentry.cmd import long_running
+
+    long_running()
     from zentry.bus.errors import ActorGone
     from zentry.bus.messages import Wait
     from zentry.cmd.common import ask, load

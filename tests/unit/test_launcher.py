@@ -77,3 +77,22 @@ def test_version_constant_matches_pyproject():
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     declared = re.search(r'(?m)^version\s*=\s*"([^"]+)"', text).group(1)
     assert VERSION == declared
+
+
+def test_long_running_commands_turn_the_collector_back_on():
+    """The console script runs with gc off; tap/events/wait/metrics-server and a
+    foreground run/exec (which may live for hours) must turn it back on."""
+    import gc
+    import inspect
+
+    from zentry.cmd import events, exec_, long_running, metrics_server, run, tap, wait
+
+    for module in (tap, events, wait, metrics_server, run, exec_):
+        assert "long_running()" in inspect.getsource(module), module.__name__
+    gc.disable()
+    try:
+        long_running()
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.enable()
