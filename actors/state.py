@@ -25,7 +25,7 @@ import re
 import shutil
 from typing import Any, Iterator
 
-from zentry.bus.client import pid_alive  # noqa: F401  (re-exported: the one liveness check)
+from zentry.bus.proc import pid_alive  # noqa: F401  (re-exported: the one liveness check)
 from zentry.bus.errors import Ambiguous, InvalidArgument, NotFound, WrongState
 
 CREATING, CREATED, RUNNING, PAUSED, STOPPED = "creating", "created", "running", "paused", "stopped"

@@ -21,28 +21,12 @@ from zentry.bus import envelope as envmod
 from zentry.bus.envelope import Envelope
 from zentry.bus.errors import ActorGone, ProtocolError, Timeout, from_wire
 from zentry.bus.message import Message
+from zentry.bus.proc import pid_alive  # noqa: F401  (the one liveness check; re-exported)
 from zentry.bus.messages import Error
 
 _SLICE_MS = 50
 #: The backend's send, without pyzmq's Python-level wrapper (see bus/actor.py).
 _send = getattr(zmq.backend, "Socket", zmq.Socket).send
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as dead; another user's as alive)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 class Client:

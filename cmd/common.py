@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 
-from zentry.actors.launch import controller_client
-from zentry.actors.state import STOPPED, Record, Store, pid_alive
-from zentry.bus.errors import ActorGone
+from zentry.actors.state import CREATED, PAUSED, RUNNING, STOPPED, Record, Store, pid_alive
 from zentry.bus.message import Message
 
 
@@ -19,20 +17,24 @@ def load(store: Store, partial_id: str) -> Record:
 
 
 def ask(rec: Record, msg: Message, timeout: float = 60.0) -> Message:
+    from zentry.actors.launch import controller_client  # the bus (pyzmq: ~40 ms to import)
+
     with controller_client(rec) as client:
         return client.request(msg, timeout=timeout)
 
 
 def live_state(rec: Record) -> dict:
-    """The controller's view of the state, or the record's when it is gone."""
-    from zentry.bus.messages import GetState
+    """The OCI state of ``rec``, read from its state.json, as runc's ``state`` reads its own.
 
-    try:
-        return ask(rec, GetState(container_id=rec.id), timeout=5).state
-    except ActorGone:
-        if rec.status != STOPPED:
-            rec.status = STOPPED
-        return rec.oci_state()
+    The controller rewrites the file (atomically) on every change, so asking
+    it over the bus would only cost the CLI pyzmq's import. ``load`` already
+    reports a container whose controller is gone as stopped; one whose init
+    has exited is stopped too, even in the moment before the controller has
+    recorded it.
+    """
+    if rec.status in (CREATED, RUNNING, PAUSED) and rec.init_pid and not pid_alive(rec.init_pid):
+        rec.status = STOPPED
+    return rec.oci_state()
 
 
 def write_pid_file(path: str, pid: int) -> None:
