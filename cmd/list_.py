@@ -11,8 +11,6 @@ def add_arguments(p) -> None:
 
 
 def run(args, ctx) -> int:
-    from tabulate import tabulate
-
     from zentry.actors.state import STOPPED, pid_alive
 
     rows = []
@@ -27,6 +25,8 @@ def run(args, ctx) -> int:
     if args.format == "json":
         print(json.dumps([{**r.oci_state(), "rootfs": (r.config.get("root") or {}).get("path", "")} for r in rows]))
         return 0
+    from tabulate import tabulate  # only for the table: it costs ~100 ms to import
+
     table = [[r.id, r.pid if r.status != STOPPED else 0, r.status, r.bundle, r.created, r.owner] for r in rows]
     print(tabulate(table, headers=["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"], tablefmt="plain"))
     return 0
