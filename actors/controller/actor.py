@@ -328,17 +328,22 @@ class Controller(Actor):
         self.call_later(0.3, self._sandbox_lost)
 
     def _sandbox_lost(self) -> None:
-        from zentry.actors.sandbox.cgroups import Cgroup
-
         for rec in self.records.values():
             if rec.status != STOPPED:
                 log.warning("sandbox died; container %s is stopped", rec.id)
                 rec.exit_status = LOST_STATUS
                 self.set_status(rec, STOPPED)
-                try:
-                    Cgroup.for_container((rec.config.get("linux") or {}).get("cgroupsPath"), rec.id).destroy()
-                except Exception as err:
-                    log.warning("cannot remove cgroup of %s: %s", rec.id, err)
+                self._destroy_cgroup(rec)
+
+    @staticmethod
+    def _destroy_cgroup(rec: Record) -> None:
+        """Remove a container's cgroup when its sandbox cannot (it is gone)."""
+        from zentry.actors.sandbox.cgroups import Cgroup
+
+        try:
+            Cgroup.for_container((rec.config.get("linux") or {}).get("cgroupsPath"), rec.id).destroy()
+        except Exception as err:
+            log.warning("cannot remove cgroup of %s: %s", rec.id, err)
 
     @handles(Delete)
     def delete(self, msg: Delete, req: Request) -> Message:
@@ -352,6 +357,9 @@ class Controller(Actor):
                     rec.exit_status = reply.exit_status
             except (ActorGone, Timeout) as err:
                 log.warning("sandbox did not destroy %s: %s", rec.id, err)
+                # the sandbox died (or hangs): its cgroup is ours to remove now,
+                # not when _sandbox_lost's grace period would have run
+                self._destroy_cgroup(rec)
             if rec.status != STOPPED:
                 if rec.exit_status is None:
                     rec.exit_status = LOST_STATUS
