@@ -134,18 +134,22 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 VALUE_FLAGS = ("--root", "--log", "--log-format", "--rootless", "--criu")
 
 
+def verb_index(argv: list[str]) -> int | None:
+    """Where the command word is: the first word that is neither a global flag nor a flag's value."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("-") or (i > 0 and argv[i - 1] in VALUE_FLAGS):
+            continue
+        return i
+    return None
+
+
 def find_verb(argv: list[str]) -> str | None:
     """The command word of ``argv`` if it names a command, else None (then the full parser decides)."""
+    i = verb_index(argv)
+    if i is None or any(arg in ("-h", "--help", "--version") for arg in argv[:i]):
+        return None
     verbs = {name for names in COMMANDS.values() for name in names}
-    for i, arg in enumerate(argv):
-        if arg in ("-h", "--help", "--version"):
-            return None
-        if arg.startswith("-"):
-            continue
-        if i > 0 and argv[i - 1] in VALUE_FLAGS:
-            continue
-        return arg if arg in verbs else None
-    return None
+    return argv[i] if argv[i] in verbs else None
 
 
 def fail(ctx_log: logging.Logger, message: str) -> int:
@@ -156,22 +160,22 @@ def fail(ctx_log: logging.Logger, message: str) -> int:
 
 def split_subcommand_argv(argv: list[str]) -> list[str]:
     """exec: a ``--`` after the ID; do: a ``--`` before the command, if missing."""
-    for i, arg in enumerate(argv):
-        if arg == "exec":
-            from zentry.cmd.exec_ import split_command
+    i = verb_index(argv)
+    if i is None:
+        return argv
+    if argv[i] == "exec":
+        from zentry.cmd.exec_ import split_command
 
-            return argv[: i + 1] + split_command(argv[i + 1 :])
-        if arg == "do":
-            rest = argv[i + 1 :]
-            for j, token in enumerate(rest):
-                if token == "--":
-                    break
-                if not token.startswith("-") and not (j > 0 and rest[j - 1] in ("--network", "--cwd")):
-                    rest = rest[:j] + ["--"] + rest[j:]
-                    break
-            return argv[: i + 1] + rest
-        if not arg.startswith("-") and i > 0 and argv[i - 1] not in VALUE_FLAGS:
-            break
+        return argv[: i + 1] + split_command(argv[i + 1 :])
+    if argv[i] == "do":
+        rest = argv[i + 1 :]
+        for j, token in enumerate(rest):
+            if token == "--":
+                break
+            if not token.startswith("-") and not (j > 0 and rest[j - 1] in ("--network", "--cwd")):
+                rest = rest[:j] + ["--"] + rest[j:]
+                break
+        return argv[: i + 1] + rest
     return argv
 
 
