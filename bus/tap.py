@@ -42,6 +42,7 @@ from zentry.bus.envelope import Envelope
 from zentry.bus.errors import InvalidArgument, ProtocolError, UnknownMessage
 from zentry.bus.events import batch_count, event_frames, unpack_events
 from zentry.bus.messages import History, HistoryReply, RequestHandled
+from zentry.bus.proc import pid_alive
 
 #: Seconds between two scans of the root for new or gone sandboxes.
 RESCAN_INTERVAL = 0.2
@@ -475,7 +476,7 @@ class Tap:
                 stream = self._open(sid, info.endpoints.events)
                 stream.info = info
                 since = self._history_since()
-                if since is not None and (info.controller_pid == 0 or _alive(info.controller_pid)):
+                if since is not None and (info.controller_pid == 0 or pid_alive(info.controller_pid)):
                     stream.hist_since = since  # asked for in poll (SUBSCRIBE_WAIT)
                     stream.hist_at = now + SUBSCRIBE_WAIT
             else:
@@ -609,12 +610,6 @@ class Tap:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _alive(pid: int) -> bool:
-    from zentry.actors.state import pid_alive
-
-    return pid_alive(pid)
 
 
 # --- CURVE keys -------------------------------------------------------------------------

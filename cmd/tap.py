@@ -74,6 +74,16 @@ class _Stopper:
             signal.signal(sig, old)
 
 
+def _poll_ms(deadline: float | None) -> int | None:
+    """How long the next poll may wait (200 ms at most, so signals are seen); None once past ``deadline``."""
+    if deadline is None:
+        return 200
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return None
+    return min(200, int(left * 1000) + 1)
+
+
 def run(args, ctx) -> int:
     from zentry.cmd import long_running
 
@@ -119,12 +129,9 @@ def _print(args, tap, timeout: float | None, stopper: _Stopper) -> int:
     shown = 0
     try:
         while not stopper.stopped:
-            wait = 200
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                wait = min(wait, int(left * 1000) + 1)
+            wait = _poll_ms(deadline)
+            if wait is None:
+                break
             items = tap.poll(wait)
             done = False
             for item in items:
@@ -202,12 +209,9 @@ def _serve(args, tap, timeout: float | None, stopper: _Stopper) -> int:
         print(f"zentry tap: serving {xpub.getsockopt_string(zmq.LAST_ENDPOINT)} server-key {public}", file=sys.stderr, flush=True)
         deadline = time.monotonic() + timeout if timeout is not None else None
         while not stopper.stopped:
-            wait = 200
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                wait = min(wait, int(left * 1000) + 1)
+            wait = _poll_ms(deadline)
+            if wait is None:
+                break
             for item in tap.poll(wait):
                 if isinstance(item, TapEvent):
                     try:
