@@ -17,7 +17,6 @@ cannot be running without it).
 from __future__ import annotations
 
 import datetime
-import errno
 import fcntl
 import json
 import os
@@ -225,7 +224,9 @@ class Store:
         os.mkdir(tmp, 0o711)
         try:
             os.close(os.open(os.path.join(tmp, "lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            _rename_noreplace(tmp, self.dir(container_id))
+            from zentry.sentry.abi import libc  # only create claims: not on every call's import path
+
+            libc.rename_noreplace(tmp, self.dir(container_id))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -269,17 +270,6 @@ class Store:
                 yield self.load(cid)
             except NotFound:
                 continue
-
-
-def _rename_noreplace(src: str, dst: str) -> None:
-    """renameat2(RENAME_NOREPLACE): FileExistsError if ``dst`` exists (even as an empty directory)."""
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    at_fdcwd, rename_noreplace = -100, 1
-    if libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), dst) if err != errno.EEXIST else FileExistsError(err, os.strerror(err), dst)
 
 
 class Lock:

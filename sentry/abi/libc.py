@@ -296,6 +296,18 @@ _libc.process_vm_writev.restype = ctypes.c_ssize_t
 _libc.process_vm_writev.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
 
 
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1 << 0
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """renameat2(RENAME_NOREPLACE): FileExistsError if ``dst`` exists (even as an empty directory)."""
+    _check(
+        _libc.renameat2(ctypes.c_int(AT_FDCWD), os.fsencode(src), ctypes.c_int(AT_FDCWD), os.fsencode(dst), ctypes.c_uint(RENAME_NOREPLACE)),
+        "renameat2", src, dst,
+    )
+
+
 def openat2(dirfd: int, path: bytes, how: ctypes.Array | bytes | ctypes.Structure) -> int:
     """openat2(2) with a prepared ``struct open_how`` (24 bytes); -1 becomes OSError."""
     res = _libc.syscall(ctypes.c_long(SYS_openat2), ctypes.c_int(dirfd), path, how, ctypes.c_size_t(24))
