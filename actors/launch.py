@@ -19,8 +19,9 @@ import select
 import shutil
 import signal
 import time
+from typing import Callable
 
-from zentry.actors.spawn import Child, fork_actor, reap
+from zentry.actors.spawn import Child, fork_actor, fork_blank, reap
 from zentry.actors.state import STOPPED, Lock, Record, Store, pid_alive
 from zentry.bus.client import Client
 from zentry.bus.endpoints import Endpoints, bus_dir_for, make_private_dir
@@ -48,10 +49,95 @@ def sandbox_of(container_id: str, config: dict) -> str:
     return container_id
 
 
-def create_container(store: Store, container_id: str, bundle: str, config: dict, *, console_socket: str = "", log_file: str | None = None) -> Created:
+class Prefork:
+    """The controller, gofer and sandbox of a new sandbox, forked before ``create``
+    has parsed its arguments.
+
+    ``create`` and ``run`` fork them as soon as the command word is known,
+    right after the imports every actor shares (pyzmq, msgpack, the bus).
+    While the CLI parses, validates config.json against the schema and
+    claims the container's directory, each blank imports its own code, and
+    the sandbox also loads the sentry and compiles zentry's BPF program: on
+    two cores the two halves run side by side instead of one after the
+    other. ``create_container`` then assigns them their sandbox (endpoints,
+    id, log). Whatever ends the CLI first (a parse error, an invalid
+    bundle, a pod member that joins an existing sandbox) dismisses them:
+    they are killed and reaped before the CLI exits, and die with it if it
+    is killed.
+
+    ``log_setup(log_file, log_format, debug)`` is the CLI's logging set-up,
+    run in each actor once assigned (the CLI sets up its own logging only
+    after it parsed, so after the fork).
+    """
+
+    def __init__(self, log_setup: Callable[[str | None, str, bool], None]) -> None:
+        self.log_setup = log_setup
+        self.children: list[Child] = []
+        try:
+            for name, prepare, detach in (("controller", _prepare_controller, True), ("gofer", _prepare_gofer, True), ("sandbox", _prepare_sandbox, False)):
+                self.children.append(fork_blank(name, lambda prepare=prepare: self._with_logging(prepare()), detach=detach, siblings=tuple(self.children)))
+        except BaseException:
+            self.dismiss()
+            raise
+
+    def _with_logging(self, start: Callable[[dict, int], int]) -> Callable[[dict, int], int]:
+        def run(assignment: dict, ready_fd: int) -> int:
+            self.log_setup(assignment["log_file"], assignment["log_format"], assignment["debug"])
+            return start(assignment, ready_fd)
+
+        return run
+
+    def assign(self, endpoints: Endpoints, sandbox_id: str, root: str, *, terminal: bool, log_file: str | None, log_format: str, debug: bool) -> list[Child]:
+        """Give the three their sandbox; they are then the caller's (it waits for them, kills them on failure)."""
+        children, self.children = self.children, []
+        base = {"bus_dir": endpoints.bus_dir, "sandbox_id": sandbox_id, "root": root, "log_file": log_file, "log_format": log_format, "debug": debug}
+        for child in children:
+            # The sandbox keeps create's stdio: they are the container's (see create_container).
+            quiet = terminal if child.name == "sandbox" else True
+            child.assign(dict(base, quiet_stdio=quiet, log_file=log_file if quiet else None))
+        return children
+
+    def dismiss(self) -> None:
+        """Kill and reap those not assigned (a no-op once assigned)."""
+        children, self.children = self.children, []
+        for child in children:
+            if child.assign_fd >= 0:
+                os.close(child.assign_fd)
+                child.assign_fd = -1
+        _kill_children(children)
+
+
+def _prepare_controller() -> Callable[[dict, int], int]:
+    from zentry.actors.controller.actor import controller_main
+
+    return lambda a, fd: controller_main(Endpoints(a["bus_dir"]), a["sandbox_id"], a["root"], fd)
+
+
+def _prepare_gofer() -> Callable[[dict, int], int]:
+    from zentry.actors.gofer.actor import gofer_main
+
+    return lambda a, fd: gofer_main(Endpoints(a["bus_dir"]), a["sandbox_id"], fd)
+
+
+def _prepare_sandbox() -> Callable[[dict, int], int]:
+    from zentry.actors.sandbox.actor import prepare_sandbox, sandbox_main
+
+    prepare_sandbox()
+    return lambda a, fd: sandbox_main(Endpoints(a["bus_dir"]), a["sandbox_id"], fd)
+
+
+def create_container(store: Store, container_id: str, bundle: str, config: dict, *, console_socket: str = "", log_file: str | None = None,
+                     prefork: Prefork | None = None, log_format: str = "text", debug: bool = False) -> Created:
+    """Create a container in a new sandbox (or its pod's, by CRI annotations).
+
+    ``prefork``: the CLI's blank actors (see Prefork); without it they are
+    forked here.
+    """
     store.ensure_root()
     sandbox_id = sandbox_of(container_id, config)
     if sandbox_id != container_id:
+        if prefork is not None:
+            prefork.dismiss()
         return _join_sandbox(store, container_id, sandbox_id, bundle, config, console_socket)
     cdir = store.dir(container_id)
     _make_container_dir(store, container_id)
@@ -61,18 +147,21 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
             bus_dir = bus_dir_for(cdir)
             make_private_dir(bus_dir)
             endpoints = Endpoints(bus_dir)
-            # All three start at once; the others' event publishers reach the
-            # controller's stream whenever it binds (they queue until then).
-            # Each imports its own code after the fork: the three imports run
-            # side by side instead of one after another in this process.
-            children.append(fork_actor("controller", lambda fd: _controller_main(endpoints, sandbox_id, store.root, fd), log_file=log_file, bound=True))
-            children.append(fork_actor("gofer", lambda fd: _gofer_main(endpoints, sandbox_id, fd), log_file=log_file, bound=True))
             # The sandbox keeps create's stdio: they are the container's. With a
             # terminal the container's stdio is the pty instead, and holding
             # create's pipes would keep the engine waiting for EOF (go-runc
             # reads create's output until its pipes close).
             terminal = bool((config.get("process") or {}).get("terminal"))
-            children.append(fork_actor("sandbox", lambda fd: _sandbox_main(endpoints, sandbox_id, fd), detach=False, quiet_stdio=terminal, log_file=log_file if terminal else None, bound=True))
+            if prefork is not None:
+                children = prefork.assign(endpoints, sandbox_id, store.root, terminal=terminal, log_file=log_file, log_format=log_format, debug=debug)
+            else:
+                # All three start at once; the others' event publishers reach the
+                # controller's stream whenever it binds (they queue until then).
+                # Each imports its own code after the fork: the three imports run
+                # side by side instead of one after another in this process.
+                children.append(fork_actor("controller", lambda fd: _controller_main(endpoints, sandbox_id, store.root, fd), log_file=log_file, bound=True))
+                children.append(fork_actor("gofer", lambda fd: _gofer_main(endpoints, sandbox_id, fd), log_file=log_file, bound=True))
+                children.append(fork_actor("sandbox", lambda fd: _sandbox_main(endpoints, sandbox_id, fd), detach=False, quiet_stdio=terminal, log_file=log_file if terminal else None, bound=True))
             for child in children:
                 child.wait_ready()
             controller, gofer, sandbox = children

@@ -10,6 +10,7 @@ handshake runc calls its sync pipe).
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import select
@@ -31,12 +32,24 @@ IGNORED_IN_ACTORS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTST
 class Child:
     """A forked actor as its parent sees it."""
 
-    __slots__ = ("name", "pid", "ready_fd")
+    __slots__ = ("name", "pid", "ready_fd", "assign_fd")
 
-    def __init__(self, name: str, pid: int, ready_fd: int) -> None:
+    def __init__(self, name: str, pid: int, ready_fd: int, assign_fd: int = -1) -> None:
         self.name = name
         self.pid = pid
         self.ready_fd = ready_fd
+        #: a blank's (see fork_blank): where its assignment is written
+        self.assign_fd = assign_fd
+
+    def assign(self, assignment: dict) -> None:
+        """Give a blank its work (one JSON line); it then starts as fork_actor's children do."""
+        try:
+            os.write(self.assign_fd, json.dumps(assignment).encode() + b"\n")
+        except BrokenPipeError:
+            pass  # it died while preparing: wait_ready() says so
+        finally:
+            os.close(self.assign_fd)
+            self.assign_fd = -1
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until the child reports; raise its error (or ActorGone/Timeout)."""
@@ -131,14 +144,7 @@ def fork_actor(name: str, main: Callable[[int], int], *, detach: bool = True, qu
         for sig in IGNORED_IN_ACTORS:
             signal.signal(sig, signal.SIG_IGN)
         if quiet_stdio:
-            null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, 0)
-            os.dup2(null, 1)
-            err = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if log_file else null
-            os.dup2(err, 2)
-            for fd in {null, err}:
-                if fd > 2:
-                    os.close(fd)
+            quiet_stdio_to(log_file)
         status = main(w)
     except ZentryError as exc:
         report_error(w, exc)
@@ -155,6 +161,67 @@ def fork_actor(name: str, main: Callable[[int], int], *, detach: bool = True, qu
         except Exception:
             pass
         os._exit(status if isinstance(status, int) else 1)
+
+
+def quiet_stdio_to(log_file: str | None) -> None:
+    """stdin/stdout become /dev/null, stderr ``log_file`` (or /dev/null)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    err = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if log_file else null
+    os.dup2(err, 2)
+    for fd in {null, err}:
+        if fd > 2:
+            os.close(fd)
+
+
+def fork_blank(name: str, prepare: Callable[[], Callable[[dict, int], int]], *, detach: bool = True, siblings: tuple[Child, ...] = ()) -> Child:
+    """Fork an actor before its work is known: it prepares, then waits for ``Child.assign``.
+
+    ``prepare()`` runs at once in the child (imports, work that needs no
+    arguments) and returns ``start(assignment, ready_fd)``, called when the
+    assignment arrives. Meanwhile the parent parses and validates: the two
+    overlap. A blank is bound to its parent (it dies with it); end of file
+    on the assignment pipe means "not needed", and it exits 0. Stdio are
+    kept until the assignment says otherwise (``quiet_stdio``, ``log_file``).
+    ``siblings``: blanks forked earlier, whose assignment pipes this one must
+    not hold open.
+    """
+    ar, aw = os.pipe2(os.O_CLOEXEC)
+
+    def main(ready_fd: int) -> int:
+        os.close(aw)
+        for sibling in siblings:
+            if sibling.assign_fd >= 0:
+                os.close(sibling.assign_fd)
+        failure: BaseException | None = None
+        gc.disable()  # imports make garbage-free objects: collecting during them is wasted work
+        try:
+            start = prepare()
+        except Exception as exc:  # reported once assigned: the parent may not need us at all
+            failure = exc
+        gc.freeze()
+        gc.enable()
+        with os.fdopen(ar, "rb") as pipe:
+            line = pipe.readline()
+        if not line.endswith(b"\n"):
+            return 0  # dismissed
+        assignment = json.loads(line)
+        if assignment.get("quiet_stdio"):
+            quiet_stdio_to(assignment.get("log_file"))
+        if failure is not None:
+            raise failure
+        return start(assignment, ready_fd)
+
+    try:
+        child = fork_actor(name, main, detach=detach, quiet_stdio=False, bound=True)
+    except BaseException:
+        os.close(aw)
+        raise
+    finally:
+        os.close(ar)
+    child.assign_fd = aw
+    return child
 
 
 def reap(pid: int, timeout: float = 5.0) -> int | None:

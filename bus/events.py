@@ -405,6 +405,9 @@ class EventStream(threading.Thread):
         poller.register(xsub, zmq.POLLIN)
         poller.register(xpub, zmq.POLLIN)
         poller.register(self._wake, zmq.POLLIN)
+        # The topics taps subscribe to (XPUB passes a topic's first
+        # subscription and its last unsubscription, a tap's exit included).
+        topics: set[bytes] = set()
         try:
             while not self._halt.is_set():
                 for sock, _ev in poller.poll(1000):
@@ -415,11 +418,14 @@ class EventStream(threading.Thread):
                     else:
                         # A tap (un)subscribed. Upstream stays subscribed to
                         # everything, since the ring keeps every event.
-                        xpub.recv()
+                        _track_subscription(xpub.recv(), topics)
+            while xpub.poll(0):
+                _track_subscription(xpub.recv(), topics)
             # Stopping: what the actors published just before (the last
             # request's event, their actor_stopped) still reaches the taps.
+            # With no tap there is nobody to drain for: the ring dies with us.
             deadline = time.monotonic() + DRAIN_TIMEOUT
-            while time.monotonic() < deadline and xsub.poll(DRAIN_QUIET_MS):
+            while topics and time.monotonic() < deadline and xsub.poll(DRAIN_QUIET_MS):
                 self._forward(xsub, xpub)
         finally:
             xsub.close()
@@ -470,6 +476,14 @@ class EventStream(threading.Thread):
             if self._wake >= 0:
                 os.close(self._wake)
                 self._wake = -1
+
+
+def _track_subscription(note: bytes, topics: set[bytes]) -> None:
+    """An XPUB subscription message: 1 + topic subscribes, 0 + topic unsubscribes."""
+    if note[:1] == b"\x01":
+        topics.add(note[1:])
+    elif note[:1] == b"\x00":
+        topics.discard(note[1:])
 
 
 def _drop_oldest(frames: list[bytes], n: int) -> list[bytes]:

@@ -43,6 +43,7 @@ from zentry.bus.errors import InvalidArgument, ProtocolError, UnknownMessage
 from zentry.bus.events import batch_count, event_frames, unpack_events
 from zentry.bus.messages import History, HistoryReply, RequestHandled
 from zentry.bus.proc import pid_alive
+from zentry.bus.value import Value
 
 #: Seconds between two scans of the root for new or gone sandboxes.
 RESCAN_INTERVAL = 0.2
@@ -74,21 +75,11 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _SCALE[m.group(2)]
 
 
-class _Record:
-    """Plain slotted records with keyword or positional construction, equality
-    and a repr (dataclasses would cost ``zentry tap`` ~14 ms of imports)."""
+class _Record(Value):
+    """The tap's records: mutable, so unhashable."""
 
     __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclasses were
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+    __hash__ = None  # type: ignore[assignment]
 
 
 # --- discovery ----------------------------------------------------------------------

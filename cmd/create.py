@@ -17,8 +17,13 @@ def add_arguments(p) -> None:
     p.add_argument("container_id", metavar="ID")
 
 
-def create(args, ctx):
-    """Shared by create and run: validate, launch, return the Created reply."""
+def create(args, ctx, config: dict | None = None):
+    """Shared by create and run: validate, launch, return the Created reply.
+
+    ``config``: the bundle's config.json, already loaded and validated by
+    ``load_bundle`` (run reads it first to learn whether it needs a
+    terminal); read here otherwise.
+    """
     from zentry.actors import launch
     from zentry.actors.oci import load_bundle
     from zentry.actors.state import validate_id
@@ -26,12 +31,14 @@ def create(args, ctx):
 
     validate_id(args.container_id)
     bundle = os.path.abspath(args.bundle)
-    config = load_bundle(bundle)
+    if config is None:
+        config = load_bundle(bundle)
     if (config.get("process") or {}).get("terminal") and not args.console_socket:
         raise InvalidArgument("cannot allocate a pty without --console-socket (process.terminal is true)")
     if ctx.strace:
         config.setdefault("annotations", {})["dev.zentry.strace"] = "true"
-    return launch.create_container(ctx.store(), args.container_id, bundle, config, console_socket=args.console_socket, log_file=ctx.log_file)
+    return launch.create_container(ctx.store(), args.container_id, bundle, config, console_socket=args.console_socket, log_file=ctx.log_file,
+                                   prefork=ctx.prefork, log_format=ctx.log_format, debug=ctx.debug)
 
 
 def run(args, ctx) -> int:

@@ -12,8 +12,6 @@ runc; engines derive 126/127 from the message text.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import gc
 import importlib
 import json
@@ -42,29 +40,20 @@ def version() -> str:
     return VERSION
 
 
-class _VersionAction(argparse.Action):
-    """--version (an action, so that it works without a command)."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs=0, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"zentry version {version()}\nspec: 1.2.0")
-        parser.exit()
-
-
 class Context:
     """What every command gets besides its own arguments."""
 
-    __slots__ = ("root", "log_file", "log_format", "debug", "systemd_cgroup", "strace")
+    __slots__ = ("root", "log_file", "log_format", "debug", "systemd_cgroup", "strace", "prefork")
 
-    def __init__(self, *, root: str, log_file: str | None, log_format: str, debug: bool, systemd_cgroup: bool, strace: bool) -> None:
+    def __init__(self, *, root: str, log_file: str | None, log_format: str, debug: bool, systemd_cgroup: bool, strace: bool, prefork=None) -> None:
         self.root = root
         self.log_file = log_file
         self.log_format = log_format
         self.debug = debug
         self.systemd_cgroup = systemd_cgroup
         self.strace = strace
+        #: create/run/do: the sandbox's actors, forked before parsing (launch.Prefork)
+        self.prefork = prefork
 
     def store(self):
         from zentry.actors.state import Store
@@ -78,9 +67,15 @@ class JsonFormatter(logging.Formatter):
             {
                 "level": record.levelname.lower().replace("warning", "warning"),
                 "msg": record.getMessage(),
-                "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat().replace("+00:00", "Z"),
+                "time": _utc(record.created),
             }
         )
+
+
+def _utc(seconds: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
@@ -101,13 +96,27 @@ def setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
         root.addHandler(logging.NullHandler())  # errors reach stderr once, from main()
 
 
-def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None):
     """The parser; with ``verb``, only that command's subparser is built.
 
     Importing every command module and building 19 subparsers costs more
     than most commands' own work, and engines run the CLI several times per
     container: a call with a known verb pays only for its own command.
+    (argparse is imported here, not at the top: create and run fork their
+    actors before they parse, and the actors have no use for it.)
     """
+    import argparse
+
+    class _VersionAction(argparse.Action):
+        """--version (an action, so that it works without a command)."""
+
+        def __init__(self, option_strings, dest, **kwargs):
+            super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"zentry version {version()}\nspec: 1.2.0")
+            parser.exit()
+
     parser = argparse.ArgumentParser(prog="zentry", description="zentry: a sandboxed, runc-compatible OCI container runtime")
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument("--root", default=os.environ.get("ZENTRY_ROOT", "/run/zentry"), help="state directory (default /run/zentry)")
@@ -179,6 +188,10 @@ def split_subcommand_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+#: commands that make a new sandbox: their actors are forked before parsing
+PREFORK_VERBS = ("create", "run", "do")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = split_subcommand_argv(list(sys.argv[1:] if argv is None else argv))
     verb = find_verb(argv)
@@ -186,6 +199,19 @@ def main(argv: list[str] | None = None) -> int:
         # no command parsers needed (building all of them imports every command)
         print(f"zentry version {version()}\nspec: 1.2.0")
         return 0
+    prefork = None
+    if verb in PREFORK_VERBS and not any(arg in ("-h", "--help") for arg in argv):
+        from zentry.actors.launch import Prefork
+
+        prefork = Prefork(setup_logging)
+    try:
+        return _main(argv, verb, prefork)
+    finally:
+        if prefork is not None:
+            prefork.dismiss()
+
+
+def _main(argv: list[str], verb: str | None, prefork) -> int:
     parser = build_parser(verb)
     args = parser.parse_args(argv)
     setup_logging(args.log, args.log_format, args.debug)
@@ -200,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         debug=args.debug,
         systemd_cgroup=args.systemd_cgroup,
         strace=args.strace,
+        prefork=prefork,
     )
     try:
         if args.systemd_cgroup and not os.path.isdir("/run/systemd/system"):

@@ -24,10 +24,11 @@ def run(args, ctx) -> int:
 
     config = load_bundle(os.path.abspath(args.bundle))
     terminal = bool((config.get("process") or {}).get("terminal"))
-    return run_foreground(args, ctx, terminal)
+    return run_foreground(args, ctx, terminal, config)
 
 
-def run_foreground(args, ctx, terminal: bool) -> int:
+def run_foreground(args, ctx, terminal: bool, config: dict | None = None) -> int:
+    """``config``: the bundle's, when the caller has already loaded and validated it."""
     from zentry.actors import forwarder, launch
     from zentry.bus.errors import InvalidArgument, ZentryError
     from zentry.bus.messages import Delete, Kill, Start
@@ -43,7 +44,7 @@ def run_foreground(args, ctx, terminal: bool) -> int:
         args.console_socket = console.path
     catcher = forwarder.SignalCatcher() if not args.detach else None
     try:
-        created = create(args, ctx)
+        created = create(args, ctx, config)
         store = ctx.store()
         rec = load(store, args.container_id)
         try:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass, field
+
+from zentry.bus.value import Value
 
 from .abi import libc
 from .abi.libseccomp import pyseccomp
@@ -39,35 +40,44 @@ from .table import TABLE, Action, SyscallTable
 ZENTRY_FILTER_FLAGS = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
 
 
-@dataclass(frozen=True, slots=True)
-class Cond:
+class Cond(Value):
     """One libseccomp argument comparison (``op`` is a ``pyseccomp`` operator)."""
 
-    index: int
-    op: int
-    value: int
-    value_two: int = 0
+    __slots__ = ("index", "op", "value", "value_two")
+
+    def __init__(self, index: int, op: int, value: int, value_two: int = 0) -> None:
+        self.index = index
+        self.op = op
+        self.value = value
+        self.value_two = value_two
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(Value):
     """``action`` (a SECCOMP_RET_* value) for ``nr`` when all ``conds`` hold."""
 
-    nr: int
-    action: int
-    conds: tuple[Cond, ...] = ()
+    __slots__ = ("nr", "action", "conds")
+
+    def __init__(self, nr: int, action: int, conds: tuple[Cond, ...] = ()) -> None:
+        self.nr = nr
+        self.action = action
+        self.conds = conds
 
 
-@dataclass(slots=True)
-class Policy:
-    """What a filter should do, before compilation: default action, rules, arches."""
+class Policy(Value):
+    """What a filter should do, before compilation: default action, rules, arches.
 
-    default: int
-    rules: list[Rule] = field(default_factory=list)
-    #: AUDIT_ARCH-style libseccomp arch tokens besides the native x86_64
-    extra_arches: tuple[int, ...] = ()
-    #: seccomp(2) flags to load with
-    flags: int = 0
+    ``extra_arches``: AUDIT_ARCH-style libseccomp arch tokens besides the
+    native x86_64; ``flags``: seccomp(2) flags to load with.
+    """
+
+    __slots__ = ("default", "rules", "extra_arches", "flags")
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __init__(self, default: int, rules: list[Rule] | None = None, extra_arches: tuple[int, ...] = (), flags: int = 0) -> None:
+        self.default = default
+        self.rules = [] if rules is None else rules
+        self.extra_arches = extra_arches
+        self.flags = flags
 
 
 def policy_from_table(table: SyscallTable = TABLE) -> Policy:

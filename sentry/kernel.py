@@ -48,8 +48,9 @@ import select
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
+
+from zentry.bus.value import Value
 
 from .abi import libc
 from .abi.seccomp import (
@@ -89,21 +90,29 @@ _POLL_IN = select.POLLIN
 _POLL_BAD = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
-@dataclass
-class ContainerView:
-    """What the sentry needs to know about the container behind a listener."""
+class ContainerView(Value):
+    """What the sentry needs to know about the container behind a listener.
 
-    container_id: str
-    hostname: str
-    domainname: str = ""
-    memory_limit_bytes: int | None = None
-    cpu_quota_us: int | None = None
-    cpu_period_us: int | None = None
-    cpuset: str | None = None
-    #: host pid of the container init: killed (SIGKILL) when the listener fails
-    init_pid: int | None = None
-    #: current memory use in bytes (cgroup ``memory.current``/``usage_in_bytes``), for MemFree
-    memory_usage_bytes: Callable[[], int] | None = None
+    ``init_pid``: host pid of the container init, killed (SIGKILL) when the
+    listener fails; ``memory_usage_bytes``: current memory use in bytes
+    (cgroup ``memory.current``/``usage_in_bytes``), for MemFree.
+    """
+
+    __slots__ = ("container_id", "hostname", "domainname", "memory_limit_bytes", "cpu_quota_us", "cpu_period_us", "cpuset", "init_pid", "memory_usage_bytes")
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __init__(self, container_id: str, hostname: str, domainname: str = "", memory_limit_bytes: int | None = None,
+                 cpu_quota_us: int | None = None, cpu_period_us: int | None = None, cpuset: str | None = None,
+                 init_pid: int | None = None, memory_usage_bytes: Callable[[], int] | None = None) -> None:
+        self.container_id = container_id
+        self.hostname = hostname
+        self.domainname = domainname
+        self.memory_limit_bytes = memory_limit_bytes
+        self.cpu_quota_us = cpu_quota_us
+        self.cpu_period_us = cpu_period_us
+        self.cpuset = cpuset
+        self.init_pid = init_pid
+        self.memory_usage_bytes = memory_usage_bytes
 
 
 class ListenerFailed(Exception):

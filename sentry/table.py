@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import enum
 import errno as E
-from dataclasses import dataclass, field
+
+from zentry.bus.value import Value
 
 from .abi.syscalls import MAX_NR, SYSCALLS
 
@@ -31,31 +32,37 @@ class Action(enum.Enum):
     KILL = "kill"
 
 
-@dataclass(frozen=True, slots=True)
-class ArgCond:
+class ArgCond(Value):
     """``(args[index] & mask) == value``: one libseccomp MASKED_EQ comparison."""
 
-    index: int
-    mask: int
-    value: int
+    __slots__ = ("index", "mask", "value")
+
+    def __init__(self, index: int, mask: int, value: int) -> None:
+        self.index = index
+        self.mask = mask
+        self.value = value
 
     def __str__(self) -> str:
         return f"(arg{self.index} & {self.mask:#x}) == {self.value:#x}"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Disposition:
-    """What happens to one syscall (see the module docstring)."""
+class Disposition(Value):
+    """What happens to one syscall (see the module docstring).
 
-    action: Action
-    #: for TRAP: the handler name in ``handlers.HANDLERS`` ("fs.openat")
-    handler: str | None = None
-    #: for ERRNO: the errno the call fails with
-    errno: int = 0
-    #: the disposition applies only when one of these matches (empty: always)
-    when: tuple[ArgCond, ...] = ()
-    #: why
-    note: str = ""
+    ``handler``: for TRAP, the handler name in ``handlers.HANDLERS``
+    ("fs.openat"); ``errno``: for ERRNO, the errno the call fails with;
+    ``when``: the disposition applies only when one of these matches
+    (empty: always); ``note``: why.
+    """
+
+    __slots__ = ("action", "handler", "errno", "when", "note")
+
+    def __init__(self, *, action: Action, handler: str | None = None, errno: int = 0, when: tuple[ArgCond, ...] = (), note: str = "") -> None:
+        self.action = action
+        self.handler = handler
+        self.errno = errno
+        self.when = when
+        self.note = note
 
     def describe(self) -> str:
         if self.action is Action.TRAP:
@@ -186,18 +193,22 @@ for _n in "sethostname setdomainname".split():
 _DEFAULT_NOTE = "harmless: runs in the kernel"
 
 
-@dataclass(frozen=True, slots=True)
-class SyscallRow:
-    nr: int
-    name: str
-    disposition: Disposition
+class SyscallRow(Value):
+    __slots__ = ("nr", "name", "disposition")
+
+    def __init__(self, nr: int, name: str, disposition: Disposition) -> None:
+        self.nr = nr
+        self.name = name
+        self.disposition = disposition
 
 
-@dataclass(frozen=True)
-class SyscallTable:
+class SyscallTable(Value):
     """number -> row, for every assigned x86_64 syscall."""
 
-    rows: dict[int, SyscallRow] = field(default_factory=dict)
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: dict[int, SyscallRow] | None = None) -> None:
+        self.rows = {} if rows is None else rows
 
     def __getitem__(self, key: int | str) -> SyscallRow:
         if isinstance(key, str):

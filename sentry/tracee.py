@@ -26,7 +26,8 @@ import errno
 import fcntl
 import os
 import struct
-from dataclasses import dataclass
+
+from zentry.bus.value import Value
 
 from .abi import libc
 
@@ -102,17 +103,19 @@ class Memory:
             raise OSError(errno.EFAULT, "bad address")
 
 
-@dataclass(frozen=True, slots=True)
-class Creds:
+class Creds(Value):
     """The filesystem identity of a thread, and its pid as its own pid namespace sees it."""
 
-    fsuid: int
-    fsgid: int
-    groups: tuple[int, ...]
-    cap_eff: int
-    ns_tgid: int
-    ns_tid: int
-    tgid: int = 0
+    __slots__ = ("fsuid", "fsgid", "groups", "cap_eff", "ns_tgid", "ns_tid", "tgid")
+
+    def __init__(self, fsuid: int, fsgid: int, groups: tuple[int, ...], cap_eff: int, ns_tgid: int, ns_tid: int, tgid: int = 0) -> None:
+        self.fsuid = fsuid
+        self.fsgid = fsgid
+        self.groups = groups
+        self.cap_eff = cap_eff
+        self.ns_tgid = ns_tgid
+        self.ns_tid = ns_tid
+        self.tgid = tgid
 
     @property
     def is_root(self) -> bool:

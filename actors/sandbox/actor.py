@@ -14,7 +14,6 @@ the init is reparented here, so the sandbox reaps it and learns its status.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -63,17 +62,20 @@ STRACE_ANNOTATION = "dev.zentry.strace"
 SPAWN_TIMEOUT = 30.0
 
 
-@dataclasses.dataclass
 class Box:
     """One container as the sandbox holds it."""
 
-    container_id: str
-    config: dict
-    pid: int
-    pidfd: int
-    chan: socket.socket | None
-    cgroup: object | None
-    exit_status: int | None = None
+    __slots__ = ("container_id", "config", "pid", "pidfd", "chan", "cgroup", "exit_status")
+
+    def __init__(self, container_id: str, config: dict, pid: int, pidfd: int, chan: socket.socket | None, cgroup: object | None,
+                 exit_status: int | None = None) -> None:
+        self.container_id = container_id
+        self.config = config
+        self.pid = pid
+        self.pidfd = pidfd
+        self.chan = chan
+        self.cgroup = cgroup
+        self.exit_status = exit_status
 
 
 class Sandbox(Actor):
@@ -109,10 +111,7 @@ class Sandbox(Actor):
         # we fork. A sentry that fails to start fails this actor, and with it
         # the Spawn: no container runs without its sentry.
         self._start_sentry()
-        from zentry.actors.sandbox import init  # noqa: F401
-        from zentry.sentry import filter as sentry_filter
-
-        sentry_filter.zentry_bpf()
+        prepare_sandbox()
 
     def on_stop(self) -> None:
         # Each step on its own: one failing must not leave the others undone.
@@ -236,6 +235,7 @@ class Sandbox(Actor):
             self.sentry.set_strace(True)
         linux = msg.config.get("linux") or {}
         cgroup = Cgroup.for_container(linux.get("cgroupsPath"), msg.container_id)
+        cgroup.prime_attach()
         cgroup.create()
         try:
             cgroup.apply(with_default_devices(linux))
@@ -615,6 +615,18 @@ def _cgroup_procs(pid: int) -> list[str]:
         if os.path.exists(procs):
             out.append(procs)
     return out
+
+
+def prepare_sandbox() -> None:
+    """What every sandbox needs before its first Spawn, whatever the container:
+    the sentry's and the init's code, and zentry's BPF program (compiled once,
+    inherited by every init it forks). Run early by a pre-forked sandbox
+    (launch.Prefork), else after the ready report; a no-op the second time."""
+    from zentry.actors.sandbox import init  # noqa: F401
+    from zentry.sentry import filter as sentry_filter
+    from zentry.sentry import kernel  # noqa: F401
+
+    sentry_filter.zentry_bpf()
 
 
 def sandbox_main(endpoints: Endpoints, sandbox_id: str, ready_fd: int) -> int:

@@ -24,11 +24,11 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterator
 
 from zentry.bus.errors import ConfigError, InvalidArgument, SystemFailure, Unsupported
+from zentry.bus.value import Value
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ _DESTROY_TIMEOUT = 10.0
 
 
 # --- the host's layout ------------------------------------------------------------
-@dataclass(frozen=True)
-class Hierarchy:
+class Hierarchy(Value):
     """Where the cgroup file systems are, and where this process sits in them.
 
     v1: ``mounts`` maps each controller to its mount point (co-mounted
@@ -60,10 +59,14 @@ class Hierarchy:
     v2: ``root`` is the cgroup2 mount point, ``own[""]`` this process's cgroup.
     """
 
-    version: int
-    root: str = CGROUP_ROOT
-    mounts: dict[str, str] = field(default_factory=dict)
-    own: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("version", "root", "mounts", "own")
+    __hash__ = None  # type: ignore[assignment]  # holds dicts
+
+    def __init__(self, version: int, root: str = CGROUP_ROOT, mounts: dict[str, str] | None = None, own: dict[str, str] | None = None) -> None:
+        self.version = version
+        self.root = root
+        self.mounts = {} if mounts is None else mounts
+        self.own = {} if own is None else own
 
     @classmethod
     def detect(cls, mountinfo: str = "/proc/self/mountinfo", proc_cgroup: str = "/proc/self/cgroup") -> "Hierarchy":
@@ -300,6 +303,36 @@ class Cgroup:
                     # e.g. EBUSY: processes in an inner node; the files
                     # will be missing and apply() says which one.
                     log.info("cannot enable %s in %s: %s", ctrl, node, err.strerror)
+
+    def prime_attach(self) -> None:
+        """Start paying, on a thread, the kernel's first-migration cost before :meth:`add`.
+
+        A write to ``cgroup.procs`` takes the cgroup threadgroup rwsem for
+        writing; when no migration happened in the last RCU grace period
+        that waits for one (rcu_sync: 6-22 ms here), and later writes
+        within a grace period of it do not (about 0.1 ms). A no-op
+        migration, this process into the cgroup it is already in, started
+        before the cgroup is made and the init forked, lets that wait run
+        alongside them: ``add`` then finds the lock's fast path (measured:
+        9 ms -> 1 ms). Failure only means no head start.
+        """
+        h = self.hierarchy
+        ctrl = "" if self.version == 2 else next((c for c in ("pids", "freezer", "memory", "cpu") if c in h.mounts), None)
+        if ctrl is None:
+            return
+        mount = h.root if self.version == 2 else h.mounts[ctrl]
+        procs = os.path.join(mount, h.own.get(ctrl, "/").lstrip("/"), "cgroup.procs")
+
+        def migrate_self() -> None:
+            try:
+                with open(procs, "w") as f:
+                    f.write(str(os.getpid()))
+            except OSError:
+                pass
+
+        import threading
+
+        threading.Thread(target=migrate_self, name="cgroup-prime", daemon=True).start()
 
     def add(self, pid: int) -> None:
         """Move process ``pid`` (all its threads) into the cgroup everywhere."""

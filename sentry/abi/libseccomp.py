@@ -11,30 +11,61 @@ cannot be loaded, pyseccomp's own lookup runs as before.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import sys
+import types
 
 #: the sonames pyseccomp asks for (glibc; libseccomp 2.x)
 SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
 
 
+def find_library(name: str):
+    """The soname for libc and libseccomp; ctypes.util's lookup for anything else."""
+    soname = SONAMES.get(name)
+    if soname is not None:
+        try:
+            ctypes.CDLL(soname)
+            return soname
+        except OSError:
+            pass
+    return _real_util().find_library(name)
+
+
+def _real_util():
+    util = sys.modules.get("ctypes.util")
+    if util is None or getattr(util, "stand_in", False):
+        import importlib
+
+        sys.modules.pop("ctypes.util", None)
+        util = importlib.import_module("ctypes.util")
+    return util
+
+
 def _import():
-    real = ctypes.util.find_library
-
-    def find_library(name: str):
-        soname = SONAMES.get(name)
-        if soname is not None:
-            try:
-                ctypes.CDLL(soname)
-                return soname
-            except OSError:
-                pass
-        return real(name)
-
-    ctypes.util.find_library = find_library
+    # pyseccomp calls ctypes.util.find_library at import, and only then.
+    # Importing ctypes.util itself costs ~6 ms (subprocess, tempfile,
+    # locale), on the path of every sandbox start, so unless something has
+    # imported it already, pyseccomp sees a stand-in for the time of its
+    # import.
+    real = sys.modules.get("ctypes.util")
+    if real is not None:
+        saved = real.find_library
+        real.find_library = find_library
+        try:
+            import pyseccomp as module
+        finally:
+            real.find_library = saved
+        return module
+    stand_in = types.ModuleType("ctypes.util")
+    stand_in.find_library = find_library
+    stand_in.stand_in = True
+    sys.modules["ctypes.util"] = stand_in
+    ctypes.util = stand_in
     try:
         import pyseccomp as module
     finally:
-        ctypes.util.find_library = real
+        sys.modules.pop("ctypes.util", None)
+        if getattr(ctypes, "util", None) is stand_in:
+            del ctypes.util
     return module
 
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
@@ -274,6 +275,20 @@ def test_create_add_membership(lab):
         assert membership[ctrl] == cg.path, ctrl
     assert cg.pids() == [sleeper.pid]
     cg.create()  # creating again is harmless
+
+
+def test_prime_attach_leaves_this_process_where_it_was(lab):
+    # The priming write moves this process into the cgroup it is already
+    # in (the kernel's first-migration wait then runs off the caller's path):
+    # a wrong path would move the test process itself somewhere else.
+    before = _cgroup_of(os.getpid())
+    cg = lab.cgroup("p1")
+    cg.prime_attach()
+    _wait_for(lambda: not any(t.name == "cgroup-prime" for t in threading.enumerate()), what="the priming thread")
+    assert _cgroup_of(os.getpid()) == before
+    sleeper = lab.spawn("sleep", "60")
+    cg.add(sleeper.pid)
+    assert cg.pids() == [sleeper.pid]
 
 
 @needs_root

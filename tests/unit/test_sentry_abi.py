@@ -89,3 +89,20 @@ def test_table_shape():
     assert number("openat") == 257 and name(257) == "openat" and name(400) == "syscall_400"
     with pytest.raises(KeyError, match="nosuchcall"):
         number("nosuchcall")
+
+
+def test_pyseccomp_import_skips_ctypes_util():
+    # ctypes.util (subprocess, tempfile, locale: ~6 ms) is not imported on the
+    # sandbox's path, and ldconfig is never run; pyseccomp still works.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from zentry.sentry.abi.libseccomp import pyseccomp, find_library\n"
+        "f = pyseccomp.SyscallFilter(pyseccomp.ALLOW)\n"
+        "f.add_rule(pyseccomp.ERRNO(1), 'getpid')\n"
+        "print(sorted(m for m in ('ctypes.util', 'subprocess') if m in sys.modules), find_library('m'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "libm.so.6"]
