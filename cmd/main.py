@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     if verb in PREFORK_VERBS and not any(arg in ("-h", "--help") for arg in argv):
         from zentry.actors.launch import Prefork
 
-        prefork = Prefork(setup_logging)
+        try:
+            prefork = Prefork(setup_logging)
+        except OSError:
+            prefork = None  # e.g. EAGAIN: create forks them itself, and reports what still fails
     try:
         return _main(argv, verb, prefork)
     finally:
