@@ -73,6 +73,7 @@ class Prefork:
     def __init__(self, log_setup: Callable[[str | None, str, bool], None]) -> None:
         self.log_setup = log_setup
         self.children: list[Child] = []
+        _import_shared()
         try:
             for name, prepare, detach in (("controller", _prepare_controller, True), ("gofer", _prepare_gofer, True), ("sandbox", _prepare_sandbox, False)):
                 self.children.append(fork_blank(name, lambda prepare=prepare: self._with_logging(prepare()), detach=detach, siblings=tuple(self.children)))
@@ -105,6 +106,23 @@ class Prefork:
                 os.close(child.assign_fd)
                 child.assign_fd = -1
         _kill_children(children)
+
+
+def _import_shared() -> None:
+    """What two or more of the CLI and its three actors would each import (or
+    generate) after the fork, done once before it. On two cores the four
+    processes that follow the fork are CPU-bound: work done four times there
+    costs more than once here."""
+    import socket  # noqa: F401  (the forwarder, the fd socket, the init's channel)
+
+    from zentry.actors import oci  # noqa: F401  (the CLI validates, the gofer and the init apply)
+    from zentry.bus import actor, events, fdpass  # noqa: F401  (every actor)
+    from zentry.bus import messages as M
+    from zentry.bus.message import precompile
+    from zentry.sentry.abi import libc  # noqa: F401  (every actor binds itself to us with it)
+
+    precompile(M.Create, M.Created, M.Start, M.Ok, M.Delete, M.Error, M.Shutdown,
+               M.ActorStarted, M.ActorStopped, M.RequestHandled)
 
 
 def _prepare_controller() -> Callable[[dict, int], int]:

@@ -394,6 +394,13 @@ def _compile(cls: type[Message]) -> type[Message]:
     return cls
 
 
+def precompile(*types: type[Message]) -> None:
+    """Generate these types' methods now: a process about to fork does it once
+    for the children that will all use them, instead of each child on its own."""
+    for cls in types:
+        _compile(cls)
+
+
 def lookup(tag: str) -> type[Message]:
     try:
         return REGISTRY[tag]
