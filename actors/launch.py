@@ -59,7 +59,7 @@ class Prefork:
     claims the container's directory, each blank imports its own code, and
     the sandbox also loads the sentry and compiles zentry's BPF program: on
     two cores the two halves run side by side instead of one after the
-    other. ``create_container`` then assigns them their sandbox (endpoints,
+    other. The sandbox, whose preparation is the longest, is forked first. ``create_container`` then assigns them their sandbox (endpoints,
     id, log). Whatever ends the CLI first (a parse error, an invalid
     bundle, a pod member that joins an existing sandbox) dismisses them:
     they are killed and reaped before the CLI exits, and die with it if it
@@ -73,13 +73,21 @@ class Prefork:
     def __init__(self, log_setup: Callable[[str | None, str, bool], None]) -> None:
         self.log_setup = log_setup
         self.children: list[Child] = []
-        _import_shared()
         try:
-            for name, prepare, detach in (("controller", _prepare_controller, True), ("gofer", _prepare_gofer, True), ("sandbox", _prepare_sandbox, False)):
-                self.children.append(fork_blank(name, lambda prepare=prepare: self._with_logging(prepare()), detach=detach, siblings=tuple(self.children)))
+            # The sandbox first, as soon as pyzmq and msgpack are in: its
+            # preparation is the longest, and while it runs the CLI imports
+            # the rest (two processes on two cores). The other two follow,
+            # sharing those imports.
+            self._fork("sandbox", _prepare_sandbox, detach=False)
+            _import_shared()
+            self._fork("controller", _prepare_controller, detach=True)
+            self._fork("gofer", _prepare_gofer, detach=True)
         except BaseException:
             self.dismiss()
             raise
+
+    def _fork(self, name: str, prepare: Callable[[], Callable[[dict, int], int]], *, detach: bool) -> None:
+        self.children.append(fork_blank(name, lambda: self._with_logging(prepare()), detach=detach, siblings=tuple(self.children)))
 
     def _with_logging(self, start: Callable[[dict, int], int]) -> Callable[[dict, int], int]:
         def run(assignment: dict, ready_fd: int) -> int:
@@ -89,8 +97,11 @@ class Prefork:
         return run
 
     def assign(self, endpoints: Endpoints, sandbox_id: str, root: str, *, terminal: bool, log_file: str | None, log_format: str, debug: bool) -> list[Child]:
-        """Give the three their sandbox; they are then the caller's (it waits for them, kills them on failure)."""
-        children, self.children = self.children, []
+        """Give the three their sandbox; they are then the caller's (it waits
+        for them, kills them on failure). Returned as controller, gofer, sandbox."""
+        order = ("controller", "gofer", "sandbox")
+        children = sorted(self.children, key=lambda child: order.index(child.name))
+        self.children = []
         base = {"bus_dir": endpoints.bus_dir, "sandbox_id": sandbox_id, "root": root, "log_file": log_file, "log_format": log_format, "debug": debug}
         for child in children:
             # The sandbox keeps create's stdio: they are the container's (see create_container).
