@@ -235,18 +235,18 @@ class Sandbox(Actor):
             self.sentry.set_strace(True)
         linux = msg.config.get("linux") or {}
         cgroup = Cgroup.for_container(linux.get("cgroupsPath"), msg.container_id)
+        # The kernel's first-migration wait (see prime_attach) runs while the
+        # init is forked; the init waits for "go", sent once it is in the
+        # cgroup. (Making the cgroup waits for that wait: it needs the
+        # cgroup mutex the priming write holds.)
         cgroup.prime_attach()
-        cgroup.create()
-        try:
-            cgroup.apply(with_default_devices(linux))
-            pid, chan = self._fork_init(msg)
-        except BaseException:
-            cgroup.destroy()
-            raise
+        pid, chan = self._fork_init(msg)
         pidfd = libc.pidfd_open(pid)
         box = Box(container_id=msg.container_id, config=msg.config, pid=pid, pidfd=pidfd, chan=chan, cgroup=cgroup)
         self.boxes[msg.container_id] = box
         try:
+            cgroup.create()
+            cgroup.apply(with_default_devices(linux))
             cgroup.add(pid)
             chan.send(b"go %d" % pid)
             self._await_ready(box)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -85,3 +86,15 @@ def test_systemd_cgroup_flag_fails_clearly(zentry, busybox_bundle, tmp_path):
     log = tmp_path / "log.json"
     bundle = busybox_bundle(["true"])
     check_error(zentry("--log", log, "--log-format", "json", "--systemd-cgroup", "create", "--bundle", bundle, "sd"), log, "systemd")
+
+
+def test_cgroup_limit_the_kernel_refuses_fails_create_cleanly(zentry, busybox_bundle, tmp_path):
+    # The init is forked before its cgroup is made (the kernel's migration wait
+    # overlaps the fork): a limit the kernel refuses must still leave nothing
+    # behind, the forked init included (the leak check after every test).
+    bundle = busybox_bundle(["true"], linux={"resources": {"cpu": {"cpus": "4095"}}})
+    log = tmp_path / "log.json"
+    r = zentry_with_log(zentry, log, "create", "--bundle", bundle, "cg1")
+    check_error(r, log, "cpuset")
+    assert zentry("list", "-q").stdout.strip() == ""
+    assert not os.path.exists(os.path.join(zentry.root, "cg1"))
