@@ -80,8 +80,8 @@ def ALLOW(note: str = "") -> Disposition:
     return Disposition(action=Action.ALLOW, note=note)
 
 
-def TRAP(handler: str, note: str = "") -> Disposition:
-    return Disposition(action=Action.TRAP, handler=handler, note=note)
+def TRAP(handler: str, note: str = "", when: tuple[ArgCond, ...] = ()) -> Disposition:
+    return Disposition(action=Action.TRAP, handler=handler, note=note, when=when)
 
 
 def ERRNO(err: int, note: str = "", when: tuple[ArgCond, ...] = ()) -> Disposition:
@@ -117,9 +117,17 @@ def _rule(names: str, disposition: Disposition) -> None:
 
 # --- mediated: the sentry opens the file for the tracee -------------------------
 _OPEN_NOTE = "resolved by the sentry with openat2(RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS) from the tracee's root, as the tracee's fsuid; fd injected with ADDFD|SEND; /proc/{meminfo,cpuinfo,stat,loadavg} synthesized"
-_rule("open", TRAP("fs.open", _OPEN_NOTE))
-_rule("openat", TRAP("fs.openat", _OPEN_NOTE))
-_rule("openat2", TRAP("fs.openat2", _OPEN_NOTE + "; the caller's resolve flags are added to ours"))
+#: An O_PATH open (flags in a register: decided in BPF, no tracee memory read)
+#: runs in the kernel. It gives no access to data and resolves in the
+#: tracee's own root as its own user, as the sentry would; the sentry could
+#: not answer it anyway (SECCOMP_IOCTL_NOTIF_ADDFD refuses O_PATH files), and
+#: what the fd is used for later (openat with it as dirfd, a reopen through
+#: /proc/self/fd) is trapped as usual.
+_O_PATH = 0o10000000
+_O_PATH_NOTE = "; with O_PATH the kernel runs it (decided in BPF from the flags register)"
+_rule("open", TRAP("fs.open", _OPEN_NOTE + _O_PATH_NOTE, when=(ArgCond(1, _O_PATH, 0),)))
+_rule("openat", TRAP("fs.openat", _OPEN_NOTE + _O_PATH_NOTE, when=(ArgCond(2, _O_PATH, 0),)))
+_rule("openat2", TRAP("fs.openat2", _OPEN_NOTE + "; the caller's resolve flags are added to ours; O_PATH fails with EBADF (open_how is in tracee memory: BPF cannot see it, and ADDFD cannot install an O_PATH file)"))
 _rule("creat", TRAP("fs.creat", "open(path, O_CREAT|O_WRONLY|O_TRUNC, mode), mediated as open"))
 
 # --- emulated: answered from sentry state ----------------------------------------

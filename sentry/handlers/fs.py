@@ -27,8 +27,10 @@ tracee's own fd N as the kernel would; ``/proc/self`` and
 Known differences from native (documented in docs/syscalls.md): the created
 file's mode is masked by the sentry's umask as well as the tracee's; O_NOCTTY
 is forced (the sentry must not acquire a terminal); a FIFO opened for writing
-without a reader fails with ENXIO instead of blocking (the sentry never blocks);
-an ``O_PATH`` open fails with EBADF (``NOTIF_ADDFD`` cannot install an O_PATH file).
+without a reader fails with ENXIO instead of blocking (the sentry never blocks).
+An ``O_PATH`` open/openat never reaches the sentry: the filter lets the kernel
+run it (its flags are a register; see ``table.py``). Through openat2 (flags in
+tracee memory) it fails with EBADF (``NOTIF_ADDFD`` cannot install an O_PATH file).
 """
 
 from __future__ import annotations

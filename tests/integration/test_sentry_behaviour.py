@@ -109,6 +109,31 @@ def test_programs_read_the_same_files_as_on_the_host(sentry, argv):
     assert sentry.stats()["mediated_opens"] > 0
 
 
+def test_o_path_opens_and_what_they_are_used_for(sentry, tmp_path):
+    # O_PATH open/openat run in the kernel (decided in BPF); an openat with the
+    # O_PATH fd as dirfd and a reopen through /proc/self/fd are mediated again.
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("through-o-path")
+    script = f"""
+import os, stat
+d = os.open({str(tmp_path / "d")!r}, os.O_PATH | os.O_DIRECTORY)
+f = os.open("f", os.O_PATH, dir_fd=d)
+print(stat.S_ISREG(os.fstat(f).st_mode), os.fstat(f).st_size)
+try:
+    os.read(f, 1)
+except OSError as e:
+    print("read", e.errno)
+print(open(f"/proc/self/fd/{{f}}").read())
+g = os.open("f", os.O_RDONLY, dir_fd=d)
+print(os.read(g, 7))
+"""
+    r = run([PY, "-c", script], sentry=sentry)
+    h = host([PY, "-c", script])
+    assert (r.returncode, r.stdout, r.stderr) == (h.returncode, h.stdout, h.stderr)
+    assert r.stdout.decode().split("\n")[:3] == ["True 14", f"read {errno.EBADF}", "through-o-path"]
+    assert sentry.stats()["mediated_opens"] > 0
+
+
 def test_creating_writing_and_reopening_files(sentry, tmp_path):
     script = f"""
 import os
