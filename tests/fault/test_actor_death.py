@@ -9,21 +9,14 @@ import time
 
 import pytest
 
+from helpers.wait import wait_for
+
 pytestmark = pytest.mark.root
 
 
 def record(zentry, cid: str) -> dict:
     with open(os.path.join(zentry.root, cid, "state.json")) as f:
         return json.load(f)
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def alive(pid: int) -> bool:

@@ -13,23 +13,14 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import psutil
 import pytest
 
 from helpers.bundle import zentry_command
+from helpers.wait import wait_for
 
 pytestmark = pytest.mark.root
-
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def gone(pid: int) -> bool:

@@ -19,6 +19,7 @@ import pytest
 import zmq
 
 from helpers.bundle import zentry_command
+from helpers.wait import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -58,16 +59,6 @@ class TapProcess:
 
 def events_of(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def wait_for(predicate, timeout: float = 10.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
 
 
 def status_of(zentry, cid: str) -> str | None:
