@@ -53,13 +53,15 @@ class Prefork:
     """The controller, gofer and sandbox of a new sandbox, forked before ``create``
     has parsed its arguments.
 
-    ``create`` and ``run`` fork them as soon as the command word is known,
-    right after the imports every actor shares (pyzmq, msgpack, the bus).
+    ``create``, ``run`` and ``do`` fork them as soon as the command word is
+    known: the sandbox first, once pyzmq, msgpack and the bus client are
+    loaded (its preparation is the longest); the controller and the gofer
+    after the rest of what they share with the CLI (see _import_shared).
     While the CLI parses, validates config.json against the schema and
     claims the container's directory, each blank imports its own code, and
     the sandbox also loads the sentry and compiles zentry's BPF program: on
     two cores the two halves run side by side instead of one after the
-    other. The sandbox, whose preparation is the longest, is forked first. ``create_container`` then assigns them their sandbox (endpoints,
+    other. ``create_container`` then assigns them their sandbox (endpoints,
     id, log). Whatever ends the CLI first (a parse error, an invalid
     bundle, a pod member that joins an existing sandbox) dismisses them:
     they are killed and reaped before the CLI exits, and die with it if it

@@ -184,16 +184,17 @@ def fork_blank(name: str, prepare: Callable[[], Callable[[dict, int], int]], *, 
     overlap. A blank is bound to its parent (it dies with it); end of file
     on the assignment pipe means "not needed", and it exits 0. Stdio are
     kept until the assignment says otherwise (``quiet_stdio``, ``log_file``).
-    ``siblings``: blanks forked earlier, whose assignment pipes this one must
-    not hold open.
+    ``siblings``: blanks forked earlier, whose pipes (the parent's ends) this
+    one must not hold open.
     """
     ar, aw = os.pipe2(os.O_CLOEXEC)
 
     def main(ready_fd: int) -> int:
         os.close(aw)
         for sibling in siblings:
-            if sibling.assign_fd >= 0:
-                os.close(sibling.assign_fd)
+            for fd in (sibling.assign_fd, sibling.ready_fd):
+                if fd >= 0:
+                    os.close(fd)
         failure: BaseException | None = None
         gc.disable()  # imports make garbage-free objects: collecting during them is wasted work
         try:
