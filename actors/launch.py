@@ -13,7 +13,6 @@ cgroup, and deletes the directory.
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import shutil
@@ -26,9 +25,10 @@ from zentry.actors.state import STOPPED, Lock, Record, Store, pid_alive
 from zentry.bus.client import Client
 from zentry.bus.endpoints import Endpoints, bus_dir_for, make_private_dir
 from zentry.bus.errors import ActorGone, AlreadyExists, NotFound, ZentryError
+from zentry.bus.log import configure, get_logger
 from zentry.bus.messages import Create, Created
 
-log = logging.getLogger("zentry.launch")
+log = get_logger("zentry.launch")
 
 # containerd's CRI annotations put a container into its pod's sandbox. CRI-O's
 # (io.kubernetes.cri-o.SandboxID/ContainerType) are NOT honoured: podman sets
@@ -67,13 +67,11 @@ class Prefork:
     they are killed and reaped before the CLI exits, and die with it if it
     is killed.
 
-    ``log_setup(log_file, log_format, debug)`` is the CLI's logging set-up,
-    run in each actor once assigned (the CLI sets up its own logging only
-    after it parsed, so after the fork).
+    Each actor applies the CLI's logging flags once assigned (the CLI
+    learns them only when it parses, after the fork).
     """
 
-    def __init__(self, log_setup: Callable[[str | None, str, bool], None]) -> None:
-        self.log_setup = log_setup
+    def __init__(self) -> None:
         self.children: list[Child] = []
         try:
             # The sandbox first, as soon as pyzmq and msgpack are in: its
@@ -93,7 +91,7 @@ class Prefork:
 
     def _with_logging(self, start: Callable[[dict, int], int]) -> Callable[[dict, int], int]:
         def run(assignment: dict, ready_fd: int) -> int:
-            self.log_setup(assignment["log_file"], assignment["log_format"], assignment["debug"])
+            configure(assignment["log_file"], assignment["log_format"], assignment["debug"])
             return start(assignment, ready_fd)
 
         return run

@@ -16,16 +16,16 @@ Two sources:
 from __future__ import annotations
 
 import errno as errno_mod
-import logging
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from zentry.actors.state import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Store, pid_alive
+from zentry.bus.log import get_logger
 from zentry.bus.tap import Filters, Gap, Tap, TapEvent
 
-log = logging.getLogger("zentry.metrics")
+log = get_logger("zentry.metrics")
 
 #: Syscalls whose success is a mediated open (the fd was injected by the sentry).
 OPEN_SYSCALLS = frozenset({"open", "openat", "openat2", "creat"})

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import os
 import select
 import signal
 import sys
 import time
-import traceback
 from typing import Callable
 
 from zentry.bus.errors import ActorGone, Timeout, ZentryError, from_wire, to_wire
+from zentry.bus.log import get_logger
 
-log = logging.getLogger("zentry.spawn")
+log = get_logger("zentry.spawn")
 
 #: Signals an actor ignores: terminal and job-control signals belong to the
 #: container's foreground process, not to the runtime's machinery.
@@ -151,6 +150,8 @@ def fork_actor(name: str, main: Callable[[int], int], *, detach: bool = True, qu
     except BaseException as exc:  # the child must never return into the caller's code
         report_error(w, exc)
         try:
+            import traceback
+
             traceback.print_exc()
         except Exception:
             pass

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
 import time
 from typing import Any, Callable
@@ -38,10 +37,11 @@ from zentry.bus.endpoints import Endpoints, check_endpoint, chmod_socket
 from zentry.bus.envelope import Envelope
 from zentry.bus.errors import ActorGone, Internal, ProtocolError, UnknownMessage, ZentryError, to_wire
 from zentry.bus.events import Publisher
+from zentry.bus.log import get_logger
 from zentry.bus.message import Message
 from zentry.bus.messages import ActorStarted, ActorStopped, Error, Heartbeat, Ok, Ping, Pong, RequestHandled, Shutdown
 
-log = logging.getLogger("zentry.actor")
+log = get_logger("zentry.actor")
 
 # Plain ints: the zmq enums' __and__ costs more than the syscall-free check itself.
 _EVENTS = int(zmq.EVENTS)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import gc
 import importlib
-import json
-import logging
 import os
 import sys
 
 from zentry.bus.errors import ZentryError, to_wire
+from zentry.bus.log import get_logger
 
 #: The command table: group -> module names (module ``zentry.cmd.<name>``).
 COMMANDS: dict[str, list[str]] = {
@@ -61,39 +60,11 @@ class Context:
         return Store(self.root)
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "level": record.levelname.lower().replace("warning", "warning"),
-                "msg": record.getMessage(),
-                "time": _utc(record.created),
-            }
-        )
-
-
-def _utc(seconds: float) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
-    root = logging.getLogger("zentry")
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    root.propagate = False
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    if log_file:
-        handler: logging.Handler = logging.FileHandler(log_file)
-        handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    elif debug:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    else:
-        root.addHandler(logging.NullHandler())  # errors reach stderr once, from main()
+    """The CLI's --log, --log-format and --debug (applied at the first message: bus/log.py)."""
+    from zentry.bus.log import configure
+
+    configure(log_file, log_format, debug)
 
 
 def build_parser(verb: str | None = None):
@@ -161,7 +132,7 @@ def find_verb(argv: list[str]) -> str | None:
     return argv[i] if argv[i] in verbs else None
 
 
-def fail(ctx_log: logging.Logger, message: str) -> int:
+def fail(ctx_log, message: str) -> int:
     ctx_log.error(message)
     print(f"zentry: {message}", file=sys.stderr)
     return EXIT_FAILURE
@@ -204,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         from zentry.actors.launch import Prefork
 
         try:
-            prefork = Prefork(setup_logging)
+            prefork = Prefork()
         except OSError:
             prefork = None  # e.g. EAGAIN: create forks them itself, and reports what still fails
     try:
@@ -218,7 +189,7 @@ def _main(argv: list[str], verb: str | None, prefork) -> int:
     parser = build_parser(verb)
     args = parser.parse_args(argv)
     setup_logging(args.log, args.log_format, args.debug)
-    log = logging.getLogger("zentry.cli")
+    log = get_logger("zentry.cli")
     if not args.verb:
         parser.print_help()
         return 0
@@ -262,7 +233,9 @@ def entry() -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if exc.code is not None and not isinstance(exc.code, int):
             print(exc.code, file=sys.stderr)
-    logging.shutdown()
+    from zentry.bus.log import shutdown
+
+    shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import select
 import signal
@@ -50,6 +49,7 @@ import threading
 import time
 from typing import Callable
 
+from zentry.bus.log import get_logger
 from zentry.bus.value import Value
 
 from .abi import libc
@@ -71,7 +71,7 @@ from .handlers.emulate import utsname_bytes
 from .table import TABLE, SyscallTable
 from .tracee import FsIdentity, Memory, Tracees
 
-log = logging.getLogger("zentry.sentry")
+log = get_logger("zentry.sentry")
 
 try:
     from . import _fast

@@ -12,7 +12,6 @@ the controller destroys their cgroups itself, so ``delete`` still cleans up.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ from zentry.bus.client import Client
 from zentry.bus.endpoints import Endpoints
 from zentry.bus.errors import ActorGone, NotFound, Timeout, ZentryError
 from zentry.bus.events import EventStream
+from zentry.bus.log import get_logger
 from zentry.bus.message import Message
 from zentry.bus.messages import (
     Create,
@@ -67,7 +67,7 @@ from zentry.bus.messages import (
 )
 from zentry.sentry.abi import libc
 
-log = logging.getLogger("zentry.controller")
+log = get_logger("zentry.controller")
 
 #: Exit status recorded when the sandbox died without reporting one.
 LOST_STATUS = 128 + signal.SIGKILL

@@ -11,13 +11,13 @@ passed as argv[0] (sh cannot), the hook's path is.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import NamedTuple
 
 from zentry.bus.errors import SystemFailure
+from zentry.bus.log import get_logger
 
-log = logging.getLogger("zentry.hooks")
+log = get_logger("zentry.hooks")
 
 FATAL_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer")
 DEFAULT_TIMEOUT = 60.0

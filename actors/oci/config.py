@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import re
 
 from zentry.bus.errors import ConfigError
+from zentry.bus.log import get_logger
 
 from .schema import first_config_error
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: the ociVersion range zentry accepts (see features.py)
 OCI_VERSION_MIN = (1, 0, 0)

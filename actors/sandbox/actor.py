@@ -14,7 +14,6 @@ the init is reparented here, so the sandbox reaps it and learns its status.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import socket
@@ -28,6 +27,7 @@ from zentry.bus.actor import Actor, Request, handles
 from zentry.bus.endpoints import Endpoints
 from zentry.bus.envelope import Envelope
 from zentry.bus.errors import ConfigError, NotFound, SystemFailure, Timeout, WrongState, from_wire
+from zentry.bus.log import get_logger
 from zentry.bus.message import Message
 from zentry.bus.messages import (
     Destroy,
@@ -53,7 +53,7 @@ from zentry.bus.messages import (
 )
 from zentry.sentry.abi import libc
 
-log = logging.getLogger("zentry.sandbox")
+log = get_logger("zentry.sandbox")
 
 #: Set by `zentry --strace create|run`: publish every trapped syscall from the start.
 STRACE_ANNOTATION = "dev.zentry.strace"

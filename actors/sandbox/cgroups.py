@@ -19,7 +19,6 @@ one-line message names the file and value:
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import signal
@@ -28,9 +27,10 @@ from functools import lru_cache
 from typing import Iterator
 
 from zentry.bus.errors import ConfigError, InvalidArgument, SystemFailure, Unsupported
+from zentry.bus.log import get_logger
 from zentry.bus.value import Value
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
