@@ -174,6 +174,32 @@ class _AuthorizedKeys:
         return key in self.keys
 
 
+def relay_batches(events: list) -> list[tuple[list[bytes], int]]:
+    """Stream messages for a relay: runs of events with one topic and consecutive
+    seqs become one batch (as the sandbox's own stream sends them), at most
+    BATCH_MAX events or BATCH_BYTES of envelopes each. A seq that does not
+    follow starts a new message, so the remote tap still sees every gap.
+    Returns (frames, event count) pairs in order."""
+    from zentry.bus.events import BATCH_BYTES, BATCH_MAX, event_frames
+
+    out: list[tuple[list[bytes], int]] = []
+    topic, first, datas, size = None, 0, [], 0
+
+    def close() -> None:
+        if datas:
+            out.append((event_frames(topic.encode(), first, list(datas)), len(datas)))
+
+    for ev in events:
+        follows = ev.topic == topic and ev.seq == first + len(datas)
+        if not follows or len(datas) >= BATCH_MAX or size + len(ev.data) > BATCH_BYTES:
+            close()
+            topic, first, datas, size = ev.topic, ev.seq, [], 0
+        datas.append(ev.data)
+        size += len(ev.data)
+    close()
+    return out
+
+
 def _serve(args, tap, timeout: float | None, stopper: _Stopper) -> int:
     import zmq
     from zmq.auth.thread import ThreadAuthenticator
@@ -212,13 +238,12 @@ def _serve(args, tap, timeout: float | None, stopper: _Stopper) -> int:
             wait = _poll_ms(deadline)
             if wait is None:
                 break
-            for item in tap.poll(wait):
-                if isinstance(item, TapEvent):
-                    try:
-                        xpub.send_multipart(item.frames, flags=zmq.NOBLOCK)
-                        relayed += 1
-                    except zmq.Again:
-                        relay_dropped += 1  # never wait for a remote client
+            for frames, count in relay_batches([item for item in tap.poll(wait) if isinstance(item, TapEvent)]):
+                try:
+                    xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+                    relayed += count
+                except zmq.Again:
+                    relay_dropped += count  # never wait for a remote client
             while xpub.poll(0):
                 xpub.recv()  # (un)subscriptions: XPUB filters per client itself
     finally:

@@ -245,3 +245,23 @@ def test_remote_tcp_tap_needs_curve_keys():
         Tap(remote="tcp://127.0.0.1:1")
     with pytest.raises(InvalidArgument):
         Tap(remote="udp://x")
+
+
+def test_relay_sends_runs_of_consecutive_events_as_one_batch():
+    from zentry.bus.events import BATCH_MAX, unpack_events
+    from zentry.bus.tap import TapEvent
+    from zentry.cmd.tap import relay_batches
+
+    def ev(topic: str, seq: int) -> TapEvent:
+        return TapEvent(topic, seq, None, f"{topic}#{seq}".encode())
+
+    events = [ev("a", 5), ev("a", 6), ev("a", 7), ev("a", 9), ev("b", 10)] + [ev("c", n) for n in range(BATCH_MAX + 1)]
+    batches = relay_batches(events)
+    got = [[(t, s, d.decode()) for t, s, d in unpack_events(frames)] for frames, _count in batches]
+    assert got[0] == [("a", 5, "a#5"), ("a", 6, "a#6"), ("a", 7, "a#7")]
+    assert got[1] == [("a", 9, "a#9")]  # 8 is missing: the remote tap must see the gap
+    assert got[2] == [("b", 10, "b#10")]
+    assert [len(g) for g in got[3:]] == [BATCH_MAX, 1] and got[4] == [("c", BATCH_MAX, f"c#{BATCH_MAX}")]
+    assert [count for _frames, count in batches] == [len(g) for g in got]
+    # every event relayed once, in order
+    assert [d for g in got for _t, _s, d in g] == [e.data.decode() for e in events]
