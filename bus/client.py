@@ -17,6 +17,7 @@ import time
 import zmq
 import zmq.backend
 
+from zentry.bus import codec
 from zentry.bus import envelope as envmod
 from zentry.bus.envelope import Envelope
 from zentry.bus.errors import ActorGone, ProtocolError, Timeout, from_wire
@@ -109,6 +110,7 @@ class Client:
             try:
                 env = envmod.decode(frame)
             except ProtocolError:
+                self._check_version(frame, mid)
                 continue  # a bad frame is not our reply
             if env.parent == mid:
                 if self._rcvtimeo != _SLICE_MS:
@@ -116,6 +118,18 @@ class Client:
                     self._rcvtimeo = _SLICE_MS
                 return env
             # else: a late reply to an earlier request
+
+    def _check_version(self, frame: bytes, mid: str) -> None:
+        """An answer to ``mid`` in another protocol version (an actor started by
+        another version of zentry: it refuses ours) fails the request now,
+        saying so, instead of when its deadline passes."""
+        try:
+            fields = codec.unpack(frame)
+        except ProtocolError:
+            return
+        if type(fields) is list and len(fields) == 7 and fields[3] == mid and type(fields[0]) is int and fields[0] != envmod.PROTOCOL_VERSION:
+            raise ProtocolError(f"the actor at {self.endpoint} speaks protocol version {fields[0]}, this zentry {envmod.PROTOCOL_VERSION}: "
+                                "it was started by another version of zentry")
 
     @staticmethod
     def _unwrap(env: Envelope) -> Message:

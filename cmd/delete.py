@@ -11,7 +11,7 @@ def add_arguments(p) -> None:
 def run(args, ctx) -> int:
     from zentry.actors import launch
     from zentry.actors.state import pid_alive
-    from zentry.bus.errors import ActorGone, NotFound
+    from zentry.bus.errors import ActorGone, NotFound, ProtocolError
     from zentry.bus.messages import Delete
     from zentry.cmd.common import ask, load
 
@@ -30,6 +30,13 @@ def run(args, ctx) -> int:
     try:
         ask(rec, Delete(container_id=rec.id, force=args.force), timeout=60)
     except ActorGone:
+        launch.remove_orphan(store, rec)
+        return 0
+    except ProtocolError:
+        if not args.force:
+            raise
+        # Its actors were started by another version of zentry and refuse
+        # ours: --force removes it as it would an orphan (kill, cgroup, state).
         launch.remove_orphan(store, rec)
         return 0
     if rec.sandbox_id == rec.id:

@@ -379,3 +379,36 @@ def test_field_type_annotations_are_parsed_without_typing():
             envelope.decode(frame_of("test.optional", {"n": "3"}))
     finally:
         REGISTRY.pop("test.optional")
+
+
+def test_a_reply_in_another_protocol_version_fails_the_request_at_once(tmp_path):
+    # An actor started by another version of zentry refuses our request with
+    # an error in its own version: the client says so, before its deadline.
+    import threading
+    import time
+
+    import zmq
+
+    from zentry.bus.client import Client
+
+    endpoint = f"ipc://{tmp_path}/old.sock"
+    ctx = zmq.Context()
+    server = ctx.socket(zmq.ROUTER)
+    server.bind(endpoint)
+
+    def old_actor() -> None:
+        ident, frame = server.recv_multipart()
+        mid = codec.unpack(frame)[2]
+        server.send_multipart([ident, codec.pack([PROTOCOL_VERSION - 1, "error", "x1", mid, "controller", 1, {"code": "protocol", "message": "no"}])])
+
+    t = threading.Thread(target=old_actor)
+    t.start()
+    client = Client(endpoint, ctx=ctx)
+    started = time.monotonic()
+    with pytest.raises(ProtocolError, match=f"speaks protocol version {PROTOCOL_VERSION - 1}, this zentry {PROTOCOL_VERSION}"):
+        client.request(M.Ping(), timeout=30)
+    assert time.monotonic() - started < 10  # not the 30 s deadline
+    t.join()
+    client.close()
+    server.close(0)
+    ctx.term()
