@@ -22,7 +22,8 @@ Special paths (lexically normalized, inside the container):
 ``/proc/{meminfo,cpuinfo,stat,loadavg}`` are synthesized (``procfs``);
 ``/proc/self/fd/N``, ``/dev/fd/N``, ``/dev/std{in,out,err}`` re-open the
 tracee's own fd N as the kernel would; ``/proc/self`` and
-``/proc/thread-self`` are rewritten to the tracee's pid in its namespace.
+``/proc/thread-self`` (and ``/proc/mounts`` and ``/proc/net``, procfs's links
+into ``self``) are rewritten to the tracee's pid in its namespace.
 
 Known differences from native (documented in docs/syscalls.md): the created
 file's mode is masked by the sentry's umask as well as the tracee's; O_NOCTTY
@@ -61,6 +62,10 @@ _BASE_RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
 _OWN_FD = re.compile(rb"^/(?:proc/(?:self|thread-self)|dev)/fd/(\d+)$")
 _STD = {b"/dev/stdin": 0, b"/dev/stdout": 1, b"/dev/stderr": 2}
 _PROC_SELF = re.compile(rb"^/proc/(self|thread-self)(/.*)?$")
+#: procfs's own symlinks into "self" (/proc/mounts -> self/mounts, /proc/net ->
+#: self/net): the sentry would resolve "self" as itself, which has no pid in
+#: the container's procfs (ENOENT), so they are rewritten like /proc/self
+_PROC_SELF_LINK = re.compile(rb"^/proc/(mounts|net)(/.*)?$")
 
 
 def _s32(v: int) -> int:
@@ -195,6 +200,9 @@ def _open_in_root(s, lst, nid, t, root_fd, root_link, dirfd, path, flags, mode, 
         special = _special(s, lst, nid, t, norm, flags, mode)
         if special is not None:
             return special
+        link = _PROC_SELF_LINK.match(norm)
+        if link:
+            norm = b"/proc/self/" + link.group(1) + (link.group(2) or b"")
         m = _PROC_SELF.match(norm)
         if m:
             c = t.creds()

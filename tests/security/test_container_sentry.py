@@ -48,6 +48,20 @@ def test_symlink_out_of_the_root_does_not_escape(zentry, busybox_bundle, tmp_pat
     assert r.stderr.count("No such file or directory") + r.stderr.count("ELOOP") + r.stderr.count("Symbolic link loop") >= 2
 
 
+def test_procfs_links_into_self_show_the_containers_own(zentry, busybox_bundle):
+    # /proc/mounts -> self/mounts and /proc/net -> self/net: resolved by the
+    # sentry, "self" must be the tracee (the sentry has no pid in the
+    # container's procfs), as under runc.
+    bundle = busybox_bundle(["sh", "-c", "cat /proc/mounts; echo ---; cat /proc/net/dev; echo ---; cd /proc && cat mounts | wc -l"])
+    r = run(zentry, bundle, "pl1")
+    assert r.returncode == 0, r.stderr
+    mounts, netdev, count = r.stdout.split("---\n")
+    assert "proc /proc proc" in mounts and " /dev " in mounts  # the container's mount table
+    assert netdev.startswith("Inter-|")
+    assert [line.split(":")[0].strip() for line in netdev.splitlines()[2:]] == ["lo"]  # its own network namespace
+    assert int(count) == len(mounts.splitlines())
+
+
 def test_namespace_and_mount_syscalls_are_refused(zentry, busybox_bundle):
     script = (
         "unshare -U true 2>&1; echo unshare=$?; "
