@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import errno
 import os
+import re
 import stat
 
 from zentry.actors.gofer import devices, mounts
@@ -75,6 +76,53 @@ def _wants_devices(config: dict, entries: list[dict]) -> bool:
     return True
 
 
+#: Annotation asking for the root to be an overlay with a tmpfs upper layer:
+#: ``memory`` (tmpfs's default size) or ``memory:SIZE`` (``64m``, ``1g``…).
+#: The container may write anywhere in its root; the bundle's rootfs is never
+#: changed, and the writes live in memory until the container is deleted (as
+#: runsc's ``--overlay2=root:memory``).
+OVERLAY_ANNOTATION = "dev.zentry.rootfs.overlay"
+_OVERLAY_SIZE = re.compile(r"[1-9][0-9]*[kmg]?")
+
+
+def overlay_size(config: dict) -> str | None:
+    """None: no overlay; "": tmpfs's default size; else the tmpfs ``size=``."""
+    value = (config.get("annotations") or {}).get(OVERLAY_ANNOTATION)
+    if value in (None, "", "none"):
+        return None
+    kind, colon, size = str(value).partition(":")
+    if kind != "memory" or (colon and not _OVERLAY_SIZE.fullmatch(size)):
+        raise ConfigError(f'annotation {OVERLAY_ANNOTATION}="{value}": use "memory" or "memory:SIZE" (e.g. memory:64m)')
+    return size
+
+
+def scratch_dir(mountpoint: str) -> str:
+    """Where an overlay root keeps its tmpfs (upper and work directories)."""
+    return mountpoint + ".overlay"
+
+
+def _overlay_escape(path: str) -> str:
+    # overlayfs splits its options at "," and lowerdir at ":"
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def _mount_root(rootfs: str, mountpoint: str, size: str | None) -> None:
+    if size is None:
+        L.mount(rootfs, mountpoint, None, L.MS_BIND | L.MS_REC, None)
+        return
+    scratch = scratch_dir(mountpoint)
+    os.makedirs(scratch, mode=0o700, exist_ok=True)
+    L.mount("tmpfs", scratch, "tmpfs", L.MS_NOSUID | L.MS_NODEV, "mode=0700" + (f",size={size}" if size else ""))
+    for sub in ("upper", "work"):
+        os.mkdir(os.path.join(scratch, sub), 0o755)
+    # the upper layer's root takes the rootfs root's owner and mode
+    st = os.stat(rootfs)
+    os.chown(os.path.join(scratch, "upper"), st.st_uid, st.st_gid)
+    os.chmod(os.path.join(scratch, "upper"), stat.S_IMODE(st.st_mode))
+    options = f"lowerdir={_overlay_escape(rootfs)},upperdir={_overlay_escape(scratch + '/upper')},workdir={_overlay_escape(scratch + '/work')}"
+    L.mount("overlay", mountpoint, "overlay", 0, options)
+
+
 def prepare_rootfs(config: dict, bundle_dir: str, mountpoint: str) -> None:
     """Build the container's filesystem view at ``mountpoint`` (gofer side).
 
@@ -83,6 +131,7 @@ def prepare_rootfs(config: dict, bundle_dir: str, mountpoint: str) -> None:
     a mount fails (the message names what, where and the rootfs).
     """
     rootfs = _rootfs_path(config, bundle_dir)
+    overlay = overlay_size(config)
     entries = _mount_list(config)
     plan = mounts.plan_in_container(entries)
     propagation = _propagation(config)
@@ -93,9 +142,10 @@ def prepare_rootfs(config: dict, bundle_dir: str, mountpoint: str) -> None:
         base = L.MS_SLAVE if propagation in (L.MS_SLAVE, L.MS_SHARED) else L.MS_PRIVATE
         L.mount(None, "/", None, L.MS_REC | base, None)
         os.makedirs(mountpoint, exist_ok=True)
-        L.mount(rootfs, mountpoint, None, L.MS_BIND | L.MS_REC, None)
+        _mount_root(rootfs, mountpoint, overlay)
     except OSError as err:
-        raise SystemFailure(f'cannot bind rootfs "{rootfs}" on "{mountpoint}": {err}') from err
+        what = "mount an overlay of" if overlay is not None else "bind"
+        raise SystemFailure(f'cannot {what} rootfs "{rootfs}" on "{mountpoint}": {err}') from err
 
     root_fd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -304,9 +354,15 @@ def finish_in_container(config: dict) -> None:
 
 
 def cleanup(mountpoint: str) -> None:
-    """Best effort: lazily unmount everything at and below ``mountpoint``."""
-    for _ in range(1000):  # stacked mounts are detached one at a time
-        try:
-            L.umount2(mountpoint, L.MNT_DETACH)
-        except OSError:
-            return
+    """Best effort: lazily unmount everything at and below ``mountpoint`` (and an
+    overlay root's tmpfs), and remove the overlay's directory."""
+    for where in (mountpoint, scratch_dir(mountpoint)):
+        for _ in range(1000):  # stacked mounts are detached one at a time
+            try:
+                L.umount2(where, L.MNT_DETACH)
+            except OSError:
+                break
+    try:
+        os.rmdir(scratch_dir(mountpoint))
+    except OSError:
+        pass
