@@ -21,7 +21,9 @@ For open/openat/openat2/creat the sentry
 Special paths (lexically normalized, inside the container):
 ``/proc/{meminfo,cpuinfo,stat,loadavg}`` are synthesized (``procfs``);
 ``/proc/self/fd/N``, ``/dev/fd/N``, ``/dev/std{in,out,err}`` re-open the
-tracee's own fd N as the kernel would; ``/proc/self`` and
+tracee's own fd N as the kernel would, ``/proc/self/exe`` its executable;
+``/proc/self/root/X`` and ``/proc/self/cwd/X`` are X from the tracee's root
+and cwd; ``/proc/self`` and
 ``/proc/thread-self`` (and ``/proc/mounts`` and ``/proc/net``, procfs's links
 into ``self``) are rewritten to the tracee's pid in its namespace.
 
@@ -66,6 +68,11 @@ _PROC_SELF = re.compile(rb"^/proc/(self|thread-self)(/.*)?$")
 #: self/net): the sentry would resolve "self" as itself, which has no pid in
 #: the container's procfs (ENOENT), so they are rewritten like /proc/self
 _PROC_SELF_LINK = re.compile(rb"^/proc/(mounts|net)(/.*)?$")
+#: the tracee's own root and cwd through procfs: magic links, which the
+#: resolution below refuses, so they are followed here, as the kernel would
+#: for the tracee (another process's stay refused)
+_OWN_DIR = re.compile(rb"^/proc/(?:self|thread-self)/(root|cwd)(?:/(.*))?$")
+_OWN_EXE = (b"/proc/self/exe", b"/proc/thread-self/exe")
 
 
 def _s32(v: int) -> int:
@@ -197,6 +204,13 @@ def _open_in_root(s, lst, nid, t, root_fd, root_link, dirfd, path, flags, mode, 
 
     if inner is not None and (inner.startswith(b"/proc/") or inner.startswith(b"/dev/")):
         norm = posixpath.normpath(inner)
+        own = _OWN_DIR.match(norm)
+        if own:
+            # /proc/self/root/X is X in the tracee's root (our anchor);
+            # /proc/self/cwd/X is X from its cwd. Each turn strips a prefix.
+            rest = own.group(2) or b"."
+            again = b"/" + rest if own.group(1) == b"root" else rest
+            return _open_in_root(s, lst, nid, t, root_fd, root_link, AT_FDCWD, again, flags, mode, resolve)
         special = _special(s, lst, nid, t, norm, flags, mode)
         if special is not None:
             return special
@@ -273,12 +287,14 @@ def _special(s, lst, nid, t, inner: bytes, flags: int, mode: int):
             os.close(fd)
     m = _OWN_FD.match(inner)
     n = int(m.group(1)) if m else _STD.get(inner)
-    if n is None:
+    if n is None and inner not in _OWN_EXE:
         return None
-    # re-open the tracee's own fd N, as the kernel does for /proc/self/fd/N
+    # re-open the tracee's own fd N (or its executable), as the kernel does for
+    # /proc/self/fd/N: as the tracee, so the file's own permissions decide
+    link = f"/proc/{t.tid}/fd/{n}" if n is not None else f"/proc/{t.tid}/exe"
     sw = s.fsid.enter(t)
     try:
-        fd = os.open(f"/proc/{t.tid}/fd/{n}", (flags | os.O_CLOEXEC | os.O_NOCTTY) & ~(os.O_CREAT | os.O_EXCL), mode)
+        fd = os.open(link, (flags | os.O_CLOEXEC | os.O_NOCTTY) & ~(os.O_CREAT | os.O_EXCL), mode)
     except OSError as err:
         return 0, err.errno
     finally:

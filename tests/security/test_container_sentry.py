@@ -62,6 +62,22 @@ def test_procfs_links_into_self_show_the_containers_own(zentry, busybox_bundle):
     assert int(count) == len(mounts.splitlines())
 
 
+def test_own_root_cwd_and_exe_through_procfs_open_as_under_runc(zentry, busybox_bundle):
+    # magic links the sentry follows for the tracee itself; another
+    # process's stay refused (ELOOP)
+    script = (
+        "cd /etc; cat /proc/self/root/etc/hostname /proc/self/cwd/hostname;"
+        " head -c 4 /proc/self/exe | od -An -c | tr -d ' \\n'; echo;"
+        " cat /proc/1/root/etc/hostname 2>&1 | grep -c 'symbolic links'"
+    )
+    bundle = busybox_bundle(["sh", "-c", script])
+    hostname = "through-own-links\n"
+    (bundle / "rootfs" / "etc" / "hostname").write_text(hostname)
+    r = run(zentry, bundle, "ol1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == hostname + hostname + "177ELF\n" + "1\n"
+
+
 def test_namespace_and_mount_syscalls_are_refused(zentry, busybox_bundle):
     script = (
         "unshare -U true 2>&1; echo unshare=$?; "
