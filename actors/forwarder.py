@@ -217,7 +217,8 @@ def receive_console(listener: socket.socket, timeout: float = 30.0) -> int:
 # --- exec ------------------------------------------------------------------------
 
 
-def start_exec(init_pid: int, cgroup_procs: list[str], container_config: dict, process: dict, fd_socket: str, container_id: str, console_socket: str) -> int:
+def start_exec(init_pid: int, cgroup_procs: list[str], container_config: dict, process: dict, fd_socket: str, container_id: str, console_socket: str,
+               preserve_fds: int = 0) -> int:
     """Fork the exec'd process into the container; returns its pid once it has execve'd.
 
     Must be called with no ZeroMQ context alive in this process (it forks).
@@ -239,7 +240,7 @@ def start_exec(init_pid: int, cgroup_procs: list[str], container_config: dict, p
         code = 1
         try:
             ours.close()
-            code = _exec_child(theirs, init_pid, cgroup_procs, container_config, process, console_socket)
+            code = _exec_child(theirs, init_pid, cgroup_procs, container_config, process, console_socket, preserve_fds)
         finally:
             os._exit(code)
     theirs.close()
@@ -293,7 +294,7 @@ def _hand_listener(fd_socket: str, container_id: str, fd: int, names: dict) -> N
         raise SystemFailure(f"the sandbox refused the exec's seccomp listener: {answer.decode(errors='replace')}")
 
 
-def _exec_child(chan: socket.socket, init_pid: int, cgroup_procs: list[str], config: dict, process: dict, console_socket: str) -> int:
+def _exec_child(chan: socket.socket, init_pid: int, cgroup_procs: list[str], config: dict, process: dict, console_socket: str, preserve_fds: int = 0) -> int:
     try:
         for sig in range(1, signal.NSIG):
             if sig not in (signal.SIGKILL, signal.SIGSTOP):
@@ -330,6 +331,7 @@ def _exec_child(chan: socket.socket, init_pid: int, cgroup_procs: list[str], con
         env = [e for e in process.get("env") or [] if "=" in e]
         args = process.get("args") or []
         path = initmod.find_executable(args[0], env, cwd)
+        libc.cloexec_from(3 + preserve_fds)  # stdio and --preserve-fds only, as runc exec
         names = initmod.uts_names()
         listener = initmod.install_sentry(config, bool(process.get("noNewPrivileges")))
         fdpass.send_fds(chan, {"kind": "listener", **names}, [listener])

@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
     p.add_argument("--pid-file", default=None, help="file to write the sandbox pid to (written last)")
     p.add_argument("--no-pivot", action="store_true", help="accepted for runc compatibility")
     p.add_argument("--no-new-keyring", action="store_true", help="accepted for runc compatibility")
-    p.add_argument("--preserve-fds", type=int, default=0, help="accepted for runc compatibility")
+    p.add_argument("--preserve-fds", type=int, default=0, help="pass fds 3 .. 3+N-1 to the container (the rest are closed)")
     p.add_argument("container_id", metavar="ID")
 
 
@@ -37,6 +37,8 @@ def create(args, ctx, config: dict | None = None):
         raise InvalidArgument("cannot allocate a pty without --console-socket (process.terminal is true)")
     if ctx.strace:
         config.setdefault("annotations", {})["dev.zentry.strace"] = "true"
+    if getattr(args, "preserve_fds", 0) > 0:  # fds 3 .. 3+N-1 of this call reach the container (actors/sandbox/init.py; `do` has no such flag)
+        config.setdefault("annotations", {})["dev.zentry.preserve-fds"] = str(args.preserve_fds)
     return launch.create_container(ctx.store(), args.container_id, bundle, config, console_socket=args.console_socket, log_file=ctx.log_file,
                                    prefork=ctx.prefork, log_format=ctx.log_format, debug=ctx.debug)
 

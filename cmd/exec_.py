@@ -110,7 +110,8 @@ def run(args, ctx) -> int:
         args.console_socket = console.path
 
     def start() -> int:
-        return forwarder.start_exec(target.init_pid, target.cgroup_procs, target.config, process, target.fd_socket, rec.id, args.console_socket)
+        return forwarder.start_exec(target.init_pid, target.cgroup_procs, target.config, process, target.fd_socket, rec.id, args.console_socket,
+                                    preserve_fds=max(0, args.preserve_fds))
 
     try:
         if args.detach:

@@ -15,7 +15,7 @@ def add_arguments(p) -> None:
     p.add_argument("--keep", action="store_true", help="do not delete the container after it exits")
     p.add_argument("--no-pivot", action="store_true", help="accepted for runc compatibility")
     p.add_argument("--no-new-keyring", action="store_true", help="accepted for runc compatibility")
-    p.add_argument("--preserve-fds", type=int, default=0, help="accepted for runc compatibility")
+    p.add_argument("--preserve-fds", type=int, default=0, help="pass fds 3 .. 3+N-1 to the container (the rest are closed)")
     p.add_argument("container_id", metavar="ID")
 
 

@@ -118,6 +118,23 @@ def join_namespaces(config: dict, *, skip: set[str]) -> None:
             flags |= flag
     if flags:
         libc.unshare(flags)
+    if flags & libc.CLONE_NEWNET:
+        loopback_up()
+
+
+#: <linux/sockios.h>, <net/if.h>
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` up in a new network namespace, as runc does: a container
+    without networking still has localhost (127.0.0.1 and ::1 come with it)."""
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        ifreq = struct.pack("16sh14x", b"lo", 0)
+        flags = struct.unpack("16sh14x", fcntl.ioctl(sock, SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
 
 
 def join_gofer_mounts(gofer_pid: int) -> None:
@@ -226,6 +243,15 @@ def setup_terminal(console: socket.socket) -> None:
         os.close(slave)
 
 
+#: Set by `zentry create/run --preserve-fds N`: fds 3 .. 3+N-1 reach the container.
+PRESERVE_FDS_ANNOTATION = "dev.zentry.preserve-fds"
+
+
+def preserved_fds(config: dict) -> int:
+    value = str((config.get("annotations") or {}).get(PRESERVE_FDS_ANNOTATION) or "0")
+    return int(value) if value.isdigit() else 0
+
+
 def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: int, console_socket: str, sandbox_pid: int, state: dict) -> int:
     """Runs in the forked child; never returns on success (execve)."""
     try:
@@ -306,6 +332,10 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         env = [e for e in process.get("env") or [] if "=" in e]
         args = process.get("args") or []
         path = find_executable(args[0], env, cwd)
+        # Nothing but stdio (and --preserve-fds' fds) reaches the container:
+        # whatever its caller left open is closed at execve, as runc does.
+        # Now, before the filters: an OCI profile may refuse close_range.
+        libc.cloexec_from(3 + preserved_fds(config))
 
         # The filters go on while we are still privileged (no_new_privs is
         # not needed then); the listener is handed over at once, with no

@@ -87,6 +87,8 @@ SYS_seccomp = 317
 SYS_pidfd_open = 434
 SYS_pidfd_send_signal = 424
 SYS_openat2 = 437
+SYS_close_range = 436
+CLOSE_RANGE_CLOEXEC = 1 << 2
 SYS_capset = 126
 SYS_capget = 125
 
@@ -167,6 +169,22 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
         pidfd,
         sig,
     )
+
+
+def cloexec_from(first: int) -> None:
+    """Mark every fd from ``first`` up close-on-exec (close_range(2), else one by
+    one from /proc/self/fd): what a process must not pass to what it execs."""
+    if _libc.syscall(SYS_close_range, ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF), ctypes.c_uint(CLOSE_RANGE_CLOEXEC)) == 0:
+        return
+    import fcntl
+
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd >= first:
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
+            except OSError:
+                pass  # the listing's own fd, gone already
 
 
 def raw_syscall(number: int, *args: int | bytes | None) -> int:

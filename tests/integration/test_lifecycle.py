@@ -377,3 +377,52 @@ def test_runtime_hooks_and_their_failure_rules(zentry, busybox_bundle, tmp_path)
     r = zentry("create", "--bundle", bad, "hk4")
     assert r.returncode != 0 and "createRuntime hook" in r.stderr
     assert zentry("list", "-q").stdout.strip() == ""
+
+
+def _with_inherited_fd(zentry, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """`zentry *args` started with fd 3 open (not close-on-exec) on a file holding "inherited"."""
+    from helpers.bundle import zentry_command
+
+    secret = tmp_path / "inherited"
+    secret.write_text("inherited\n")
+    # the shell opens fd 3 in the child only (this process's low fds are pytest's)
+    argv = ["sh", "-c", 'exec 3<"$0"; exec "$@"', str(secret), *zentry_command(), "--root", str(zentry.root), *args]
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+
+
+def test_only_stdio_and_preserved_fds_reach_the_container(zentry, busybox_bundle, tmp_path):
+    # runc closes what its caller left open at execve; --preserve-fds N keeps 3 .. 3+N-1
+    listing = "for f in /proc/self/fd/*; do echo ${f##*/}; done | sort -n | tr '\\n' ' '; echo; (cat <&3) 2>/dev/null || echo no-fd-3"
+    bundle = busybox_bundle(["sh", "-c", listing])
+    r = _with_inherited_fd(zentry, tmp_path, "run", "--bundle", str(bundle), "fd1")
+    assert r.returncode == 0, r.stderr
+    fds, fd3 = r.stdout.splitlines()
+    assert fds.split() == ["0", "1", "2", "3"]  # 3: the glob's own directory, not the inherited file
+    assert fd3 == "no-fd-3"
+    r = _with_inherited_fd(zentry, tmp_path, "run", "--preserve-fds", "1", "--bundle", str(bundle), "fd2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1] == "inherited"
+
+
+def test_exec_gets_only_stdio_and_preserved_fds(zentry, busybox_bundle, tmp_path):
+    bundle = busybox_bundle(["sleep", "60"])
+    assert zentry("run", "-d", "--bundle", bundle, "fd3").returncode == 0
+    try:
+        r = _with_inherited_fd(zentry, tmp_path, "exec", "fd3", "sh", "-c", "(cat <&3) 2>/dev/null || echo no-fd-3")
+        assert (r.returncode, r.stdout) == (0, "no-fd-3\n"), r.stderr
+        r = _with_inherited_fd(zentry, tmp_path, "exec", "--preserve-fds", "1", "fd3", "sh", "-c", "cat <&3")
+        assert (r.returncode, r.stdout) == (0, "inherited\n"), r.stderr
+    finally:
+        zentry("delete", "--force", "fd3")
+
+
+def test_a_new_network_namespace_has_loopback_up(zentry, busybox_bundle):
+    # as runc: localhost works in a container without networking
+    script = "ip -o link show lo | grep -o '<[^>]*>'; ip -o addr show lo | grep -o 'inet [0-9./]*'; ip -o link | wc -l"
+    bundle = busybox_bundle(["sh", "-c", script])
+    r = zentry("run", "--bundle", bundle, "lo1")
+    assert r.returncode == 0, r.stderr
+    flags, inet, links = r.stdout.split("\n")[:3]
+    assert "UP" in flags.strip("<>").split(",")
+    assert inet == "inet 127.0.0.1/8"
+    assert links.strip() == "1"  # its own namespace: nothing of the host's
