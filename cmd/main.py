@@ -18,7 +18,7 @@ import os
 import sys
 
 from zentry.bus.errors import ZentryError, to_wire
-from zentry.bus.log import get_logger
+from zentry.bus.log import Logger, configure, get_logger
 
 #: The command table: group -> module names (module ``zentry.cmd.<name>``).
 COMMANDS: dict[str, list[str]] = {
@@ -58,13 +58,6 @@ class Context:
         from zentry.actors.state import Store
 
         return Store(self.root)
-
-
-def setup_logging(log_file: str | None, log_format: str, debug: bool) -> None:
-    """The CLI's --log, --log-format and --debug (applied at the first message: bus/log.py)."""
-    from zentry.bus.log import configure
-
-    configure(log_file, log_format, debug)
 
 
 def build_parser(verb: str | None = None):
@@ -132,7 +125,7 @@ def find_verb(argv: list[str]) -> str | None:
     return argv[i] if argv[i] in verbs else None
 
 
-def fail(ctx_log, message: str) -> int:
+def fail(ctx_log: Logger, message: str) -> int:
     ctx_log.error(message)
     print(f"zentry: {message}", file=sys.stderr)
     return EXIT_FAILURE
@@ -188,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str], verb: str | None, prefork) -> int:
     parser = build_parser(verb)
     args = parser.parse_args(argv)
-    setup_logging(args.log, args.log_format, args.debug)
+    configure(args.log, args.log_format, args.debug)  # applied at the first message (bus/log.py)
     log = get_logger("zentry.cli")
     if not args.verb:
         parser.print_help()
