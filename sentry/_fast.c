@@ -48,7 +48,7 @@
 #include <unistd.h>
 
 /* bump when the Python <-> C interface changes: kernel.py refuses a stale build */
-#define FAST_ABI 3  /* 2: root tracees without DAC capabilities; 3: nor in another user namespace */
+#define FAST_ABI 4  /* 2: root tracees without DAC capabilities; 3: nor in another user namespace; 4: FIFOs handed over */
 
 #define KIND_NONE 0
 #define KIND_WRITE 1
@@ -138,6 +138,7 @@ typedef struct {
     struct pollfd *pfds;
     uint64_t *trapped, *errors;
     uint64_t mediated;
+    int handoff_fd;  /* a FIFO opened for a blocking read, handed to Python with its notification (take_fd) */
     tidslot_t tids[TIDCACHE];
     struct seccomp_notif notif;
     char path[PATH_MAX_ + 1];
@@ -389,7 +390,20 @@ static int do_open(Loop *self, listener_t *l, entry_t *e) {
     err = fd < 0 ? errno : 0;
     if (drop) set_own_eff(self, self->own_eff);
     if (switched) leave_identity(self);
-    if (fd < 0) return respond(self, l, nr, 0, err);
+    if (fd < 0) {
+        /* a FIFO without a reader: a blocking open must wait for one, which Python's waiter does */
+        if (err == ENXIO && (flags & O_ACCMODE) == O_WRONLY && !(flags & O_NONBLOCK)) return HANDOFF;
+        return respond(self, l, nr, 0, err);
+    }
+    if ((flags & O_ACCMODE) == O_RDONLY && !(flags & O_NONBLOCK) && !(flags & O_PATH)) {
+        /* a FIFO read blocks until a writer comes: Python waits for it with this very fd (closing it
+         * and reopening would let a writer pair with a reader that then vanishes) */
+        struct stat st;
+        if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode)) {
+            self->handoff_fd = fd;
+            return HANDOFF;
+        }
+    }
     if (!(flags & O_NONBLOCK) && !(flags & O_PATH)) {
         /* opened non-blocking so a FIFO cannot stall the sentry; give back what was asked */
         int fl = fcntl(fd, F_GETFL);
@@ -422,6 +436,7 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
         return -1;
     }
     self->fast = 1;
+    self->handoff_fd = -1;
     self->root_ids = geteuid() == 0 && getegid() == 0;
     self->own_ngroups = getgroups(MAX_GROUPS, self->own_groups);
     if (self->own_ngroups < 0) self->root_ids = 0;  /* cannot restore them: never switch identity */
@@ -457,6 +472,7 @@ static void free_listener(Loop *self, listener_t *l) {
 }
 
 static void Loop_dealloc(Loop *self) {
+    if (self->handoff_fd >= 0) close(self->handoff_fd);
     for (int i = 0; i < self->n; i++) free_listener(self, self->ls[i]);
     for (int i = 0; i < TIDCACHE; i++)
         if (self->tids[i].pidfd > 0) close(self->tids[i].pidfd);  /* 0: never initialised */
@@ -606,6 +622,10 @@ static PyObject *Loop_next(Loop *self, PyObject *arg) {
         PyBuffer_Release(&buf);
         return PyErr_Format(PyExc_ValueError, "buffer smaller than seccomp_notif");
     }
+    if (self->handoff_fd >= 0) {  /* not taken by the handler of the last handoff */
+        close(self->handoff_fd);
+        self->handoff_fd = -1;
+    }
     int rfd = -1, code = 0, perr = 0;
     Py_BEGIN_ALLOW_THREADS
     for (;;) {
@@ -662,6 +682,13 @@ static PyObject *Loop_next(Loop *self, PyObject *arg) {
     return Py_BuildValue("(ii)", rfd, code);
 }
 
+/* take_fd() -> the fd handed over with the last notification (-1: none); the caller owns it */
+static PyObject *Loop_take_fd(Loop *self, PyObject *Py_UNUSED(ignored)) {
+    int fd = self->handoff_fd;
+    self->handoff_fd = -1;
+    return PyLong_FromLong(fd);
+}
+
 /* counts() -> (trapped, errors, mediated): what the fast path answered, by syscall number */
 static PyObject *Loop_counts(Loop *self, PyObject *Py_UNUSED(ignored)) {
     PyObject *t = PyList_New(self->max_nr + 1), *e = PyList_New(self->max_nr + 1);
@@ -689,6 +716,7 @@ static PyMethodDef Loop_methods[] = {
     {"set_root", (PyCFunction)Loop_set_root, METH_VARARGS, "set_root(fd, root_fd, link): the container root opens start from"},
     {"next", (PyCFunction)Loop_next, METH_O, "next(buffer) -> (fd, code): serve until Python is needed"},
     {"counts", (PyCFunction)Loop_counts, METH_NOARGS, "counts() -> (trapped, errors, mediated) answered natively"},
+    {"take_fd", (PyCFunction)Loop_take_fd, METH_NOARGS, "take_fd() -> the fd handed over with the last notification, or -1"},
     {NULL},
 };
 

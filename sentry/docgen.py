@@ -41,16 +41,23 @@ the process.
 
 - A created file's mode is masked by the sentry's umask as well as the
   tracee's; O_NOCTTY is always set (the sentry must never acquire a terminal).
-- FIFOs: the sentry opens non-blocking so that no open can stall it, then
-  restores blocking mode on the new file. So opening a FIFO for writing
-  without a reader fails with ENXIO instead of blocking, and a reader opened
-  before any writer sees end-of-file instead of waiting.
+- FIFOs: the sentry opens non-blocking so that no open can stall it. A
+  blocking open of a FIFO waits for its other end in a waiter thread
+  (`sentry/handlers/fifo.py`) and is answered then; a reader returns when
+  data or the writer's close arrives rather than when the writer opens, and
+  non-fatal signals wait for the answer (the trapped thread waits killably).
 - Magic links (`/proc/N/fd/M`, `/proc/N/root`, …) are not followed (ELOOP),
-  except `/proc/self/fd/N`, `/dev/fd/N` and `/dev/std{{in,out,err}}` of the
-  tracee itself, which re-open its own fd as the kernel does.
-- A root tracee is served with the sentry's capabilities (CAP_DAC_OVERRIDE…):
-  capabilities dropped by a root process are not honoured by mediated opens;
-  a non-root tracee gets its fsuid, fsgid and groups.
+  except the tracee's own: `/proc/self/fd/N`, `/dev/fd/N`,
+  `/dev/std{{in,out,err}}` and `/proc/self/exe` re-open its own file as the
+  kernel does, `/proc/self/root/X` and `/proc/self/cwd/X` are X from its root
+  and cwd. `/proc/mounts` and `/proc/net` (links into `self`) are its own.
+- O_PATH: `open`/`openat` with O_PATH run in the kernel (decided in BPF from
+  the flags register); through `openat2` they fail with EBADF (`open_how` is
+  in tracee memory, and ADDFD cannot install an O_PATH file).
+- Mediated opens are made with the tracee's fsuid, fsgid and groups; a root
+  tracee keeps only the DAC capabilities it holds itself, and none when it is
+  in another user namespace (there they would be under-granted: a mapped root
+  cannot override permissions on files of its own mapped users).
 
 ## Table
 

@@ -78,7 +78,7 @@ try:
 except ImportError:  # not built: the pure-Python loop serves everything
     _fast = None
 #: the interface version of _fast.c this file speaks (a stale build is not used)
-NATIVE_ABI = 3
+NATIVE_ABI = 4
 
 
 def native_available() -> bool:
@@ -462,6 +462,11 @@ class Sentry:
         if not self.id_valid(lst, nid):
             raise OSError(errno.ESRCH, "the trapped thread is gone")
         self.mem.write(tid, addr, data)
+
+    def take_handoff_fd(self) -> int:
+        """The fd the C loop handed over with the notification being handled (-1: none);
+        the caller owns it. (A FIFO it opened for a blocking read: see handlers/fifo.py.)"""
+        return self._native.take_fd() if self._native is not None else -1
 
     def addfd(self, lst: _Listener, nid: int, srcfd: int, cloexec: int):
         """Install ``srcfd`` in the tracee and complete the call with its number (ADDFD|SEND)."""

@@ -29,8 +29,9 @@ into ``self``) are rewritten to the tracee's pid in its namespace.
 
 Known differences from native (documented in docs/syscalls.md): the created
 file's mode is masked by the sentry's umask as well as the tracee's; O_NOCTTY
-is forced (the sentry must not acquire a terminal); a FIFO opened for writing
-without a reader fails with ENXIO instead of blocking (the sentry never blocks).
+is forced (the sentry must not acquire a terminal). A blocking open of a FIFO
+waits for its other end in a thread (``fifo.py``): the sentry's loop never
+blocks.
 An ``O_PATH`` open/openat never reaches the sentry: the filter lets the kernel
 run it (its flags are a register; see ``table.py``). Through openat2 (flags in
 tracee memory) it fails with EBADF (``NOTIF_ADDFD`` cannot install an O_PATH file).
@@ -42,10 +43,11 @@ import errno
 import os
 import posixpath
 import re
+import stat
 
 from ..abi import libc
 from ..abi.seccomp import OPEN_HOW, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS
-from . import procfs
+from . import fifo, procfs
 
 AT_FDCWD = -100
 O_TMPFILE = 0o20000000 | os.O_DIRECTORY
@@ -160,6 +162,11 @@ CONTINUE = (0, 0, 1)
 
 
 def mediate_open(s, lst, nid, tid, dirfd: int, path_addr: int, flags: int, mode: int, resolve: int, *, legacy: bool):
+    handed = s.take_handoff_fd()
+    if handed >= 0:
+        # the C loop opened it as the tracee: a FIFO for a blocking read, to wait on
+        fifo.wait_for_writer(s, lst, nid, handed, flags & os.O_CLOEXEC)
+        return None
     try:
         path = s.mem.read_cstring(tid, path_addr)
     except OSError as err:
@@ -244,6 +251,10 @@ def _open_in_root(s, lst, nid, t, root_fd, root_link, dirfd, path, flags, mode, 
                 fd = libc.openat2(anchor_fd, rel, how)
                 break
             except OSError as err:
+                if err.errno == errno.ENXIO and flags & os.O_ACCMODE == os.O_WRONLY and not want_nonblock:
+                    # a FIFO without a reader: a blocking open waits for one (answered later)
+                    fifo.wait_for_reader(s, lst, nid, t, anchor_fd, rel, how, flags & os.O_CLOEXEC)
+                    return None
                 if err.errno != errno.EAGAIN:
                     return 0, err.errno
         else:
@@ -260,6 +271,10 @@ def _open_in_root(s, lst, nid, t, root_fd, root_link, dirfd, path, flags, mode, 
             if translated is not None:
                 os.close(fd)
                 fd = translated
+        if not want_nonblock and flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_PATH and stat.S_ISFIFO(os.fstat(fd).st_mode):
+            # a FIFO read waits for a writer: answered later, with this very open
+            fifo.wait_for_writer(s, lst, nid, os.dup(fd), flags & os.O_CLOEXEC)
+            return None
         if not want_nonblock and not flags & os.O_PATH:
             # opened non-blocking so a FIFO cannot stall the sentry; give back what was asked
             # (for every file type: F_GETFL shows the flag, and it changes how leases act)

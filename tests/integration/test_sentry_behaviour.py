@@ -109,6 +109,56 @@ def test_programs_read_the_same_files_as_on_the_host(sentry, argv):
     assert sentry.stats()["mediated_opens"] > 0
 
 
+def test_blocking_fifo_opens_wait_for_the_other_end(sentry, tmp_path):
+    # natively a FIFO open waits for its peer; the sentry opens non-blocking and
+    # answers from a waiter thread once the peer is there (handlers/fifo.py)
+    script = """
+import os, sys, time
+base = sys.argv[1]
+for name, first in (("w", "writer"), ("r", "reader")):
+    path = os.path.join(base, name)
+    os.mkfifo(path)
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(0.3)
+        if first == "writer":
+            print(open(path).read().strip(), flush=True)   # the late reader
+        else:
+            with open(path, "w") as f:                      # the late writer
+                f.write("from-late-writer\\n")
+        os._exit(0)
+    if first == "writer":
+        with open(path, "w") as f:                          # blocks until the reader opens
+            f.write("from-early-writer\\n")
+    else:
+        print(open(path).read().strip(), flush=True)        # blocks until the writer came
+    os.waitpid(pid, 0)
+print("done")
+"""
+    for sub in ("sentry", "host"):
+        (tmp_path / sub).mkdir()
+    r = run([PY, "-c", script, str(tmp_path / "sentry")], sentry=sentry)
+    h = host([PY, "-c", script, str(tmp_path / "host")])
+    assert (r.returncode, r.stdout, r.stderr) == (h.returncode, h.stdout, h.stderr)
+    assert r.stdout == b"from-early-writer\nfrom-late-writer\ndone\n"
+
+
+def test_a_fifo_waiter_gives_up_when_its_tracee_is_killed(sentry, tmp_path):
+    fifo_path = tmp_path / "never"
+    os.mkfifo(fifo_path)
+    t = spawn([BUSYBOX, "cat", str(fifo_path)], sentry=sentry)
+    deadline = time.monotonic() + 10
+    while not any(th.name == "fifo-open" for th in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert any(th.name == "fifo-open" for th in threading.enumerate()), "the open did not wait"
+    os.kill(t.pid, signal.SIGKILL)
+    assert t.wait(20).returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 5
+    while any(th.name == "fifo-open" for th in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(th.name == "fifo-open" for th in threading.enumerate())
+
+
 def test_o_path_opens_and_what_they_are_used_for(sentry, tmp_path):
     # O_PATH open/openat run in the kernel (decided in BPF); an openat with the
     # O_PATH fd as dirfd and a reopen through /proc/self/fd are mediated again.

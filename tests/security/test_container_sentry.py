@@ -78,6 +78,16 @@ def test_own_root_cwd_and_exe_through_procfs_open_as_under_runc(zentry, busybox_
     assert r.stdout == hostname + hostname + "177ELF\n" + "1\n"
 
 
+def test_named_pipes_block_as_under_runc(zentry, busybox_bundle):
+    script = (
+        "cd /tmp; mkfifo p q; (cat p > out &); sleep 0.2; echo via-fifo > p; echo rc=$?;"
+        " sleep 0.2; cat out; (sleep 0.3; echo later > q) & cat q"
+    )
+    bundle = busybox_bundle(["sh", "-c", script], root={"readonly": False})
+    r = run(zentry, bundle, "fifo1")
+    assert (r.returncode, r.stdout) == (0, "rc=0\nvia-fifo\nlater\n"), r.stderr
+
+
 def test_namespace_and_mount_syscalls_are_refused(zentry, busybox_bundle):
     script = (
         "unshare -U true 2>&1; echo unshare=$?; "
