@@ -9,9 +9,14 @@ from zentry.bus.message import Message
 
 
 def load(store: Store, partial_id: str) -> Record:
-    """The record for an id or unique prefix; ``stopped`` if its sandbox is gone."""
+    """The record for an id or unique prefix, as ``state`` shows it: ``stopped`` if
+    its controller is gone, or its init has exited even in the moment before the
+    controller has recorded it (so that what ``state`` calls stopped, ``delete``
+    accepts)."""
     rec = store.load(store.resolve(partial_id))
     if rec.status != STOPPED and not pid_alive(rec.controller_pid):
+        rec.status = STOPPED
+    elif rec.status in (CREATED, RUNNING, PAUSED) and rec.init_pid and not pid_alive(rec.init_pid):
         rec.status = STOPPED
     return rec
 
@@ -24,16 +29,10 @@ def ask(rec: Record, msg: Message, timeout: float = 60.0) -> Message:
 
 
 def live_state(rec: Record) -> dict:
-    """The OCI state of ``rec``, read from its state.json, as runc's ``state`` reads its own.
-
-    The controller rewrites the file (atomically) on every change, so asking
-    it over the bus would only cost the CLI pyzmq's import. ``load`` already
-    reports a container whose controller is gone as stopped; one whose init
-    has exited is stopped too, even in the moment before the controller has
-    recorded it.
-    """
-    if rec.status in (CREATED, RUNNING, PAUSED) and rec.init_pid and not pid_alive(rec.init_pid):
-        rec.status = STOPPED
+    """The OCI state of ``rec`` (from ``load``), read from its state.json, as runc's
+    ``state`` reads its own: the controller rewrites the file (atomically) on
+    every change, so asking it over the bus would only cost the CLI pyzmq's
+    import."""
     return rec.oci_state()
 
 

@@ -19,7 +19,7 @@ import time
 
 from zentry.actors.controller import hooks
 from zentry.actors.spawn import release_from_parent, report_ready
-from zentry.actors.state import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Record, Store
+from zentry.actors.state import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Record, Store, pid_alive
 from zentry.bus import codec
 from zentry.bus.actor import DEFERRED, Actor, Request, handles
 from zentry.bus.client import Client
@@ -348,7 +348,8 @@ class Controller(Actor):
     @handles(Delete)
     def delete(self, msg: Delete, req: Request) -> Message:
         rec = self.record(msg.container_id)
-        if not msg.force:
+        init_gone = rec.status != STOPPED and rec.init_pid and not pid_alive(rec.init_pid)
+        if not msg.force and not init_gone:  # an exited init is stopped, as `state` shows it
             rec.require_status("delete", CREATED, STOPPED)
         if rec.status != STOPPED:
             try:
@@ -375,8 +376,6 @@ class Controller(Actor):
 
     def _shutdown_sandbox(self, parent: str) -> None:
         from zentry.actors.launch import wait_gone
-        from zentry.actors.state import pid_alive
-
         asked = []
         for client in (self.sandbox, self.gofer):
             if client is not None and pid_alive(client.peer_pid):
