@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 
 from zentry.actors.state import CREATED, PAUSED, RUNNING, STOPPED, Record, Store, pid_alive
 from zentry.bus.message import Message
+
+
+#: how long load() waits for a controller to record an init that has exited
+SETTLE_S = 0.5
 
 
 def load(store: Store, partial_id: str) -> Record:
@@ -13,12 +18,24 @@ def load(store: Store, partial_id: str) -> Record:
     its controller is gone, or its init has exited even in the moment before the
     controller has recorded it (so that what ``state`` calls stopped, ``delete``
     accepts)."""
-    rec = store.load(store.resolve(partial_id))
-    if rec.status != STOPPED and not pid_alive(rec.controller_pid):
-        rec.status = STOPPED
-    elif rec.status in (CREATED, RUNNING, PAUSED) and rec.init_pid and not pid_alive(rec.init_pid):
-        rec.status = STOPPED
-    return rec
+    cid = store.resolve(partial_id)
+    rec = store.load(cid)
+    deadline = None
+    while True:
+        if rec.status != STOPPED and not pid_alive(rec.controller_pid):
+            rec.status = STOPPED
+            return rec
+        if not (rec.status in (CREATED, RUNNING, PAUSED) and rec.init_pid and not pid_alive(rec.init_pid)):
+            return rec
+        # The init has exited; its controller records that (with the exit
+        # status) within milliseconds of the sandbox's report: wait for it,
+        # a little, then say stopped anyway.
+        deadline = deadline or time.monotonic() + SETTLE_S
+        if time.monotonic() >= deadline:
+            rec.status = STOPPED
+            return rec
+        time.sleep(0.005)
+        rec = store.load(cid)
 
 
 def ask(rec: Record, msg: Message, timeout: float = 60.0) -> Message:
