@@ -59,11 +59,11 @@ from .abi.seccomp import (
     RESP,
     SECCOMP_ADDFD_FLAG_SEND,
     SECCOMP_IOCTL_NOTIF_ADDFD,
-    SECCOMP_IOCTL_NOTIF_ID_VALID,
     SECCOMP_IOCTL_NOTIF_RECV,
     SECCOMP_IOCTL_NOTIF_SEND,
     SECCOMP_IOCTL_NOTIF_SET_FLAGS,
     SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+    notif_id_valid,
 )
 from .abi.syscalls import MAX_NR, name as syscall_name
 from .handlers import HANDLERS, NATIVE
@@ -447,15 +447,7 @@ class Sentry:
     # --- helpers for handlers ----------------------------------------------------------
     def id_valid(self, lst: _Listener, nid: int) -> bool:
         """Whether notification ``nid`` is still pending (its thread alive, not interrupted)."""
-        buf = lst.idbuf
-        buf[:] = nid.to_bytes(8, "little")
-        try:
-            fcntl.ioctl(lst.fd, SECCOMP_IOCTL_NOTIF_ID_VALID, buf, True)
-            return True
-        except OSError as err:
-            if err.errno == errno.ENOENT:
-                return False
-            raise
+        return notif_id_valid(lst.fd, nid, lst.idbuf)
 
     def write_tracee(self, lst: _Listener, nid: int, tid: int, addr: int, data: bytes) -> None:
         """Write a result into tracee memory, only while notification ``nid`` is pending (TID not reused)."""

@@ -261,3 +261,21 @@ OPEN_HOW = struct.Struct("=QQQ")
 UTSNAME = struct.Struct("=65s65s65s65s65s65s")
 #: sysinfo (with the 4 bytes of padding after ``pad`` and at the end spelled out)
 SYSINFO = struct.Struct("=q3Q6QHH4x2QI4x")
+
+
+def notif_id_valid(listener_fd: int, nid: int, buf: bytearray | None = None) -> bool:
+    """SECCOMP_IOCTL_NOTIF_ID_VALID: whether notification ``nid`` is still pending
+    (its thread alive, not interrupted). ``buf``: 8 bytes to reuse (the hot path's)."""
+    import errno
+    import fcntl
+
+    if buf is None:
+        buf = bytearray(8)
+    buf[:] = nid.to_bytes(8, "little")
+    try:
+        fcntl.ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, buf, True)
+        return True
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            return False
+        raise

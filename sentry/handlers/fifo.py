@@ -38,8 +38,8 @@ from ..abi.seccomp import (
     RESP,
     SECCOMP_ADDFD_FLAG_SEND,
     SECCOMP_IOCTL_NOTIF_ADDFD,
-    SECCOMP_IOCTL_NOTIF_ID_VALID,
     SECCOMP_IOCTL_NOTIF_SEND,
+    notif_id_valid,
 )
 from ..tracee import FsIdentity
 
@@ -83,14 +83,7 @@ class _Waiter:
                     os.close(fd)
 
     def _valid(self) -> bool:
-        buf = bytearray(self.nid.to_bytes(8, "little"))
-        try:
-            fcntl.ioctl(self.listener, SECCOMP_IOCTL_NOTIF_ID_VALID, buf, True)
-            return True
-        except OSError as err:
-            if err.errno == errno.ENOENT:
-                return False
-            raise
+        return notif_id_valid(self.listener, self.nid)
 
     def _written_or_closed(self) -> bool:
         poller = select.poll()
