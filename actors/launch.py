@@ -160,7 +160,7 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
     """Create a container in a new sandbox (or its pod's, by CRI annotations).
 
     ``prefork``: the CLI's blank actors (see Prefork); without it they are
-    forked here.
+    forked here, the same way.
     """
     store.ensure_root()
     sandbox_id = sandbox_of(container_id, config)
@@ -181,16 +181,10 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
             # create's pipes would keep the engine waiting for EOF (go-runc
             # reads create's output until its pipes close).
             terminal = bool((config.get("process") or {}).get("terminal"))
-            if prefork is not None:
-                children = prefork.assign(endpoints, sandbox_id, store.root, terminal=terminal, log_file=log_file, log_format=log_format, debug=debug)
-            else:
-                # All three start at once; the others' event publishers reach the
-                # controller's stream whenever it binds (they queue until then).
-                # Each imports its own code after the fork: the three imports run
-                # side by side instead of one after another in this process.
-                children.append(fork_actor("controller", lambda fd: _controller_main(endpoints, sandbox_id, store.root, fd), log_file=log_file, bound=True))
-                children.append(fork_actor("gofer", lambda fd: _gofer_main(endpoints, sandbox_id, fd), log_file=log_file, bound=True))
-                children.append(fork_actor("sandbox", lambda fd: _sandbox_main(endpoints, sandbox_id, fd), detach=False, quiet_stdio=terminal, log_file=log_file if terminal else None, bound=True))
+            # The others' event publishers reach the controller's stream
+            # whenever it binds (they queue until then).
+            children = (prefork or Prefork()).assign(endpoints, sandbox_id, store.root, terminal=terminal,
+                                                     log_file=log_file, log_format=log_format, debug=debug)
             for child in children:
                 child.wait_ready()
             controller, gofer, sandbox = children
@@ -204,24 +198,6 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
             shutil.rmtree(bus_dir_for(cdir), ignore_errors=True)
         shutil.rmtree(cdir, ignore_errors=True)
         raise
-
-
-def _controller_main(endpoints: Endpoints, sandbox_id: str, root: str, ready_fd: int) -> int:
-    from zentry.actors.controller.actor import controller_main
-
-    return controller_main(endpoints, sandbox_id, root, ready_fd)
-
-
-def _gofer_main(endpoints: Endpoints, sandbox_id: str, ready_fd: int) -> int:
-    from zentry.actors.gofer.actor import gofer_main
-
-    return gofer_main(endpoints, sandbox_id, ready_fd)
-
-
-def _sandbox_main(endpoints: Endpoints, sandbox_id: str, ready_fd: int) -> int:
-    from zentry.actors.sandbox.actor import sandbox_main
-
-    return sandbox_main(endpoints, sandbox_id, ready_fd)
 
 
 def _join_sandbox(store: Store, container_id: str, sandbox_id: str, bundle: str, config: dict, console_socket: str) -> Created:
