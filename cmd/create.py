@@ -25,7 +25,7 @@ def create(args, ctx, config: dict | None = None):
     terminal); read here otherwise.
     """
     from zentry.actors import launch
-    from zentry.actors.oci import load_bundle
+    from zentry.actors.oci import PRESERVE_FDS_ANNOTATION, STRACE_ANNOTATION, load_bundle
     from zentry.actors.state import validate_id
     from zentry.bus.errors import InvalidArgument
 
@@ -36,9 +36,9 @@ def create(args, ctx, config: dict | None = None):
     if (config.get("process") or {}).get("terminal") and not args.console_socket:
         raise InvalidArgument("cannot allocate a pty without --console-socket (process.terminal is true)")
     if ctx.strace:
-        config.setdefault("annotations", {})["dev.zentry.strace"] = "true"
+        config.setdefault("annotations", {})[STRACE_ANNOTATION] = "true"
     if getattr(args, "preserve_fds", 0) > 0:  # fds 3 .. 3+N-1 of this call reach the container (actors/sandbox/init.py; `do` has no such flag)
-        config.setdefault("annotations", {})["dev.zentry.preserve-fds"] = str(args.preserve_fds)
+        config.setdefault("annotations", {})[PRESERVE_FDS_ANNOTATION] = str(args.preserve_fds)
     return launch.create_container(ctx.store(), args.container_id, bundle, config, console_socket=args.console_socket, log_file=ctx.log_file,
                                    prefork=ctx.prefork, log_format=ctx.log_format, debug=ctx.debug)
 

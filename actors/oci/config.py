@@ -26,6 +26,12 @@ log = get_logger(__name__)
 OCI_VERSION_MIN = (1, 0, 0)
 OCI_VERSION_MAX = (1, 2, 0)
 
+#: Annotations the CLI sets for the actors (its flags travel inside the config):
+#: ``--strace`` publishes every trapped syscall from the init's first call;
+#: ``--preserve-fds N`` passes fds 3 .. 3+N-1 to the container.
+STRACE_ANNOTATION = "dev.zentry.strace"
+PRESERVE_FDS_ANNOTATION = "dev.zentry.preserve-fds"
+
 NAMESPACE_TYPES = ("mount", "pid", "network", "uts", "ipc", "user", "cgroup", "time")
 HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 

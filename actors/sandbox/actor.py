@@ -21,6 +21,7 @@ import time
 
 import zmq
 
+from zentry.actors.oci import STRACE_ANNOTATION
 from zentry.actors.spawn import exit_status, release_from_parent, report_ready
 from zentry.bus import codec, fdpass
 from zentry.bus.actor import Actor, Request, handles
@@ -55,8 +56,6 @@ from zentry.sentry.abi import libc
 
 log = get_logger("zentry.sandbox")
 
-#: Set by `zentry --strace create|run`: publish every trapped syscall from the start.
-STRACE_ANNOTATION = "dev.zentry.strace"
 
 #: How long an init may take to get ready (namespaces, mounts, filter).
 SPAWN_TIMEOUT = 30.0

@@ -34,6 +34,7 @@ from zentry.actors.sandbox import caps
 from zentry.bus import fdpass
 from zentry.bus.errors import ConfigError, ExecNotFound, ExecPermission, SystemFailure, ZentryError, to_wire
 from zentry.actors.gofer import rootfs as rootfs_mod
+from zentry.actors.oci import PRESERVE_FDS_ANNOTATION
 from zentry.sentry import filter as sentry_filter
 from zentry.sentry.abi import libc
 
@@ -241,10 +242,6 @@ def setup_terminal(console: socket.socket) -> None:
         os.dup2(slave, fd)
     if slave > 2:
         os.close(slave)
-
-
-#: Set by `zentry create/run --preserve-fds N`: fds 3 .. 3+N-1 reach the container.
-PRESERVE_FDS_ANNOTATION = "dev.zentry.preserve-fds"
 
 
 def preserved_fds(config: dict) -> int:
