@@ -4,7 +4,11 @@ One ``Sentry`` runs in a dedicated thread of the sandbox actor and serves any
 number of listener fds (one per container init, plus exec'd processes),
 multiplexed with ``poll``. For each notification it runs the handler the
 syscall table names (``handlers.HANDLERS``) and answers with
-``SECCOMP_IOCTL_NOTIF_SEND`` (or ``ADDFD|SEND``). It answers CONTINUE only where no tracee memory was read (``chroot``).
+``SECCOMP_IOCTL_NOTIF_SEND`` (or ``ADDFD|SEND``). It answers CONTINUE (the kernel
+runs the call as the tracee) for every open of a file the sentry does not make
+itself (``handlers.fs``), and never for a call it refuses or changes
+(pitfall 6): a race on the memory it read can then only get the tracee the
+real file with its own rights.
 
 The hot loop follows docs/notes "seccomp-notify": preallocated buffers,
 ``fcntl.ioctl`` on them, ``SET_FLAGS(SYNC_WAKE_UP)`` on every listener, the
@@ -16,9 +20,9 @@ poll), per-call strace cost when off: one bool test.
 Native fast path (``_fast.c``, built at install): when the extension is
 there, the loop itself runs in C with the GIL released: it polls, RECVs and
 answers from per-listener tables Python builds from ``handlers.NATIVE``
-(uname: write precomputed bytes; open/openat/creat: the same mediated open
-as ``handlers.fs`` for an ordinary path, as the tracee's identity). Every other
-notification -- and all of them while strace is on -- is copied into
+(uname: write precomputed bytes; the open family: read the path and CONTINUE
+unless it is one of ``procfs.VIEWS``, as ``handlers.fs``). Every other
+notification -- a view, and all of them while strace is on -- is copied into
 ``self._notif`` and handled here exactly as without the extension. Python
 keeps the policy, the slow path and the fail-closed handling.
 
@@ -68,8 +72,9 @@ from .abi.seccomp import (
 from .abi.syscalls import MAX_NR, name as syscall_name
 from .handlers import HANDLERS, NATIVE
 from .handlers.emulate import utsname_bytes
+from .handlers.procfs import VIEWS
 from .table import TABLE, SyscallTable
-from .tracee import FsIdentity, Memory, Tracees
+from .tracee import Memory, Tracees
 
 log = get_logger("zentry.sentry")
 
@@ -78,7 +83,7 @@ try:
 except ImportError:  # not built: the pure-Python loop serves everything
     _fast = None
 #: the interface version of _fast.c this file speaks (a stale build is not used)
-NATIVE_ABI = 4
+NATIVE_ABI = 5
 
 
 def native_available() -> bool:
@@ -94,16 +99,20 @@ class ContainerView(Value):
     """What the sentry needs to know about the container behind a listener.
 
     ``init_pid``: host pid of the container init, killed (SIGKILL) when the
-    listener fails; ``memory_usage_bytes``: current memory use in bytes
-    (cgroup ``memory.current``/``usage_in_bytes``), for MemFree.
+    listener fails, and whose procfs lists the container's pids (loadavg);
+    ``memory_usage_bytes``: current memory use in bytes (cgroup
+    ``memory.current``/``usage_in_bytes``), for MemFree; ``started``:
+    ``CLOCK_BOOTTIME`` seconds when the container started (/proc/uptime),
+    None: when its listener is added.
     """
 
-    __slots__ = ("container_id", "hostname", "domainname", "memory_limit_bytes", "cpu_quota_us", "cpu_period_us", "cpuset", "init_pid", "memory_usage_bytes")
+    __slots__ = ("container_id", "hostname", "domainname", "memory_limit_bytes", "cpu_quota_us", "cpu_period_us", "cpuset", "init_pid", "memory_usage_bytes", "started")
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __init__(self, container_id: str, hostname: str, domainname: str = "", memory_limit_bytes: int | None = None,
                  cpu_quota_us: int | None = None, cpu_period_us: int | None = None, cpuset: str | None = None,
-                 init_pid: int | None = None, memory_usage_bytes: Callable[[], int] | None = None) -> None:
+                 init_pid: int | None = None, memory_usage_bytes: Callable[[], int] | None = None,
+                 started: float | None = None) -> None:
         self.container_id = container_id
         self.hostname = hostname
         self.domainname = domainname
@@ -113,6 +122,7 @@ class ContainerView(Value):
         self.cpuset = cpuset
         self.init_pid = init_pid
         self.memory_usage_bytes = memory_usage_bytes
+        self.started = started
 
 
 class ListenerFailed(Exception):
@@ -120,19 +130,13 @@ class ListenerFailed(Exception):
 
 
 class _Listener:
-    __slots__ = ("fd", "view", "utsname", "pidfd", "idbuf", "root_fd", "root_link", "native_root")
+    __slots__ = ("fd", "view", "utsname", "pidfd", "idbuf")
 
     def __init__(self, fd: int, view: ContainerView) -> None:
         self.fd = fd
         self.view = view
         self.utsname = utsname_bytes(view)
         self.idbuf = bytearray(8)
-        #: the container's root (O_PATH) and its readlink, shared by every tracee
-        #: until one of them calls chroot (then -2: look it up per call)
-        self.root_fd = -1
-        self.root_link = b""
-        #: the root_fd last given to the native loop (-1: none)
-        self.native_root = -1
         self.pidfd = -1
         if view.init_pid:
             try:
@@ -165,14 +169,13 @@ class Sentry:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         if native and not native_available():
             raise RuntimeError("the native sentry loop (zentry.sentry._fast) is not built or is stale")
-        self._native = _fast.Loop(self._wake_r, MAX_NR) if native_available() and native is not False else None
+        self._native = _fast.Loop(self._wake_r, MAX_NR, list(VIEWS)) if native_available() and native is not False else None
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         # per-call state and preallocated buffers (sentry thread only)
         self.mem = Memory()
         self.tracees = Tracees()
-        self.fsid = FsIdentity()
         self.decoded: tuple | None = None
         self.result_fd = -1
         self._notif = bytearray(NOTIF.size)
@@ -182,7 +185,8 @@ class Sentry:
         self._n_trapped = [0] * (MAX_NR + 1)
         self._n_errors = [0] * (MAX_NR + 1)
         self._n_refused = [0] * (MAX_NR + 1)
-        self.counts_mediated = 0
+        self._n_continued = [0] * (MAX_NR + 1)
+        self.counts_served = 0
         self._n_unknown = 0
 
     # --- control (any thread) -----------------------------------------------------------
@@ -190,6 +194,12 @@ class Sentry:
         """Serve a listener fd (the Sentry owns it from now on and closes it)."""
         fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
         os.set_inheritable(fd, False)
+        if container.started is None:
+            # an exec'd process's listener: the container started with its first one
+            with self._lock:
+                known = [l.view.started for l in (*self._listeners.values(), *self._pending)
+                         if l.view.container_id == container.container_id and l.view.started is not None]
+            container.started = min(known) if known else time.clock_gettime(time.CLOCK_BOOTTIME)
         lst = _Listener(fd, container)
         with self._lock:
             self._pending.append(lst)
@@ -233,24 +243,24 @@ class Sentry:
             return [l.view.container_id for l in self._listeners.values()] + [l.view.container_id for l in self._pending]
 
     def stats(self) -> dict:
-        """Counts by syscall name: trapped, refused (no handler), errors (answered with an errno), mediated opens,
-        and which of the trapped calls the native fast path answered."""
+        """Counts by syscall name: trapped, refused (no handler), errors (answered with an errno), continued
+        (run by the kernel as the tracee), the opens of views served, and which of the trapped calls the
+        native fast path answered."""
 
         def by_name(counts: list[int], extra: list[int] | None = None) -> dict[str, int]:
             if extra is not None:
                 counts = [a + b for a, b in zip(counts, extra)]
             return {syscall_name(nr): n for nr, n in enumerate(counts) if n}
 
-        n_trapped = n_errors = None
-        mediated = self.counts_mediated
+        n_trapped = n_errors = n_continued = None
         if self._native is not None:
-            n_trapped, n_errors, native_mediated = self._native.counts()
-            mediated += native_mediated
+            n_trapped, n_errors, n_continued = self._native.counts()
         return {
             "trapped": by_name(self._n_trapped, n_trapped),
             "refused": by_name(self._n_refused),
             "errors": by_name(self._n_errors, n_errors),
-            "mediated_opens": mediated,
+            "continued": by_name(self._n_continued, n_continued),
+            "views_served": self.counts_served,
             #: of "trapped", the calls the native fast path answered without Python
             "native": by_name(n_trapped) if n_trapped is not None else {},
             "listeners": len(self._listeners) + len(self._pending),
@@ -350,10 +360,6 @@ class Sentry:
                 continue
             if code == 0:
                 self._handle(lst)
-                if lst.fd >= 0 and lst.root_fd != lst.native_root:
-                    # the slow path opened (or, after chroot, dropped) the container root
-                    native.set_root(lst.fd, max(lst.root_fd, -1), lst.root_link)
-                    lst.native_root = lst.root_fd
                 continue
             native.remove(fd)
             del listeners[fd]
@@ -414,9 +420,12 @@ class Sentry:
                 res = (0, errno.ENOSYS)
         if res is not None:
             err = res[1]
+            flags = res[2] if len(res) == 3 else 0
             if err:
                 self._n_errors[nr] += 1
-            RESP.pack_into(self._resp, 0, nid, res[0], -err, res[2] if len(res) == 3 else 0)
+            elif flags:
+                self._n_continued[nr] += 1
+            RESP.pack_into(self._resp, 0, nid, res[0], -err, flags)
             try:
                 fcntl.ioctl(lst.fd, SECCOMP_IOCTL_NOTIF_SEND, self._resp, True)
             except OSError as e:
@@ -435,6 +444,8 @@ class Sentry:
         event = {"container": lst.view.container_id, "pid": pid, "tid": tid, "syscall": syscall_name(nr), "args": list(self.decoded or ()), "duration_ns": duration}
         if res is None:
             event["result"] = self.result_fd
+        elif len(res) == 3 and res[2]:
+            event["continued"] = True  # the kernel ran it as the tracee: its result is not the sentry's to know
         elif res[1]:
             event["errno"] = errno.errorcode.get(res[1], res[1])
         else:
@@ -454,11 +465,6 @@ class Sentry:
         if not self.id_valid(lst, nid):
             raise OSError(errno.ESRCH, "the trapped thread is gone")
         self.mem.write(tid, addr, data)
-
-    def take_handoff_fd(self) -> int:
-        """The fd the C loop handed over with the notification being handled (-1: none);
-        the caller owns it. (A FIFO it opened for a blocking read: see handlers/fifo.py.)"""
-        return self._native.take_fd() if self._native is not None else -1
 
     def addfd(self, lst: _Listener, nid: int, srcfd: int, cloexec: int):
         """Install ``srcfd`` in the tracee and complete the call with its number (ADDFD|SEND)."""
@@ -496,7 +502,7 @@ class Sentry:
     def _close(self, lst: _Listener) -> None:
         if self._native is not None and lst.fd >= 0:
             self._native.remove(lst.fd)
-        for attr in ("fd", "pidfd", "root_fd"):
+        for attr in ("fd", "pidfd"):
             fd = getattr(lst, attr)
             if fd >= 0:
                 try:

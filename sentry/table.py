@@ -4,7 +4,7 @@ The shape follows gVisor's ``linux64.go``: one row per syscall number. A row's
 ``disposition`` says where the call is decided:
 
 ``ALLOW``   in BPF, the kernel runs it (cost +0.07 µs);
-``TRAP``    in BPF -> USER_NOTIF -> the sentry runs ``handler`` (emulate or mediate);
+``TRAP``    in BPF -> USER_NOTIF -> the sentry runs ``handler`` (emulate, serve a view, or observe and CONTINUE);
 ``ERRNO``   in BPF, refused with ``errno`` without entering the kernel proper;
 ``KILL``    in BPF, the whole process is killed.
 
@@ -115,20 +115,15 @@ def _rule(names: str, disposition: Disposition) -> None:
         _RULES[n] = disposition
 
 
-# --- mediated: the sentry opens the file for the tracee -------------------------
-_OPEN_NOTE = "resolved by the sentry with openat2(RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS) from the tracee's root, as the tracee's fsuid; fd injected with ADDFD|SEND; /proc/{meminfo,cpuinfo,stat,loadavg} synthesized"
-#: An O_PATH open (flags in a register: decided in BPF, no tracee memory read)
-#: runs in the kernel. It gives no access to data and resolves in the
-#: tracee's own root as its own user, as the sentry would; the sentry could
-#: not answer it anyway (SECCOMP_IOCTL_NOTIF_ADDFD refuses O_PATH files), and
-#: what the fd is used for later (openat with it as dirfd, a reopen through
-#: /proc/self/fd) is trapped as usual.
-_O_PATH = 0o10000000
-_O_PATH_NOTE = "; with O_PATH the kernel runs it (decided in BPF from the flags register)"
-_rule("open", TRAP("fs.open", _OPEN_NOTE + _O_PATH_NOTE, when=(ArgCond(1, _O_PATH, 0),)))
-_rule("openat", TRAP("fs.openat", _OPEN_NOTE + _O_PATH_NOTE, when=(ArgCond(2, _O_PATH, 0),)))
-_rule("openat2", TRAP("fs.openat2", _OPEN_NOTE + "; the caller's resolve flags are added to ours; O_PATH fails with EBADF (open_how is in tracee memory: BPF cannot see it, and ADDFD cannot install an O_PATH file)"))
-_rule("creat", TRAP("fs.creat", "open(path, O_CREAT|O_WRONLY|O_TRUNC, mode), mediated as open"))
+# --- observed: the kernel opens as the container; the sentry serves only its views -------
+_OPEN_NOTE = ("the path is read (for the tap and to find a view); a read-only open of a view the sentry makes "
+              "(/proc/{meminfo,cpuinfo,stat,loadavg,uptime}, /sys/devices/system/cpu/online) is served from a memfd "
+              "with ADDFD|SEND; every other open is answered CONTINUE: the kernel opens the file as the container "
+              "(its credentials, capabilities, namespaces, device cgroup and umask)")
+_rule("open", TRAP("fs.open", _OPEN_NOTE))
+_rule("openat", TRAP("fs.openat", _OPEN_NOTE))
+_rule("openat2", TRAP("fs.openat2", _OPEN_NOTE + "; with resolve flags always continued"))
+_rule("creat", TRAP("fs.creat", "open(path, O_CREAT|O_WRONLY|O_TRUNC, mode): never a view, always continued"))
 
 # --- emulated: answered from sentry state ----------------------------------------
 _rule("uname", TRAP("emulate.uname", "nodename/domainname from the container, release from the host, version names zentry"))
@@ -194,7 +189,7 @@ for _n in "execve execveat".split():
 for _n in "fork vfork".split():
     _RULES[_n] = ALLOW("no namespace flags possible")
 _RULES["seccomp"] = ALLOW("a further filter can only restrict; a second listener is refused by the kernel (EBUSY)")
-_rule("chroot", TRAP("fs.chroot", "run by the kernel (CONTINUE, nothing read from tracee memory); the sentry stops caching the container's root"))
+_RULES["chroot"] = ALLOW("needs CAP_SYS_CHROOT, which the kernel checks (Docker allows it with that capability); the views keep answering for their absolute paths inside a chroot")
 for _n in "sethostname setdomainname".split():
     _RULES[_n] = ALLOW("acts on the container's UTS namespace; uname keeps answering from the container's config")
 

@@ -1,4 +1,4 @@
-"""What the sentry knows about a trapped thread: its memory and its credentials.
+"""What the sentry knows about a trapped thread: its memory and its thread group.
 
 Memory is read and written with process_vm_readv/writev by TID, so it is
 always the thread's *current* address space (a cached ``/proc/TID/mem`` fd
@@ -10,8 +10,8 @@ after every read (handlers) and before every write (``Sentry.write_tracee``).
 Every use first asks it for the thread's ids (``PIDFD_GET_INFO``, one ioctl):
 a pidfd names one thread for ever, so if that thread has exited the ioctl fails
 with ESRCH and the entry is evicted before its TID, maybe reused, can reach the
-wrong process (pitfall 8). The ioctl returns the fsuid/fsgid the sentry opens
-files as; groups come from ``/proc/TID/status``, re-read only when ids change.
+wrong process (pitfall 8). The ioctl also gives the thread group id the tap
+reports.
 
 Needs thread pidfds with PIDFD_GET_INFO (Linux 6.13+); ``supported()`` says
 whether this kernel has them.
@@ -26,8 +26,6 @@ import errno
 import fcntl
 import os
 import struct
-
-from zentry.bus.value import Value
 
 from .abi import libc
 
@@ -103,117 +101,6 @@ class Memory:
             raise OSError(errno.EFAULT, "bad address")
 
 
-class Creds(Value):
-    """The filesystem identity of a thread, and its pid as its own pid namespace sees it."""
-
-    __slots__ = ("fsuid", "fsgid", "groups", "cap_eff", "ns_tgid", "ns_tid", "tgid")
-
-    def __init__(self, fsuid: int, fsgid: int, groups: tuple[int, ...], cap_eff: int, ns_tgid: int, ns_tid: int, tgid: int = 0) -> None:
-        self.fsuid = fsuid
-        self.fsgid = fsgid
-        self.groups = groups
-        self.cap_eff = cap_eff
-        self.ns_tgid = ns_tgid
-        self.ns_tid = ns_tid
-        self.tgid = tgid
-
-    @property
-    def is_root(self) -> bool:
-        return self.fsuid == 0 and self.fsgid == 0
-
-
-def _field(status: bytes, key: bytes) -> list[bytes]:
-    start = status.find(key)
-    if start < 0:
-        return []
-    start += len(key)
-    end = status.find(b"\n", start)
-    return status[start:end].split()
-
-
-def parse_status(status: bytes) -> Creds:
-    """Creds from the text of /proc/TID/status."""
-    uid = _field(status, b"\nUid:")
-    gid = _field(status, b"\nGid:")
-    groups = tuple(int(g) for g in _field(status, b"\nGroups:"))
-    cap = _field(status, b"\nCapEff:")
-    nstgid = _field(status, b"\nNStgid:")
-    nspid = _field(status, b"\nNSpid:")
-    return Creds(
-        fsuid=int(uid[3]),
-        fsgid=int(gid[3]),
-        groups=groups,
-        cap_eff=int(cap[0], 16) if cap else 0,
-        ns_tgid=int(nstgid[-1]) if nstgid else 0,
-        ns_tid=int(nspid[-1]) if nspid else 0,
-        tgid=int((_field(status, b"\nTgid:") or [b"0"])[0]),
-    )
-
-
-#: capabilities that bypass file permission checks on open: CAP_DAC_OVERRIDE,
-#: CAP_DAC_READ_SEARCH, CAP_FOWNER (O_NOATIME, and owner checks)
-DAC_CAPS = (1 << 1) | (1 << 2) | (1 << 3)
-
-
-def cap_eff_of(tid: int) -> int:
-    """The thread's effective capabilities, asked now (capget by tid; they change with
-    capset and execve without its ids changing)."""
-    return libc.thread_capget(tid)[0]
-
-
-class FsIdentity:
-    """Switches the calling thread's file identity to a tracee's and back.
-
-    setfsuid/setfsgid/setgroups as raw syscalls change only this thread (glibc's
-    wrappers would broadcast to every thread of the sandbox). Leaving fsuid 0
-    drops CAP_DAC_OVERRIDE & co. from this thread's effective set; returning
-    restores them, so a non-root tracee gets the kernel's own permission checks.
-
-    A root tracee keeps fsuid 0, but it may lack the capabilities that make
-    root's opens bypass permissions: runc's default set has none of them, so
-    container root cannot read another user's 0600 file. This thread then
-    drops the ones the tracee lacks (capset, this thread only) for the open.
-    """
-
-    def __init__(self) -> None:
-        self._groups = tuple(os.getgroups())
-        self._uid = os.geteuid()
-        self._gid = os.getegid()
-        self._caps = libc.thread_capget()
-        self._userns = os.stat("/proc/thread-self/ns/user").st_ino
-        self._dropped = False
-
-    def enter(self, t: "Tracee") -> bool:
-        """Become thread ``t`` for file access; False when nothing had to change."""
-        if t.fsuid == 0 and self._uid == 0:
-            # in another user namespace (root mapped to host root) its capabilities hold
-            # there, not in ours, where the sentry opens: none of them are lent
-            foreign = os.stat(f"/proc/{t.tid}/ns/user").st_ino != self._userns
-            drop = DAC_CAPS & self._caps[0] & ~(0 if foreign else cap_eff_of(t.tid))
-            if t.fsgid == self._gid and not drop:
-                return False  # root with root's file capabilities: groups do not matter
-            libc.thread_setgroups(t.creds().groups)  # without DAC_OVERRIDE, groups decide too
-            libc.thread_setfsgid(t.fsgid)
-            if drop:
-                eff, perm, inh = self._caps
-                libc.thread_capset(eff & ~drop, perm, inh)
-                self._dropped = True
-            return True
-        c = t.creds()
-        libc.thread_setgroups(c.groups)
-        libc.thread_setfsgid(t.fsgid)
-        libc.thread_setfsuid(t.fsuid)
-        return True
-
-    def leave(self) -> None:
-        libc.thread_setfsuid(self._uid)
-        libc.thread_setfsgid(self._gid)
-        libc.thread_setgroups(self._groups)
-        if self._dropped:
-            libc.thread_capset(*self._caps)
-            self._dropped = False
-
-
 # --- <linux/pidfd.h> -----------------------------------------------------------------
 PIDFD_THREAD = os.O_EXCL
 PIDFD_INFO_PID = 1 << 0
@@ -229,30 +116,12 @@ _INFO_REQUEST = PIDFD_INFO.pack(PIDFD_INFO_PID | PIDFD_INFO_CREDS, *([0] * 13))
 class Tracee:
     """One trapped thread: its pidfd and its ids."""
 
-    __slots__ = ("tid", "pidfd", "ids", "_creds", "_creds_ids")
+    __slots__ = ("tid", "pidfd", "ids")
 
     def __init__(self, tid: int, pidfd: int) -> None:
         self.tid = tid
         self.pidfd = pidfd
         self.ids: tuple = ()
-        self._creds: Creds | None = None
-        self._creds_ids: tuple = ()
-
-    def creds(self) -> Creds:
-        """fsuid/fsgid from the last PIDFD_GET_INFO; groups (and ns pids) from status when ids changed."""
-        if self._creds is None or self._creds_ids != self.ids:
-            with open(f"/proc/{self.tid}/status", "rb") as f:
-                self._creds = parse_status(f.read())
-            self._creds_ids = self.ids
-        return self._creds
-
-    @property
-    def fsuid(self) -> int:
-        return self.ids[9]
-
-    @property
-    def fsgid(self) -> int:
-        return self.ids[10]
 
     @property
     def tgid(self) -> int:

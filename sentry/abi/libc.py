@@ -301,10 +301,7 @@ def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr
     )
 
 
-# --- added for the sentry: tracee memory, openat2, per-thread fs credentials ----------
-SYS_setgroups = 116
-SYS_setfsuid = 122
-SYS_setfsgid = 123
+# --- added for the sentry: tracee memory, per-thread capabilities ----------
 SYS_process_vm_readv = 310
 SYS_process_vm_writev = 311
 
@@ -324,25 +321,6 @@ def rename_noreplace(src: str, dst: str) -> None:
         _libc.renameat2(ctypes.c_int(AT_FDCWD), os.fsencode(src), ctypes.c_int(AT_FDCWD), os.fsencode(dst), ctypes.c_uint(RENAME_NOREPLACE)),
         "renameat2", src, dst,
     )
-
-
-def openat2(dirfd: int, path: bytes, how: ctypes.Array | bytes | ctypes.Structure) -> int:
-    """openat2(2) with a prepared ``struct open_how`` (24 bytes); -1 becomes OSError."""
-    res = _libc.syscall(ctypes.c_long(SYS_openat2), ctypes.c_int(dirfd), path, how, ctypes.c_size_t(24))
-    if res < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"openat2({dirfd}, {path!r}): {os.strerror(err)}")
-    return res
-
-
-def thread_setfsuid(uid: int) -> int:
-    """setfsuid(2) as a raw syscall: it changes only the calling thread. Returns the previous fsuid."""
-    return _libc.syscall(ctypes.c_long(SYS_setfsuid), ctypes.c_uint(uid))
-
-
-def thread_setfsgid(gid: int) -> int:
-    """setfsgid(2) as a raw syscall (calling thread only). Returns the previous fsgid."""
-    return _libc.syscall(ctypes.c_long(SYS_setfsgid), ctypes.c_uint(gid))
 
 
 class _CapHeader(ctypes.Structure):
@@ -378,9 +356,3 @@ def thread_capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> (32 * i)) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> (32 * i)) & 0xFFFFFFFF
     _check(_libc.syscall(ctypes.c_long(SYS_capset), ctypes.byref(header), data), "capset")
-
-
-def thread_setgroups(gids: tuple[int, ...] | list[int]) -> None:
-    """setgroups(2) as a raw syscall: unlike glibc's wrapper it changes only the calling thread."""
-    arr = (ctypes.c_uint * max(1, len(gids)))(*gids)
-    _check(_libc.syscall(ctypes.c_long(SYS_setgroups), ctypes.c_size_t(len(gids)), arr), "setgroups", len(gids))

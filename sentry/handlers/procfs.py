@@ -1,19 +1,31 @@
-"""Synthesized /proc files: meminfo, cpuinfo, stat, loadavg as the container's cgroup limits see them.
+"""The views the sentry makes itself: /proc and /sys files as the container's limits see them.
 
-Inside a container /proc is the container's own procfs mount, but these four
-files describe the host. The open handler (``fs``) asks ``render`` when the
-path a tracee opens is one of ``SYNTHESIZED`` and hands it a read-only fd to a
-memfd holding the text.
+Inside a container /proc and /sys are the kernel's, and these files describe
+the host: its memory, every CPU, its uptime and load. What programs size
+themselves from (glibc's ``get_nprocs`` reads ``/sys/devices/system/cpu/online``,
+``free`` reads ``/proc/meminfo``, JVMs and Node read ``/proc/cpuinfo`` and
+``/proc/stat``) is rendered here from the container's own limits
+(``ContainerView``): memory from its memory limit and usage, CPUs from its
+cpuset cut to its CPU quota, uptime from when it started, and no host pid.
+The open handler (``fs``) serves a read-only open of one of ``VIEWS`` with a
+memfd holding the text; every other open is the kernel's.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
+import time
 
-#: container path -> renderer name
-SYNTHESIZED = {b"/proc/meminfo": "meminfo", b"/proc/cpuinfo": "cpuinfo", b"/proc/stat": "stat", b"/proc/loadavg": "loadavg"}
+#: container path -> renderer name (matched exactly; the native fast path gets the same keys)
+VIEWS = {
+    b"/proc/meminfo": "meminfo",
+    b"/proc/cpuinfo": "cpuinfo",
+    b"/proc/stat": "stat",
+    b"/proc/loadavg": "loadavg",
+    b"/proc/uptime": "uptime",
+    b"/sys/devices/system/cpu/online": "cpu_online",
+}
 
 
 def _read(path: str) -> str:
@@ -119,66 +131,45 @@ def stat(view) -> bytes:
     return ("\n".join(lines + rest) + "\n").encode()
 
 
+def _container_pids(view) -> list[int]:
+    """The pids of the container's processes as its own pid namespace numbers them (its procfs)."""
+    if not view.init_pid:
+        return []
+    try:
+        return sorted(int(n) for n in os.listdir(f"/proc/{view.init_pid}/root/proc") if n.isdigit())
+    except OSError:
+        return []
+
+
 def loadavg(view) -> bytes:
-    return _read("/proc/loadavg").encode()
+    """The host's three load averages (the kernel keeps no per-container ones); the
+    runnable/total and last-pid fields from the container's own processes, never a host pid."""
+    fields = _read("/proc/loadavg").split()
+    pids = _container_pids(view)
+    total = max(1, len(pids))
+    return f"{fields[0]} {fields[1]} {fields[2]} 1/{total} {pids[-1] if pids else 1}\n".encode()
 
 
-RENDERERS = {"meminfo": meminfo, "cpuinfo": cpuinfo, "stat": stat, "loadavg": loadavg}
+def uptime(view) -> bytes:
+    """Seconds since the container started; idle time is the host's idle share of that, on its CPUs."""
+    host_up, host_idle = (float(v) for v in _read("/proc/uptime").split()[:2])
+    started = view.started if view.started is not None else 0.0
+    up = max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    n_host = len(os.sched_getaffinity(0)) or 1
+    share = min(1.0, host_idle / (host_up * n_host)) if host_up > 0 else 0.0
+    return f"{up:.2f} {up * len(visible_cpus(view)) * share:.2f}\n".encode()
+
+
+def cpu_online(view) -> bytes:
+    """``0-N``: as many CPUs as the container is shown, numbered from 0 as in its cpuinfo and stat."""
+    n = len(visible_cpus(view))
+    return (b"0\n" if n == 1 else f"0-{n - 1}\n".encode())
+
+
+RENDERERS = {"meminfo": meminfo, "cpuinfo": cpuinfo, "stat": stat, "loadavg": loadavg, "uptime": uptime, "cpu_online": cpu_online}
 
 
 def render(path: bytes, view) -> bytes | None:
-    """The synthesized content for a container path, or None when it is not synthesized."""
-    name = SYNTHESIZED.get(path)
+    """The view's content for a container path, or None when the path is not a view."""
+    name = VIEWS.get(path)
     return RENDERERS[name](view) if name else None
-
-
-# --- /proc/PID/status of a tracee in a user namespace ------------------------------
-#: /proc/N/status and /proc/N/task/M/status, as paths inside the container
-STATUS_PATH = re.compile(rb"^/proc/\d+(?:/task/\d+)?/status$")
-_ID_LINES = {b"Uid:": "uid", b"Gid:": "gid", b"Groups:": "gid"}
-_OVERFLOW_ID = 65534
-
-
-def _inverse_map(tid: int, kind: str) -> list[tuple[int, int, int]]:
-    """(host start, container start, count) of the tracee's uid_map/gid_map, read from outside."""
-    with open(f"/proc/{tid}/{kind}_map", "rb") as f:
-        return [(int(o), int(i), int(n)) for i, o, n in (line.split() for line in f.read().splitlines() if line.strip())]
-
-
-def status_for_tracee(fd: int, tid: int) -> int | None:
-    """A memfd with the status text of ``fd`` as the tracee would read it, or None when it reads the same.
-
-    The kernel prints the Uid/Gid/Groups of /proc/N/status in the user
-    namespace of whoever *opened* the file: the sentry, which lives in the
-    initial one. A tracee in a user namespace of its own would see host ids
-    (100000 for its root); they are translated to its ids here (unmapped:
-    the overflow id, as the kernel shows them). The text is a snapshot taken
-    at open.
-    """
-    try:
-        if os.readlink(f"/proc/{tid}/ns/user") == os.readlink("/proc/self/ns/user"):
-            return None
-        maps = {kind: _inverse_map(tid, kind) for kind in ("uid", "gid")}
-        data = os.pread(fd, 1 << 16, 0)
-    except OSError:
-        return None
-
-    def inside(kind: str, host_id: int) -> int:
-        for outside, start, count in maps[kind]:
-            if outside <= host_id < outside + count:
-                return start + host_id - outside
-        return _OVERFLOW_ID
-
-    lines = data.split(b"\n")
-    for n, line in enumerate(lines):
-        key, _, rest = line.partition(b"\t")
-        kind = _ID_LINES.get(key)
-        if kind is not None:
-            # only the numbers change: the kernel's separators are kept as they are
-            lines[n] = key + b"\t" + re.sub(rb"\d+", lambda m, kind=kind: b"%d" % inside(kind, int(m.group())), rest)
-    mfd = os.memfd_create("zentry-proc-status", os.MFD_CLOEXEC)
-    try:
-        os.write(mfd, b"\n".join(lines))
-        return os.open(f"/proc/self/fd/{mfd}", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(mfd)

@@ -71,12 +71,12 @@ TRICKS = [
 @pytest.mark.parametrize("trick", TRICKS)
 def test_symlink_and_dotdot_tricks_stay_in_the_root(sentry, rootfs, trick):
     argv = ["/bin/busybox", "sh", "-c", trick.replace("cat ", "/bin/busybox cat ")]
-    mediated = run(argv, sentry=sentry, root=str(rootfs))
+    traced = run(argv, sentry=sentry, root=str(rootfs))
     native = run(argv, sentry=None, root=str(rootfs))
-    assert b"HOST-SECRET" not in mediated.stdout
-    assert (mediated.returncode, mediated.stdout) == (native.returncode, native.stdout)
-    assert mediated.stdout in (b"DECOY\n", b"INSIDE\n")
-    assert sentry.stats()["mediated_opens"] >= 1
+    assert b"HOST-SECRET" not in traced.stdout
+    assert (traced.returncode, traced.stdout) == (native.returncode, native.stdout)
+    assert traced.stdout in (b"DECOY\n", b"INSIDE\n")
+    assert sentry.stats()["continued"]["openat"] >= 1  # the kernel resolved it, in the tracee's root
 
 
 RACE_C = r"""
