@@ -71,7 +71,9 @@ class Disposition(Value):
             text = f"errno {E.errorcode.get(self.errno, self.errno)}"
         else:
             text = self.action.value
-        if self.when:
+        if len(self.when) > 8:
+            text += f" if arg{self.when[0].index} matches one of {len(self.when)} masked values (see the note), else allow"
+        elif self.when:
             text += " if " + " or ".join(str(c) for c in self.when) + ", else allow"
         return text
 
@@ -180,6 +182,34 @@ _rule(
     ),
 )
 _rule("migrate_pages move_pages", ERRNO(E.EPERM, "moves another process's pages between NUMA nodes"))
+_rule("ustat sysfs", ERRNO(E.EPERM, "obsolete (Docker's default profile refuses them too)"))
+#: the personality values Docker's default profile allows: PER_LINUX, PER_LINUX32,
+#: UNAME26 and both, and 0xffffffff (query). libseccomp takes one comparison per
+#: argument in a rule, so the refusals are: another bit set while bit 31 is clear
+#: (no flag uses bit 31), or bit 31 set while another bit is clear (not the query).
+_PERSONALITY_OK_BITS = 0x0008 | 0x20000
+_BIT31 = 1 << 31
+_PERSONALITY_REFUSED = tuple(ArgCond(0, (1 << b) | _BIT31, 1 << b) for b in range(31) if not _PERSONALITY_OK_BITS & (1 << b)) + tuple(
+    ArgCond(0, (1 << b) | _BIT31, _BIT31) for b in range(31)
+)
+_rule(
+    "personality",
+    ERRNO(
+        E.EPERM,
+        "only PER_LINUX, PER_LINUX32, UNAME26 and the query 0xffffffff, as Docker's default profile: "
+        "READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE and the other flags weaken the process's own protections",
+        when=_PERSONALITY_REFUSED,
+    ),
+)
+AF_VSOCK = 40
+_rule(
+    "socket",
+    ERRNO(
+        E.EPERM,
+        "AF_VSOCK reaches the hypervisor and other VMs, outside the network namespace (as Docker's default profile); other families run",
+        when=(ArgCond(0, 0xFFFFFFFF, AF_VSOCK),),
+    ),
+)
 
 # --- allowed, with a note where the choice is not obvious --------------------------------
 for _n in "setuid setgid setgroups setreuid setregid setresuid setresgid setfsuid setfsgid capset prctl".split():
@@ -191,7 +221,14 @@ for _n in "fork vfork".split():
 _RULES["seccomp"] = ALLOW("a further filter can only restrict; a second listener is refused by the kernel (EBUSY)")
 _RULES["chroot"] = ALLOW("needs CAP_SYS_CHROOT, which the kernel checks (Docker allows it with that capability); the views keep answering for their absolute paths inside a chroot")
 for _n in "sethostname setdomainname".split():
-    _RULES[_n] = ALLOW("acts on the container's UTS namespace; uname keeps answering from the container's config")
+    _RULES[_n] = ALLOW("acts on the container's UTS namespace and needs CAP_SYS_ADMIN there, which the kernel checks (Docker gates it on the same capability); uname keeps answering from the container's config")
+for _n in "mbind set_mempolicy get_mempolicy set_mempolicy_home_node".split():
+    _RULES[_n] = ALLOW("the caller's own NUMA memory policy; moving other processes' pages (MPOL_MF_MOVE_ALL) needs CAP_SYS_NICE, which the kernel checks (Docker gates the call on that capability)")
+for _n in ("cachestat fchmodat2 futex_wake futex_wait futex_requeue map_shadow_stack mseal statmount listmount "
+           "lsm_get_self_attr lsm_set_self_attr lsm_list_modules setxattrat getxattrat listxattrat removexattrat "
+           "file_getattr file_setattr uretprobe").split():
+    _RULES[_n] = ALLOW("newer than the Docker default profile compared (2023); acts on the caller's own files, memory, futexes, "
+                       "mounts or LSM attributes with the kernel's usual checks")
 
 _DEFAULT_NOTE = "harmless: runs in the kernel"
 

@@ -104,6 +104,19 @@ def test_compiled_verdicts(prog):
     assert _run_bpf(prog, 16, (1, 0x5401, 0, 0, 0, 0)) == allow  # TCGETS
 
 
+def test_personality_and_socket_are_refused_where_dockers_default_profile_refuses_them(prog):
+    eperm, allow = pyseccomp.ERRNO(errno.EPERM), pyseccomp.ALLOW
+    for ok in (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF):  # PER_LINUX, PER_LINUX32, UNAME26, both, query
+        assert _run_bpf(prog, 135, (ok, 0, 0, 0, 0, 0)) == allow, hex(ok)
+    for bad in (0x0400000, 0x0040000, 0x0400008, 0x7FFFFFFF, 0xFFFFFFFE, 0x80000000, 0x1):  # READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE…
+        assert _run_bpf(prog, 135, (bad, 0, 0, 0, 0, 0)) == eperm, hex(bad)
+    assert _run_bpf(prog, 41, (40, 1, 0, 0, 0, 0)) == eperm  # socket(AF_VSOCK)
+    for family in (1, 2, 10, 16, 17):  # unix, inet, inet6, netlink, packet
+        assert _run_bpf(prog, 41, (family, 1, 0, 0, 0, 0)) == allow
+    for obsolete in (136, 139):  # ustat, sysfs
+        assert _run_bpf(prog, obsolete) == eperm
+
+
 def test_other_architectures_and_x32_are_killed(prog):
     kill = 0x80000000
     assert _run_bpf(prog, 39, arch=0x40000003) == kill  # i386
