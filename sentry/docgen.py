@@ -21,8 +21,8 @@ kernel keeps the strictest verdict. Dispositions:
 
 - **allow**: the kernel runs the call (decided in BPF, ~+0.1 µs);
 - **trap**: the call is sent to the sentry (seccomp user notification) and
-  answered by the named handler: `emulate.*` from the sentry's state,
-  `fs.*` by doing it for the tracee (mediation);
+  answered by the named handler: `emulate.*` from the sentry's state, `fs.*`
+  by serving a view or letting the kernel run it (below);
 - **errno E**: refused in BPF with E; with a condition, only when it matches;
 - **kill**: the process is killed.
 
@@ -37,27 +37,87 @@ the process.
 |---|---|
 {summary}
 
-## Known differences of mediated opens
+## What the sentry does with a trapped call
 
-- A created file's mode is masked by the sentry's umask as well as the
-  tracee's; O_NOCTTY is always set (the sentry must never acquire a terminal).
-- FIFOs: the sentry opens non-blocking so that no open can stall it. A
-  blocking open of a FIFO waits for its other end in a waiter thread
-  (`sentry/handlers/fifo.py`) and is answered then; a reader returns when
-  data or the writer's close arrives rather than when the writer opens, and
-  non-fatal signals wait for the answer (the trapped thread waits killably).
-- Magic links (`/proc/N/fd/M`, `/proc/N/root`, …) are not followed (ELOOP),
-  except the tracee's own: `/proc/self/fd/N`, `/dev/fd/N`,
-  `/dev/std{{in,out,err}}` and `/proc/self/exe` re-open its own file as the
-  kernel does, `/proc/self/root/X` and `/proc/self/cwd/X` are X from its root
-  and cwd. `/proc/mounts` and `/proc/net` (links into `self`) are its own.
-- O_PATH: `open`/`openat` with O_PATH run in the kernel (decided in BPF from
-  the flags register); through `openat2` they fail with EBADF (`open_how` is
-  in tracee memory, and ADDFD cannot install an O_PATH file).
-- Mediated opens are made with the tracee's fsuid, fsgid and groups; a root
-  tracee keeps only the DAC capabilities it holds itself, and none when it is
-  in another user namespace (there they would be under-granted: a mapped root
-  cannot override permissions on files of its own mapped users).
+**Virtualized** (answered by the sentry, never run on the host):
+`uname` (nodename and domainname from the container, release and machine
+from the host, version `#1 zentry sentry`), `sysinfo` (RAM clamped to the
+container's memory limit), and read-only opens of the views, rendered from
+the container's own limits when opened:
+
+| path | what it shows |
+|---|---|
+| `/proc/meminfo` | MemTotal = the memory limit, MemFree/MemAvailable within it, host page cache and swap as 0 |
+| `/proc/cpuinfo` | one block per visible CPU: the cpuset cut to ceil(quota / period) |
+| `/proc/stat` | the visible CPUs' lines, renumbered from 0, and their sum |
+| `/sys/devices/system/cpu/online` | `0-N` for the visible CPUs (what glibc's `get_nprocs`, Python's `os.cpu_count()` and `nproc --all`-style readers use) |
+| `/proc/uptime` | seconds since the container started; idle is the host's idle share of that |
+| `/proc/loadavg` | the host's load averages, then `1/N` and the highest pid of the container's own pid namespace (never a host pid) |
+
+A view is matched on the absolute path exactly as the program passes it (the
+C fast path compares strings): `/proc/./meminfo`, or `meminfo` opened from a
+cwd of `/proc`, get the kernel's file. Writes, `O_PATH`, `O_CREAT`, `O_TRUNC`
+and `openat2` with resolve flags are never a view.
+
+**Observed and continued**: every other `open`, `openat`, `openat2` and
+`creat`. The sentry reads the path (to tell a view apart, and for the tap) and
+answers `SECCOMP_USER_NOTIF_FLAG_CONTINUE`: the kernel opens the file as the
+container, with its credentials, capabilities, namespaces, device cgroup and
+umask, exactly as without zentry (FIFOs block, `/proc/N/fd/M` and
+`/dev/stdout` work, `O_TMPFILE` files can be linked, `openat2`'s resolve
+flags are the kernel's). With strace on, the tap reports these calls with the
+path **as read**, marked `continued` and without a result: a racing thread of
+the container can make the logged path differ from the one the kernel opened,
+and the result is the kernel's. This is safe because no decision rests on
+that path (a racing thread gets the file it named, with its own rights; at
+worst the host's `/proc/meminfo` instead of the view), and the sentry never
+continues a call it refuses or changes.
+
+**Refused**: in BPF, from the syscall number and register arguments only
+(errno rows below); nothing is refused because of tracee memory.
+
+### Why opens are trapped at all
+
+Only the views need them: BPF cannot see a path. Measured on the 2-core
+development host (`bench/syscalls.py`, `bench/workloads.py`): open+read+close
+costs ~3 µs natively, ~12-16 µs trapped and continued by the C loop (the
+trap's round trip is the floor), and the same as native under a filter that
+allows opens in BPF. The alternative — bind-mounting files the sandbox keeps
+current over `/proc/meminfo` and friends, as LXCFS does with FUSE, and
+allowing opens in BPF — would run opens at native speed, but needs a live
+file system (a periodic rewrite is stale or torn while read), must be set up
+by the container init before the filter is loaded, and would take opens off
+the tap for good: the filter cannot change after it is loaded, while strace
+is switched at run time. The open-heavy busybox workloads of
+`bench/workloads.py` stay above the 1.3x-runc target with trapping (see
+`bench/README.md`), so the bind-mounted views are the next step for speed.
+
+## Compared with Docker's default seccomp profile and gVisor
+
+Everything Docker's default profile refuses (for a container with Docker's
+default capabilities) is refused here too, or its row's note says why not:
+Docker gates `sethostname`, `setdomainname`, `chroot`, `mbind` and
+`set_mempolicy` on a capability the kernel checks again itself; syscalls
+newer than the profile compared are noted as such. Argument conditions follow
+Docker's: `clone` with namespace flags, `personality` outside PER_LINUX,
+PER_LINUX32, UNAME26 and the query, `socket(AF_VSOCK)`. Stricter than Docker:
+`ptrace`, `process_vm_*`, `kcmp`, `pidfd_getfd`, `process_madvise`,
+`io_uring_*`, `userfaultfd`, `name_to_handle_at`, every `unshare`/`setns` and
+the mount API whatever the capabilities. gVisor runs its own kernel and lets
+its Sentry make only a small allowlist of host syscalls; zentry's container
+processes talk to the host kernel directly, so its surface is Docker's shape
+(allow most, refuse the dangerous), not gVisor's.
+
+## Remaining differences from Linux
+
+- The views (above) describe the container's limits, not the host; their load
+  averages are the host's (the kernel keeps none per container) and
+  `sched_getaffinity` is the kernel's (the cpuset, not cut to the CPU quota,
+  as under runc).
+- `uname` reports version `#1 zentry sentry`.
+- Refused syscalls fail with the errno of their row, as under Docker's profile.
+- A trapped call costs a round trip to the sentry (~10 µs here) before the
+  kernel runs it.
 
 ## Table
 

@@ -143,7 +143,7 @@ _rule("process_madvise pidfd_getfd kcmp", ERRNO(E.EPERM, "ptrace-like access to 
 _rule("keyctl add_key request_key", ERRNO(E.EPERM, "the kernel keyring is not namespaced"))
 _rule("open_by_handle_at name_to_handle_at", ERRNO(E.EPERM, "file handles bypass path resolution (the 'shocker' escape)"))
 _rule("userfaultfd", ERRNO(E.EPERM, "widens kernel race windows"))
-_rule("io_uring_setup io_uring_enter io_uring_register", ERRNO(E.EPERM, "io_uring operations bypass seccomp (an openat via io_uring would not be mediated)"))
+_rule("io_uring_setup io_uring_enter io_uring_register", ERRNO(E.EPERM, "io_uring operations bypass seccomp (an openat via io_uring would reach neither the filter nor the tap)"))
 _rule(
     "mount umount2 pivot_root move_mount open_tree open_tree_attr fsopen fsconfig fsmount fspick mount_setattr",
     ERRNO(E.EPERM, "the mount table is set up by zentry before the filter is loaded"),
