@@ -44,7 +44,7 @@ class TapMetrics:
         self.syscalls = Counter("zentry_syscalls_trapped", "Syscalls served by the sentry (seen on the tap while strace is on)", ["syscall"], registry=registry)
         self.syscall_errors = Counter("zentry_syscall_errors", "Trapped syscalls answered with an errno", ["syscall", "errno"], registry=registry)
         self.refused = Counter("zentry_syscalls_refused", "Trapped syscalls refused (no handler: ENOSYS)", ["syscall"], registry=registry)
-        self.mediated_opens = Counter("zentry_mediated_opens", "Opens the sentry mediated successfully (fd injected)", registry=registry)
+        self.mediated_opens = Counter("zentry_mediated_opens", "Opens of views the sentry served (fd injected)", registry=registry)
         self.requests = Histogram("zentry_bus_request_duration_seconds", "Time an actor spent answering a bus request", ["actor", "request"], buckets=LATENCY_BUCKETS, registry=registry)
         self.request_errors = Counter("zentry_bus_request_errors", "Bus requests answered with an error", ["actor", "request", "code"], registry=registry)
         self.events = Counter("zentry_events", "Events seen on the sandboxes' streams", ["actor", "kind"], registry=registry)
@@ -63,7 +63,7 @@ class TapMetrics:
                 self.refused.labels(body.syscall).inc()
             elif body.errno:
                 self.syscall_errors.labels(body.syscall, body.errno).inc()
-            elif body.syscall in OPEN_SYSCALLS and body.result >= 0:
+            elif body.syscall in OPEN_SYSCALLS and not getattr(body, "continued", False) and body.result >= 0:
                 self.mediated_opens.inc()
         elif kind == "request":
             self.requests.labels(item.actor, body.request).observe(body.duration_ns / 1e9)

@@ -476,6 +476,7 @@ class Syscall(Message):
     result: int = doc("return value (0 or more), or -errno")
     errno: str = doc("errno name, or empty")
     duration_ns: int = doc("time spent in the sentry")
+    continued: bool = doc("the kernel ran the call as the container (CONTINUE): result and errno are not known", False)
 
 
 @message("event.stats", "event")

@@ -702,7 +702,7 @@ def describe(ev: TapEvent) -> str:
     b = ev.env.body
     kind = ev.kind
     if kind == "syscall":
-        res = f"-1 {b.errno}" if b.errno else str(b.result)
+        res = "? (continued)" if getattr(b, "continued", False) else f"-1 {b.errno}" if b.errno else str(b.result)
         return f"[{b.pid}] {b.syscall}({', '.join(_arg(a) for a in b.args)}) = {res} <{_dur(b.duration_ns)}>"
     if kind == "request":
         text = f"{b.request} from {b.sender} in {_dur(b.duration_ns)}"

@@ -149,6 +149,7 @@ class Sandbox(Actor):
                 result=int(event.get("result", 0)),
                 errno=str(event.get("errno", "") or ""),
                 duration_ns=int(event.get("duration_ns", 0)),
+                continued=bool(event.get("continued", False)),
             )
         )
 
