@@ -78,6 +78,7 @@ typedef struct {
     struct pollfd *pfds;
     uint64_t *trapped, *errors, *continued;
     int n_views;
+    size_t max_view;  /* the longest view path */
     size_t view_len[MAX_VIEWS];
     char *views[MAX_VIEWS];
     struct seccomp_notif notif;
@@ -118,23 +119,23 @@ static int do_write(Loop *self, listener_t *l, entry_t *e) {
     return respond(self, l, n->data.nr, e->ret, 0);
 }
 
-/* the NUL-terminated path at addr (two iovecs: up to the page end, then the rest): 0 or an errno */
-static int read_path(Loop *self, int pid, uint64_t addr) {
-    if (addr == 0) return EFAULT;
-    size_t limit = PATH_MAX_, first = PAGE - (addr % PAGE);
+/* up to `limit` bytes at addr into self->path (two iovecs: up to the page end, then the rest, so an
+ * unmapped next page only shortens the read): how many were read, or -1; the buffer is zeroed first */
+static ssize_t read_bytes(Loop *self, int pid, uint64_t addr, size_t limit) {
+    if (addr == 0) return -1;
+    size_t first = PAGE - (addr % PAGE);
     if (first > limit) first = limit;
+    memset(self->path, 0, limit + 1);
     struct iovec local = {self->path, limit};
     struct iovec remote[2] = {{(void *)(uintptr_t)addr, first}, {(void *)(uintptr_t)(addr + first), limit - first}};
-    ssize_t got = process_vm_readv(pid, &local, 1, remote, limit > first ? 2 : 1, 0);
-    if (got <= 0) return EFAULT;
-    if (!memchr(self->path, 0, (size_t)got)) return (size_t)got >= limit ? ENAMETOOLONG : EFAULT;
-    return 0;
+    return process_vm_readv(pid, &local, 1, remote, limit > first ? 2 : 1, 0);
 }
 
-/* an open: a view goes to Python, everything else is the kernel's (CONTINUE) */
+/* an open: a view goes to Python, everything else is the kernel's (CONTINUE). Only as many
+ * bytes as the longest view (and its NUL) are read: a longer path is not a view. */
 static int do_open(Loop *self, listener_t *l, entry_t *e) {
     struct seccomp_notif *n = &self->notif;
-    if (read_path(self, n->pid, n->data.args[e->arg]) == 0) {
+    if (read_bytes(self, n->pid, n->data.args[e->arg], self->max_view + 1) > 0 && memchr(self->path, 0, self->max_view + 1)) {
         size_t len = strlen(self->path);
         for (int i = 0; i < self->n_views; i++)
             if (len == self->view_len[i] && !memcmp(self->path, self->views[i], len)) return HANDOFF;
@@ -166,6 +167,7 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
         }
         memcpy(self->views[i], data, len);
         self->view_len[i] = (size_t)len;
+        if ((size_t)len > self->max_view) self->max_view = (size_t)len;
         self->n_views = (int)i + 1;
     }
     self->fast = 1;

@@ -479,3 +479,14 @@ def test_the_container_dies_with_the_process_hosting_the_sentry(tmp_path):
         if host_proc.poll() is None:
             host_proc.kill()
             host_proc.wait()
+
+
+def test_personality_flags_docker_refuses_are_refused(sentry):
+    # READ_IMPLIES_EXEC makes every readable mapping executable; ADDR_NO_RANDOMIZE turns ASLR off
+    code = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "for v in (0xffffffff, 0x0400000, 0x0040000, 0x8, 0x0):\n"
+            "    r = libc.personality(ctypes.c_ulong(v)); print(hex(v), r >= 0, 0 if r >= 0 else ctypes.get_errno())")
+    r = run([PY, "-c", code], sentry=sentry)
+    assert r.stdout.decode().splitlines() == [
+        "0xffffffff True 0", "0x400000 False 1", "0x40000 False 1", "0x8 True 0", "0x0 True 0",
+    ], r.stderr

@@ -1,7 +1,7 @@
 """The sentry as a container sees it: what `zentry run` must show (issue 4's "done when").
 
 Each test runs a real container through the CLI and checks what the sentry
-emulates, mediates or refuses, against what the host would do.
+emulates, continues or refuses, against what the host (or runc) does.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def test_uname_names_zentry_and_hostname_is_the_containers(zentry, busybox_bundl
     assert "zentry" in version
     assert version != os.uname().version
     assert nodename == "sbx"
-    assert etc_hostname  # the rootfs file is readable through the mediated open
+    assert etc_hostname  # the rootfs file is readable (the open is continued: the kernel's)
 
 
 def test_symlink_out_of_the_root_does_not_escape(zentry, busybox_bundle, tmp_path):

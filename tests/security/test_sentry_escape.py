@@ -1,10 +1,11 @@
-"""No path trick gets a mediated open out of the container's root.
+"""No path trick gets an open out of the container's root: the kernel resolves it, as the tracee.
 
 The tracee runs in its own mount namespace, pivoted into a small rootfs
 (busybox-static and static C programs); a file ``secret.txt`` with
 ``HOST-SECRET`` lies next to the rootfs on the host, and a decoy of the same
 name inside it. Every trick must land on the decoy, exactly as the kernel
-resolves it for a program running without the sentry.
+resolves it for a program running without the sentry (the sentry reads the
+path and answers CONTINUE; a thread racing that read changes nothing).
 """
 
 from __future__ import annotations
