@@ -1,6 +1,6 @@
 """Open-heavy shell workloads in a zentry and a runc container, interleaved.
 
-    python bench/workloads.py [--runs N] [--files N]
+    python bench/workloads.py [--runs N] [--files N] [--designs]
 
 One busybox bundle (tests/helpers/bundle.py, config from `zentry spec`, a
 tmpfs on /tmp) whose rootfs holds a tree of ``--files`` small files (default
@@ -19,11 +19,23 @@ compared. Workloads:
 For run in range(N), for workload, for runtime in (zentry, runc): one
 measurement. The table prints medians and the zentry/runc ratio (the median
 of per-run ratios). Target: <= 1.3x runc each.
+
+``--designs`` measures the two ways of serving the views, on the same
+workloads without a container: busybox pivoted into the same rootfs by
+``zentry.sentry.harness`` (a mount namespace, zentry's filter and a Sentry
+thread in this process, the C loop), interleaved:
+
+  native      no filter
+  trapped     zentry's filter: opens trapped, read and continued (this design)
+  allowed     zentry's filter with the open rows allowed in BPF: what opens
+              cost when the views are files mounted over /proc (LXCFS-like)
+              instead of answered by the sentry
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -31,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import json
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import helpers_bundle, zentry_argv  # noqa: E402
@@ -96,10 +107,52 @@ def measure(argv: list[str], cid: str, bundle: str, root: str) -> float:
     return end - start
 
 
+def designs(bundle: str, runs: int) -> None:
+    """The workloads under the harness: no filter, opens trapped and continued, opens allowed in BPF."""
+    from zentry.sentry import filter as zfilter
+    from zentry.sentry.harness import run as hrun
+    from zentry.sentry.kernel import Sentry
+    from zentry.sentry.table import ALLOW, TABLE, SyscallRow, SyscallTable
+
+    rootfs = os.path.join(bundle, "rootfs")
+    trapped_bpf = zfilter.zentry_bpf()
+    rows = {nr: (SyscallRow(nr, r.name, ALLOW("bench")) if r.name in ("open", "openat", "openat2", "creat") else r)
+            for nr, r in TABLE.rows.items()}
+    allowed_bpf = zfilter.compile_policy(zfilter.policy_from_table(SyscallTable(rows)))
+    sentry = Sentry()
+    sentry.start()
+    samples: dict[tuple[str, str], list[float]] = {}
+    try:
+        for run in range(runs + 1):
+            for name, script in WORKLOADS:
+                argv = ["/bin/sh", "-c", script.replace("/tmp/x", "/tmp/x$$") + " >/dev/null"]
+                for design, bpf in (("native", None), ("trapped", trapped_bpf), ("allowed", allowed_bpf)):
+                    zfilter._zentry_bpf = bpf or trapped_bpf  # the harness's child loads the cached program
+                    t0 = time.perf_counter()
+                    r = hrun(argv, sentry=sentry if bpf else None, root=rootfs, timeout=300)
+                    secs = time.perf_counter() - t0
+                    if r.returncode != 0:
+                        raise RuntimeError(f"{name} ({design}) exited {r.returncode}: {r.stderr[-300:]!r}")
+                    if run:
+                        samples.setdefault((name, design), []).append(secs)
+    finally:
+        zfilter._zentry_bpf = trapped_bpf
+        sentry.stop()
+    print(f"{'workload':<14} {'native ms':>10} {'trapped ms':>11} {'allowed ms':>11} {'trapped/native':>15} {'allowed/native':>15}")
+    for name, _ in WORKLOADS:
+        n, t, a = (samples[(name, d)] for d in ("native", "trapped", "allowed"))
+        rt = statistics.median(x / y for x, y in zip(t, n))
+        ra = statistics.median(x / y for x, y in zip(a, n))
+        print(f"{name:<14} {statistics.median(n) * 1000:>10.1f} {statistics.median(t) * 1000:>11.1f} {statistics.median(a) * 1000:>11.1f} "
+              f"{rt:>14.2f}x {ra:>14.2f}x")
+    print(f"(harness, no container: fork+pivot+exec included in every row; median of {runs} interleaved runs after one warm-up)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--files", type=int, default=20000)
+    ap.add_argument("--designs", action="store_true", help="compare trapping opens with allowing them in BPF (harness, no container)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/workloads.py needs root", file=sys.stderr)
@@ -114,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bundle = os.path.join(work, "bundle")
         build(bundle, args.files)
+        if args.designs:
+            designs(bundle, args.runs)
+            return 0
         roots = {rt: os.path.join(work, f"root-{rt}") for rt in runtimes}
         n = 0
         for run in range(args.runs + 1):  # run 0 warms the page cache and both runtimes: not counted
