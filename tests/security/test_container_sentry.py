@@ -236,3 +236,27 @@ def test_the_views_show_the_containers_limits(zentry, busybox_bundle, tmp_path):
     assert nproc == r.stdout.split()[0] == "1"  # sched_getaffinity: the kernel's (the cpuset), as under runc
     assert (online, ncpu, total) == ("0", "1", str(256 << 10))
     assert float(uptime) < 60 and int(lastpid) < 100  # since the container started; a pid of its own namespace
+
+
+def test_dev_tty_under_exec_t_opens_as_under_runc(zentry_root, busybox_bundle, tmp_path):
+    import shutil
+
+    from helpers.bundle import zentry_command
+    from helpers.engines import run_in_pty
+
+    runc = shutil.which("runc")
+    if runc is None:
+        pytest.skip("runc is not installed")
+    bundle = busybox_bundle(["sleep", "60"])
+    script = "(exec 3</dev/tty) && echo tty-read-ok; echo via-tty > /dev/tty"
+    out = {}
+    for name, argv in (("zentry", [*zentry_command(), "--root", str(zentry_root)]), ("runc", [runc, "--root", str(tmp_path / "runc-root")])):
+        started = subprocess.run([*argv, "run", "-d", "--bundle", str(bundle), "tty1"], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=bundle, timeout=60)
+        assert started.returncode == 0, name
+        try:
+            r = run_in_pty([*argv, "exec", "-t", "tty1", "sh", "-c", script], timeout=30)
+            out[name] = (r.returncode, r.output)
+        finally:
+            subprocess.run([*argv, "delete", "-f", "tty1"], capture_output=True, timeout=30)
+    assert out["zentry"] == out["runc"] == (0, "tty-read-ok\r\nvia-tty\r\n")
