@@ -76,7 +76,7 @@ def test_container_root_is_the_mapped_host_uid(zentry, busybox_bundle):
         lines = r.stdout.splitlines()
         assert lines[:2] == ["0", "0"]
         assert [l.split() for l in lines[2:4]] == [["0", str(HOST_BASE), str(SIZE)]] * 2
-        # /proc/N/status (opened by the sentry) shows the container's ids, not the host's
+        # /proc/N/status (opened by the kernel as the container) shows the container's ids, not the host's
         assert [l.split() for l in lines[4:]] == [["Uid:", "0", "0", "0", "0"], ["Gid:", "0", "0", "0", "0"]]
         # ps, pause, resume and kill act on it as on any container
         assert zentry("pause", "u1").returncode == 0
@@ -305,7 +305,7 @@ def test_features_lists_the_user_namespace(zentry):
 def test_root_mapped_to_host_root_gets_no_file_capabilities_through_the_sentry(zentry, busybox_bundle):
     """Container root mapped to host root, with CAP_DAC_OVERRIDE in its own user namespace: the
     capability does not cover a file of an unmapped owner (the kernel's rule, so runc's). The
-    sentry opens in the initial namespace, so it must not lend its own capabilities."""
+    kernel opens as the container (the sentry continues the call): none of the sentry's capabilities apply."""
     # root is host root; the other ids (gid 5 for devpts…) map elsewhere, and host uid 1000 is unmapped
     identity = [{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": HOST_BASE + 1, "size": SIZE - 1}]
     caps = ["CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_KILL"]
