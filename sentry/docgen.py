@@ -13,7 +13,7 @@ DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "syscalls.md"
 _HEADER = """# Syscalls under zentry (x86_64)
 
 Generated from `sentry/table.py` by `python -m zentry.sentry.docgen`; do not edit.
-`tests/unit/test_sentry_docgen.py` fails when this file and the table disagree.
+`tests/unit/test_sentry_oci.py` fails when this file and the table disagree.
 
 Every container process runs under two stacked seccomp filters: the OCI
 profile of its config (if any) and zentry's, compiled from this table. The
