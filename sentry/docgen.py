@@ -114,6 +114,12 @@ processes talk to the host kernel directly, so its surface is Docker's shape
   averages are the host's (the kernel keeps none per container) and
   `sched_getaffinity` is the kernel's (the cpuset, not cut to the CPU quota,
   as under runc).
+- `/proc/uptime` counts from the container's start, but process start times
+  (`/proc/PID/stat` field 22) still count from the host's boot: procps `ps`
+  computes elapsed time and %CPU as uptime minus start time, which comes out
+  negative (huge ELAPSED, %CPU 0.0). A time namespace with a boottime offset
+  (OCI `linux.timeOffsets`, CLONE_NEWTIME) would shift both consistently in
+  the kernel, without a view.
 - `uname` reports version `#1 zentry sentry`.
 - Refused syscalls fail with the errno of their row, as under Docker's profile.
 - A trapped call costs a round trip to the sentry (~10 µs here) before the
