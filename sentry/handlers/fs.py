@@ -41,8 +41,10 @@ from . import procfs
 AT_FDCWD = -100
 #: answer "let the kernel run it" (SECCOMP_USER_NOTIF_FLAG_CONTINUE)
 CONTINUE = (0, 0, 1)
+#: the kernel's O_LARGEFILE (glibc's os.O_LARGEFILE is 0 on x86_64; musl passes 0o100000)
+O_LARGEFILE = 0o100000
 #: flags a read-only open of a view may carry and still be served (the rest is continued)
-_VIEW_FLAGS = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_LARGEFILE | os.O_NOFOLLOW | os.O_NOATIME
+_VIEW_FLAGS = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | O_LARGEFILE | os.O_NOFOLLOW | os.O_NOATIME
 
 
 def _s32(v: int) -> int:

@@ -134,6 +134,14 @@ def test_the_views_fit_their_readers(sentry):  # noqa: F811
     assert up < float(open("/proc/uptime").read().split()[0])
 
 
+def test_a_view_is_served_with_musls_o_largefile_too(sentry):  # noqa: F811
+    # musl (Alpine) passes the kernel's O_LARGEFILE (0o100000) on x86_64; glibc passes none
+    code = ("import os\nfor extra in (0, 0o100000):\n"
+            "    fd = os.open('/proc/meminfo', os.O_RDONLY | extra)\n    print(os.read(fd, 40).split(b'\\n')[0].decode())")
+    r = run([PY, "-c", code], sentry=sentry, view=ContainerView("m", "h", memory_limit_bytes=256 << 20))
+    assert r.stdout == b"MemTotal:         262144 kB\n" * 2, r.stderr
+
+
 def test_no_view_for_writes_nor_for_other_paths(sentry, tmp_path):  # noqa: F811
     # what a view cannot honour is the kernel's: the real file's answers
     same_as_host(sentry, ["/bin/busybox", "sh", "-c", "echo 1 > /proc/meminfo; echo $?; cat /proc/self/stat | cut -d' ' -f2; cat /proc/version | cut -c1-5"])
