@@ -115,7 +115,16 @@ def test_proc_views_follow_the_limits():
     n = min(2, len(host))
     assert procfs.render(b"/proc/cpuinfo", v).decode().count("processor\t:") == n
     assert sum(1 for l in procfs.render(b"/proc/stat", v).decode().splitlines() if l[:3] == "cpu" and l[3].isdigit()) == n
+    assert procfs.render(b"/sys/devices/system/cpu/online", v) == (b"0\n" if n == 1 else b"0-%d\n" % (n - 1))
     assert procfs.render(b"/proc/version", v) is None
+    # uptime from the container's start (CLOCK_BOOTTIME seconds); loadavg without a host pid
+    import time
+
+    v.started = time.clock_gettime(time.CLOCK_BOOTTIME) - 42
+    up, idle = (float(x) for x in procfs.render(b"/proc/uptime", v).split())
+    assert 42 <= up < 100 and 0 <= idle <= up * n
+    fields = procfs.render(b"/proc/loadavg", v).split()  # no init_pid: no processes known
+    assert len(fields) == 5 and fields[3:] == [b"1/1", b"1"]
 
 
 def test_utsname_and_sysinfo_bytes():
