@@ -106,7 +106,12 @@ PER_LINUX32, UNAME26 and the query, `socket(AF_VSOCK)`. Stricter than Docker:
 the mount API whatever the capabilities. gVisor runs its own kernel and lets
 its Sentry make only a small allowlist of host syscalls; zentry's container
 processes talk to the host kernel directly, so its surface is Docker's shape
-(allow most, refuse the dangerous), not gVisor's.
+(allow most, refuse the dangerous), not gVisor's. gVisor's host allowlist is
+the model for a filter on the sentry thread itself (not loaded yet): since the
+sentry no longer opens files for containers, that thread needs no `openat2`,
+`setfsuid`, `setfsgid`, `setgroups` nor `capset` — only poll, the listener
+ioctls, `process_vm_readv`/`writev`, `pidfd_*`, `memfd_create` and the reads
+of procfs its views need.
 
 ## Remaining differences from Linux
 
