@@ -87,6 +87,9 @@ def test_text_and_json_formats():
     assert "\x1b[" in format_text(ev("sb.c1.controller.status", 2, STATUS), colour=True)
     refused = M.Syscall(container_id="c1", pid=1, tid=1, syscall="kexec_load", args=[], result=0, errno="ENOSYS", duration_ns=0)
     assert "kexec_load() = -1 ENOSYS" in format_text(ev("sb.c1.sentry.syscall", 1, refused))
+    continued = M.Syscall(container_id="c1", pid=1, tid=1, syscall="openat", args=[-100, "/etc/passwd", 0], result=0, errno="",
+                          duration_ns=0, continued=True)
+    assert 'openat(-100, "/etc/passwd", 0) = ? (continued)' in format_text(ev("sb.c1.sentry.syscall", 1, continued))
     obj = json.loads(format_json(ev("sb.c1.controller.status", 2, STATUS, id="1b-3", parent="99-1")))
     assert obj == {"topic": "sb.c1.controller.status", "seq": 2, "id": "1b-3", "parent": "99-1", "sender": "controller",
                    "time_ns": 1_700_000_000_123_456_789, "type": "event.status", "body": {"container_id": "c1", "old": "created", "new": "running"}}
