@@ -1,0 +1,93 @@
+"""What a schema-valid config.json must also respect before anything is launched.
+
+The schema says what each field is; it cannot say that the whole document
+must travel the bus (``container.create`` carries it to the actors), nor
+what the kernel will refuse later. Each rule here turns a failure that came
+at ``start`` (or a 120 s wait for a reply the bus dropped) into one line at
+``create``:
+
+* the bus's own decode limits (``bus/codec.py``): at most ``MAX_ARRAY``
+  items in an array, ``MAX_MAP`` keys in an object, ``MAX_STR`` bytes in a
+  string, ``MAX_DEPTH`` levels of nesting, integers that fit 64 bits;
+* no NUL character in any string: every string becomes a C string (a path,
+  an argument, an environment entry), where a NUL silently cuts it;
+* ``process.env`` entries are ``NAME=value`` with a non-empty NAME, as the
+  exec'd program's environment needs (runc refuses the same, at create).
+
+``MAX_CONFIG_BYTES`` bounds what ``load_bundle`` reads at all.
+"""
+
+from __future__ import annotations
+
+from zentry.bus.codec import MAX_ARRAY, MAX_FRAME, MAX_MAP, MAX_STR
+
+#: config.json larger than this is refused unread: it would not fit the
+#: ``container.create`` frame (``MAX_FRAME``) beside the rest of the message
+MAX_CONFIG_BYTES = MAX_FRAME // 2
+#: deepest nesting of arrays and objects (OCI configs nest about 6 deep;
+#: the bus's msgpack encoder stops far below Python's recursion limit)
+MAX_DEPTH = 64
+#: most digits an integer in config.json may have (2**64 has 20)
+MAX_INT_DIGITS = 20
+
+_INT_MIN = -(2**63)
+_UINT_MAX = 2**64 - 1
+
+
+def _where(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + part
+    return (out if len(out) <= 80 else out[:77] + "...") or "(root)"
+
+
+def bus_limit_error(config: object) -> str | None:
+    """``"where: what"`` for the first value over a bus limit, or None."""
+    stack: list[tuple[object, tuple, int]] = [(config, (), 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, dict):
+            if depth > MAX_DEPTH:
+                return f"{_where(path)}: nested deeper than {MAX_DEPTH} levels"
+            if len(value) > MAX_MAP:
+                return f"{_where(path)}: {len(value)} entries, more than the limit of {MAX_MAP}"
+            for key, item in value.items():
+                if len(key.encode("utf-8", "surrogatepass")) > MAX_STR:
+                    return f"{_where(path)}: a key longer than the limit of {MAX_STR} bytes"
+                if "\0" in key:
+                    return f"{_where(path)}: a key contains a NUL character"
+                stack.append((item, path + (key,), depth + 1))
+        elif isinstance(value, list):
+            if depth > MAX_DEPTH:
+                return f"{_where(path)}: nested deeper than {MAX_DEPTH} levels"
+            if len(value) > MAX_ARRAY:
+                return f"{_where(path)}: {len(value)} items, more than the limit of {MAX_ARRAY}"
+            stack.extend((item, path + (i,), depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            if len(value) > MAX_STR // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_STR:
+                return f"{_where(path)}: longer than the limit of {MAX_STR} bytes"
+            if "\0" in value:
+                return f"{_where(path)}: contains a NUL character"
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not _INT_MIN <= value <= _UINT_MAX:
+                return f"{_where(path)}: {value} is out of range (64-bit integers only)"
+    return None
+
+
+def env_error(config: dict) -> str | None:
+    """``"where: what"`` for the first malformed ``process.env`` entry, or None."""
+    process = config.get("process")
+    env = process.get("env", []) if isinstance(process, dict) else []
+    for i, entry in enumerate(env if isinstance(env, list) else []):
+        if not isinstance(entry, str):
+            continue  # the schema's verdict
+        name, sep, _ = entry.partition("=")
+        if not sep:
+            return f'process.env[{i}]: "{_short(entry)}" is not NAME=value'
+        if not name:
+            return f'process.env[{i}]: "{_short(entry)}" has an empty variable name'
+    return None
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
