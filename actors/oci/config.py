@@ -19,7 +19,7 @@ import stat
 from zentry.bus.errors import ConfigError
 from zentry.bus.log import get_logger
 
-from .limits import MAX_CONFIG_BYTES, MAX_INT_DIGITS, bus_limit_error, env_error
+from .limits import MAX_CONFIG_BYTES, MAX_INT_DIGITS, bus_limit_error, device_path_error, env_error
 from .schema import first_config_error
 
 log = get_logger(__name__)
@@ -71,12 +71,10 @@ def read_config_file(bundle: str) -> bytes:
     device such as /dev/zero, a directory, a socket) is refused unread."""
     path = os.path.join(bundle, "config.json")
     try:
-        if not _readable_kind(os.stat(path).st_mode):
-            raise ConfigError(f'config.json in bundle "{bundle}" is not a regular file')
+        _check_kind(os.stat(path).st_mode, bundle)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
         try:
-            if not _readable_kind(os.fstat(fd).st_mode):  # replaced since the stat
-                raise ConfigError(f'config.json in bundle "{bundle}" is not a regular file')
+            _check_kind(os.fstat(fd).st_mode, bundle)  # replaced since the stat?
             chunks, size = [], 0
             while size <= MAX_CONFIG_BYTES:
                 chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
@@ -94,8 +92,14 @@ def read_config_file(bundle: str) -> bytes:
     return b"".join(chunks)
 
 
-def _readable_kind(mode: int) -> bool:
-    return stat.S_ISREG(mode) or stat.S_ISFIFO(mode)
+_FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def _check_kind(mode: int, bundle: str) -> None:
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a file")
+        raise ConfigError(f'config.json in bundle "{bundle}" is {kind}, not a regular file')
 
 
 def parse_config(raw: bytes | str) -> dict:
@@ -157,9 +161,9 @@ def check_config(config: dict, bundle: str, *, require_process: bool = True) -> 
     _check_version(config["ociVersion"])
     _check_root(config, bundle)
     _check_process(config, require_process)
-    bad_env = env_error(config)
-    if bad_env:
-        raise ConfigError(f"invalid config.json: {bad_env}")
+    bad_value = env_error(config) or device_path_error(config)
+    if bad_value:
+        raise ConfigError(f"invalid config.json: {bad_value}")
     _check_namespaces(config, warnings)
     for i, mount in enumerate(config.get("mounts", [])):
         dest = mount["destination"]

@@ -12,7 +12,9 @@ at ``start`` (or a 120 s wait for a reply the bus dropped) into one line at
 * no NUL character in any string: every string becomes a C string (a path,
   an argument, an environment entry), where a NUL silently cuts it;
 * ``process.env`` entries are ``NAME=value`` with a non-empty NAME, as the
-  exec'd program's environment needs (runc refuses the same, at create).
+  exec'd program's environment needs (runc refuses the same, at create);
+* ``linux.devices`` paths have no ``..`` component: the node is made where
+  the path says, never somewhere else in the root filesystem.
 
 ``MAX_CONFIG_BYTES`` bounds what ``load_bundle`` reads at all.
 """
@@ -86,6 +88,20 @@ def env_error(config: dict) -> str | None:
             return f'process.env[{i}]: "{_short(entry)}" is not NAME=value'
         if not name:
             return f'process.env[{i}]: "{_short(entry)}" has an empty variable name'
+    return None
+
+
+def device_path_error(config: dict) -> str | None:
+    """``"where: what"`` for the first ``linux.devices`` path that climbs
+    with ``..``, or None."""
+    linux = config.get("linux")
+    devices = linux.get("devices", []) if isinstance(linux, dict) else []
+    for i, dev in enumerate(devices if isinstance(devices, list) else []):
+        path = dev.get("path") if isinstance(dev, dict) else None
+        if not isinstance(path, str):
+            continue  # the schema's verdict
+        if ".." in path.split("/"):
+            return f'linux.devices[{i}].path: "{_short(path)}": a path with ".." components is not allowed'
     return None
 
 
