@@ -19,7 +19,7 @@ import stat
 from zentry.bus.errors import ConfigError
 from zentry.bus.log import get_logger
 
-from .limits import MAX_CONFIG_BYTES, MAX_INT_DIGITS, bus_limit_error, device_path_error, env_error
+from .limits import MAX_CONFIG_BYTES, MAX_INT_DIGITS, bus_limit_error, device_error, env_error, range_error
 from .schema import first_config_error
 
 log = get_logger(__name__)
@@ -104,6 +104,8 @@ def _check_kind(mode: int, bundle: str) -> None:
 
 def parse_config(raw: bytes | str) -> dict:
     """The schema-valid config document in ``raw`` JSON text, or ``ConfigError``."""
+    if isinstance(raw, bytes):
+        raw = _utf8_text(raw)
     try:
         config = json.loads(raw, parse_constant=_no_constant, parse_int=_bounded_int,
                             parse_float=_finite_float)
@@ -119,6 +121,17 @@ def parse_config(raw: bytes | str) -> dict:
     if error is not None:
         raise ConfigError(f"invalid config.json: {error}")
     return config
+
+
+def _utf8_text(raw: bytes) -> str:
+    """JSON text is UTF-8 without a byte order mark (RFC 8259; runc's reader
+    agrees); json.loads alone would guess UTF-16 and UTF-32 as well."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise ConfigError("invalid config.json: not valid JSON: starts with a byte order mark")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"invalid config.json: not valid JSON: not UTF-8 text (byte {err.start})") from None
 
 
 def _no_constant(name: str) -> None:
@@ -161,7 +174,7 @@ def check_config(config: dict, bundle: str, *, require_process: bool = True) -> 
     _check_version(config["ociVersion"])
     _check_root(config, bundle)
     _check_process(config, require_process)
-    bad_value = env_error(config) or device_path_error(config)
+    bad_value = env_error(config) or device_error(config) or range_error(config)
     if bad_value:
         raise ConfigError(f"invalid config.json: {bad_value}")
     _check_namespaces(config, warnings)

@@ -8,13 +8,17 @@ at ``start`` (or a 120 s wait for a reply the bus dropped) into one line at
 
 * the bus's own decode limits (``bus/codec.py``): at most ``MAX_ARRAY``
   items in an array, ``MAX_MAP`` keys in an object, ``MAX_STR`` bytes in a
-  string, ``MAX_DEPTH`` levels of nesting, integers that fit 64 bits;
+  string, ``MAX_DEPTH`` levels of nesting, integers that fit 64 bits, text
+  that UTF-8 can encode (no unpaired surrogate from a ``\ud800`` escape);
 * no NUL character in any string: every string becomes a C string (a path,
   an argument, an environment entry), where a NUL silently cuts it;
 * ``process.env`` entries are ``NAME=value`` with a non-empty NAME, as the
   exec'd program's environment needs (runc refuses the same, at create);
-* ``linux.devices`` paths have no ``..`` component: the node is made where
-  the path says, never somewhere else in the root filesystem.
+* ``linux.devices`` paths have no ``..`` component (the node is made where
+  the path says, never somewhere else in the root filesystem), and their
+  numbers and owners are ones the kernel can hold;
+* values the kernel refuses later: ``process.oomScoreAdj`` outside
+  -1000..1000, a ``hostname`` or ``domainname`` over 64 bytes.
 
 ``MAX_CONFIG_BYTES`` bounds what ``load_bundle`` reads at all.
 """
@@ -34,6 +38,7 @@ MAX_INT_DIGITS = 20
 
 _INT_MIN = -(2**63)
 _UINT_MAX = 2**64 - 1
+_U32_MAX = 2**32 - 1
 
 
 def _where(path: tuple) -> str:
@@ -54,10 +59,9 @@ def bus_limit_error(config: object) -> str | None:
             if len(value) > MAX_MAP:
                 return f"{_where(path)}: {len(value)} entries, more than the limit of {MAX_MAP}"
             for key, item in value.items():
-                if len(key.encode("utf-8", "surrogatepass")) > MAX_STR:
-                    return f"{_where(path)}: a key longer than the limit of {MAX_STR} bytes"
-                if "\0" in key:
-                    return f"{_where(path)}: a key contains a NUL character"
+                problem = _string_problem(key)
+                if problem:
+                    return f"{_where(path)}: a key {problem}"
                 stack.append((item, path + (key,), depth + 1))
         elif isinstance(value, list):
             if depth > MAX_DEPTH:
@@ -66,13 +70,24 @@ def bus_limit_error(config: object) -> str | None:
                 return f"{_where(path)}: {len(value)} items, more than the limit of {MAX_ARRAY}"
             stack.extend((item, path + (i,), depth + 1) for i, item in enumerate(value))
         elif isinstance(value, str):
-            if len(value) > MAX_STR // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_STR:
-                return f"{_where(path)}: longer than the limit of {MAX_STR} bytes"
-            if "\0" in value:
-                return f"{_where(path)}: contains a NUL character"
+            problem = _string_problem(value)
+            if problem:
+                return f"{_where(path)}: {problem}"
         elif isinstance(value, int) and not isinstance(value, bool):
             if not _INT_MIN <= value <= _UINT_MAX:
                 return f"{_where(path)}: {value} is out of range (64-bit integers only)"
+    return None
+
+
+def _string_problem(text: str) -> str | None:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "contains an unpaired surrogate escape (\\ud800-\\udfff), which is not text"
+    if size > MAX_STR:
+        return f"longer than the limit of {MAX_STR} bytes"
+    if "\0" in text:
+        return "contains a NUL character"
     return None
 
 
@@ -91,17 +106,39 @@ def env_error(config: dict) -> str | None:
     return None
 
 
-def device_path_error(config: dict) -> str | None:
-    """``"where: what"`` for the first ``linux.devices`` path that climbs
-    with ``..``, or None."""
+def device_error(config: dict) -> str | None:
+    """``"where: what"`` for the first ``linux.devices`` entry whose path
+    climbs with ``..`` or whose numbers or owner the kernel cannot hold."""
     linux = config.get("linux")
     devices = linux.get("devices", []) if isinstance(linux, dict) else []
     for i, dev in enumerate(devices if isinstance(devices, list) else []):
-        path = dev.get("path") if isinstance(dev, dict) else None
-        if not isinstance(path, str):
+        if not isinstance(dev, dict):
             continue  # the schema's verdict
-        if ".." in path.split("/"):
+        path = dev.get("path")
+        if isinstance(path, str) and ".." in path.split("/"):
             return f'linux.devices[{i}].path: "{_short(path)}": a path with ".." components is not allowed'
+        for key in ("major", "minor", "uid", "gid", "fileMode"):
+            value = dev.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= _U32_MAX:
+                return f"linux.devices[{i}].{key}: {value} is out of range (0 to {_U32_MAX})"
+    return None
+
+
+#: HOST_NAME_MAX: sethostname and setdomainname refuse longer names
+MAX_HOSTNAME_BYTES = 64
+
+
+def range_error(config: dict) -> str | None:
+    """``"where: what"`` for the first value the kernel would refuse at
+    start (``oomScoreAdj``, host and domain name lengths), or None."""
+    process = config.get("process")
+    adj = process.get("oomScoreAdj") if isinstance(process, dict) else None
+    if isinstance(adj, int) and not isinstance(adj, bool) and not -1000 <= adj <= 1000:
+        return f"process.oomScoreAdj: {adj} is out of range (-1000 to 1000)"
+    for key in ("hostname", "domainname"):
+        name = config.get(key)
+        if isinstance(name, str) and len(name.encode("utf-8", "surrogatepass")) > MAX_HOSTNAME_BYTES:
+            return f"{key}: longer than {MAX_HOSTNAME_BYTES} bytes"
     return None
 
 
