@@ -28,16 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import psutil
 import pytest
 
 from helpers.bundle import minimal_config, zentry_command
-from helpers.leaks import LeakWatch
+from helpers.leaks import CGROUP_ROOT, LeakWatch, _walk_cgroups, rmdir_cgroup
 from helpers.skips import require_tool
 
 pytestmark = pytest.mark.root
 
 ANSWER_SECONDS = 2.0
-RUNC_SECONDS = 30.0  # runc's verdict is all we want from it, however slow
+RUNC_SECONDS = 10.0  # runc 1.1.5 hangs on some (65537 env entries): no verdict
 CASE_ID_PREFIX = f"zbad{os.getpid()}-"  # container ids, also a leak needle
 WORKERS = 3  # the cases are short CLI calls: a few at once fill two cores
 
@@ -225,7 +226,8 @@ def _semantic_cases(base: dict) -> list[Case]:
     without_ns = lambda kind: [n for n in ns if n["type"] != kind]  # noqa: E731
     cases = [
         Case("namespaces duplicate pid", config=_set(c, "linux.namespaces", ns + [{"type": "pid"}])),
-        Case("namespace path missing file", config=_set(c, "linux.namespaces", ns[:-1] + [{"type": "mount", "path": "/nonexistent/ns"}])),
+        Case("mount namespace path missing", config=_set(c, "linux.namespaces", without_ns("mount") + [{"type": "mount", "path": "/nonexistent/ns"}])),
+        Case("network namespace path missing", config=_set(c, "linux.namespaces", without_ns("network") + [{"type": "network", "path": "/nonexistent/ns"}])),
         Case("namespace path wrong type", config=_set(c, "linux.namespaces", [n for n in ns if n["type"] != "network"] + [{"type": "network", "path": "/proc/self/ns/uts"}])),
         Case("user namespace without mappings", config=_set(c, "linux.namespaces", ns + [{"type": "user"}])),
         Case("hostname without uts namespace", config=_set(c, "linux.namespaces", without_ns("uts"))),
@@ -468,7 +470,16 @@ def run_argv(argv: list[str], timeout: float, cwd: Path) -> tuple[int | None, st
         try:
             code: int | None = proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own group: what it forked too
+            try:  # runc init makes its own session: find it by descent
+                children = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.Error:
+                children = []
+            os.killpg(proc.pid, signal.SIGKILL)
+            for child in children:
+                try:
+                    child.kill()
+                except psutil.Error:
+                    pass
             proc.wait()
             code = None
         seconds = time.monotonic() - start
@@ -622,6 +633,10 @@ def run_runc_case(runc: str, case: Case, workdir: Path, index: int) -> int | Non
     if code != 1 and root.is_dir():  # accepted, or hung: take down what it made
         subprocess.run([runc, "--root", str(root), "delete", "--force", cid],
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    if code is None:  # killed before it saved any state: its cgroups are ours to remove
+        for rel in _walk_cgroups():
+            if os.path.basename(rel) == cid:
+                rmdir_cgroup(str(CGROUP_ROOT / rel))
     return code
 
 
