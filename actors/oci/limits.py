@@ -50,40 +50,56 @@ def _where(path: tuple) -> str:
 
 def bus_limit_error(config: object) -> str | None:
     """``"where: what"`` for the first value over a bus limit, or None."""
-    stack: list[tuple[object, tuple, int]] = [(config, (), 1)]
+    problem = _scalar_problem(config)
+    if problem:
+        return f"(root): {problem}"
+    stack: list[tuple[dict | list, tuple, int]] = [(config, (), 1)] if isinstance(config, (dict, list)) else []
     while stack:
         value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"{_where(path)}: nested deeper than {MAX_DEPTH} levels"
         if isinstance(value, dict):
-            if depth > MAX_DEPTH:
-                return f"{_where(path)}: nested deeper than {MAX_DEPTH} levels"
             if len(value) > MAX_MAP:
                 return f"{_where(path)}: {len(value)} entries, more than the limit of {MAX_MAP}"
             for key, item in value.items():
                 problem = _string_problem(key)
                 if problem:
                     return f"{_where(path)}: a key {problem}"
-                stack.append((item, path + (key,), depth + 1))
-        elif isinstance(value, list):
-            if depth > MAX_DEPTH:
-                return f"{_where(path)}: nested deeper than {MAX_DEPTH} levels"
+                if isinstance(item, (dict, list)):
+                    stack.append((item, path + (key,), depth + 1))
+                else:
+                    problem = _scalar_problem(item)
+                    if problem:
+                        return f"{_where(path + (key,))}: {problem}"
+        else:
             if len(value) > MAX_ARRAY:
                 return f"{_where(path)}: {len(value)} items, more than the limit of {MAX_ARRAY}"
-            stack.extend((item, path + (i,), depth + 1) for i, item in enumerate(value))
-        elif isinstance(value, str):
-            problem = _string_problem(value)
-            if problem:
-                return f"{_where(path)}: {problem}"
-        elif isinstance(value, int) and not isinstance(value, bool):
-            if not _INT_MIN <= value <= _UINT_MAX:
-                return f"{_where(path)}: {value} is out of range (64-bit integers only)"
+            for i, item in enumerate(value):
+                if isinstance(item, (dict, list)):
+                    stack.append((item, path + (i,), depth + 1))
+                else:
+                    problem = _scalar_problem(item)
+                    if problem:
+                        return f"{_where(path + (i,))}: {problem}"
+    return None
+
+
+def _scalar_problem(value: object) -> str | None:
+    if isinstance(value, str):
+        return _string_problem(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _UINT_MAX:
+        return f"{value} is out of range (64-bit integers only)"
     return None
 
 
 def _string_problem(text: str) -> str | None:
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "contains an unpaired surrogate escape (\\ud800-\\udfff), which is not text"
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            return "contains an unpaired surrogate escape (\\ud800-\\udfff), which is not text"
     if size > MAX_STR:
         return f"longer than the limit of {MAX_STR} bytes"
     if "\0" in text:
