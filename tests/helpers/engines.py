@@ -47,8 +47,9 @@ SYSTEM_CONTAINERS_CONF_DIR = Path("/etc/containers/containers.conf.d")
 # defaults except the two ulimits, which podman could not set at all here).
 HOST_CONTAINERS_CONF = {
     "containers": {
-        # root lacks CAP_SYS_RESOURCE and the hard nofile limit is 20000:
-        # podman's default (nofile=1048576 as root) makes every create fail.
+        # root lacks CAP_SYS_RESOURCE here, so no hard limit can be raised:
+        # podman's defaults as root (nofile 1048576, nproc above this host's
+        # hard 96367) make every create fail ("error setting rlimit").
         "default_ulimits": ["nofile=20000:20000", "nproc=32768:32768"],
     },
     "engine": {
