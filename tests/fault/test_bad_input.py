@@ -9,8 +9,8 @@ mounts and cgroups for the whole corpus).
 
 The same config corpus goes through runc in another test: what zentry
 accepts and runc refuses must be listed, with the reason, in
-ZENTRY_ACCEPTS_RUNC_REFUSES (today: nothing, as the zentry test refuses
-every case).
+ZENTRY_ACCEPTS_RUNC_REFUSES.  The list is empty: every corpus case must be
+refused, so such a case is a defect the first test reports as well.
 """
 from __future__ import annotations
 
@@ -62,7 +62,6 @@ class Case:
     setup: Callable[[Path], None] | None = None
     argv: tuple[str, ...] = ("create", "--bundle", "{bundle}", "{id}")
     runc_too: bool = True  # a config case runc can be given the same way
-    notes: list[str] = field(default_factory=list)
 
 
 def base_config(rootfs: str) -> dict:
