@@ -148,5 +148,18 @@ def to_wire(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ZentryError):
         return exc.code, str(exc)
     if isinstance(exc, OSError):
-        return SystemFailure.code, str(exc)
+        return SystemFailure.code, os_error_message(exc)
     return Internal.code, f"{type(exc).__name__}: {exc}"
+
+
+def os_error_message(exc: OSError) -> str:
+    """``/x: no such file or directory``: what failed and on which path, in
+    runc's words, without Python's ``[Errno 2]`` and quotes."""
+    if not exc.strerror:
+        return str(exc) or type(exc).__name__
+    reason = exc.strerror[0].lower() + exc.strerror[1:]
+    if exc.filename is None:
+        return reason
+    if exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    return f"{exc.filename}: {reason}"

@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 
-from zentry.bus.errors import ZentryError, to_wire
+from zentry.bus.errors import InvalidArgument, ZentryError, to_wire
 from zentry.bus.log import Logger, configure, get_logger
 
 #: The command table: group -> module names (module ``zentry.cmd.<name>``).
@@ -81,7 +81,15 @@ def build_parser(verb: str | None = None):
             print(f"zentry version {version()}\nspec: 1.2.0")
             parser.exit()
 
-    parser = argparse.ArgumentParser(prog="zentry", description="zentry: a sandboxed, runc-compatible OCI container runtime")
+    class _Parser(argparse.ArgumentParser):
+        """A usage error is one line, as every error (see ``_main``); its
+        subcommand parsers are of this class too."""
+
+        def error(self, message):
+            command = self.prog.partition(" ")[2]
+            raise InvalidArgument(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
+
+    parser = _Parser(prog="zentry", description="zentry: a sandboxed, runc-compatible OCI container runtime")
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument("--root", default=os.environ.get("ZENTRY_ROOT", "/run/zentry"), help="state directory (default /run/zentry)")
     parser.add_argument("--log", default=None, help="log file (engines read its last error line)")
@@ -123,6 +131,25 @@ def find_verb(argv: list[str]) -> str | None:
         return None
     verbs = {name for names in COMMANDS.values() for name in names}
     return argv[i] if argv[i] in verbs else None
+
+
+def log_flags(argv: list[str]) -> tuple[str | None, str, bool]:
+    """(--log, --log-format, --debug) from the global flags of ``argv``
+    without argparse, for reporting a usage error where it was asked."""
+    log, fmt, debug = None, "text", False
+    end = verb_index(argv)
+    flags = argv[: len(argv) if end is None else end]
+    for i, arg in enumerate(flags):
+        name, eq, value = arg.partition("=")
+        if not eq:
+            value = flags[i + 1] if i + 1 < len(flags) else ""
+        if name == "--log" and value:
+            log = value
+        elif name == "--log-format" and value in ("text", "json"):
+            fmt = value
+        elif arg == "--debug":
+            debug = True
+    return log, fmt, debug
 
 
 def fail(ctx_log: Logger, message: str) -> int:
@@ -180,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str], verb: str | None, prefork) -> int:
     parser = build_parser(verb)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except InvalidArgument as err:
+        configure(*log_flags(argv))  # the flags argparse may not have reached
+        return fail(get_logger("zentry.cli"), str(err))
     configure(args.log, args.log_format, args.debug)  # applied at the first message (bus/log.py)
     log = get_logger("zentry.cli")
     if not args.verb:

@@ -46,6 +46,9 @@ def _parse_device(dev: dict) -> tuple[str, int, int, int, int, int]:
     path = dev.get("path")
     if not isinstance(path, str) or not path:
         raise ConfigError(f"linux.devices entry {dev!r} has no path")
+    if ".." in path.split("/"):
+        # normalising would make "/dev/../../etc/x" the root's /etc/x
+        raise ConfigError(f'device "{path}": a path with ".." components is not allowed')
     kind = _TYPES.get(dev.get("type"))
     if kind is None:
         raise ConfigError(f'device "{path}": type {dev.get("type")!r} is not one of c, b, u, p')

@@ -14,10 +14,12 @@ import errno
 import json
 import os
 import re
+import stat
 
 from zentry.bus.errors import ConfigError
 from zentry.bus.log import get_logger
 
+from .limits import MAX_CONFIG_BYTES, MAX_INT_DIGITS, bus_limit_error, device_error, env_error, range_error
 from .schema import first_config_error
 
 log = get_logger(__name__)
@@ -53,14 +55,7 @@ def load_bundle(bundle_dir: str, *, require_process: bool = True) -> dict:
     relative paths being relative to the bundle. Raises ``ConfigError``.
     """
     bundle = os.path.abspath(bundle_dir)
-    path = os.path.join(bundle, "config.json")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as err:
-        why = _READ_ERRORS.get(err.errno, os.strerror(err.errno or 0).lower())
-        raise ConfigError(f'cannot read config.json in bundle "{bundle}": {why}') from err
-    config = parse_config(raw)
+    config = parse_config(read_config_file(bundle))
     check_config(config, bundle, require_process=require_process)
     config["root"]["path"] = resolve_root(config, bundle)
     # a user namespace joined by path: its mappings, for the gofer and the sandbox
@@ -70,22 +65,94 @@ def load_bundle(bundle_dir: str, *, require_process: bool = True) -> dict:
     return config
 
 
+def read_config_file(bundle: str) -> bytes:
+    """The bytes of ``<bundle>/config.json``: a regular file (or a FIFO, read
+    as runc reads one) of at most ``MAX_CONFIG_BYTES``; anything else (a
+    device such as /dev/zero, a directory, a socket) is refused unread."""
+    path = os.path.join(bundle, "config.json")
+    try:
+        _check_kind(os.stat(path).st_mode, bundle)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            _check_kind(os.fstat(fd).st_mode, bundle)  # replaced since the stat?
+            chunks, size = [], 0
+            while size <= MAX_CONFIG_BYTES:
+                chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        why = _READ_ERRORS.get(err.errno, os.strerror(err.errno or 0).lower())
+        raise ConfigError(f'cannot read config.json in bundle "{bundle}": {why}') from err
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f'config.json in bundle "{bundle}" is larger than the limit of {MAX_CONFIG_BYTES} bytes')
+    return b"".join(chunks)
+
+
+_FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def _check_kind(mode: int, bundle: str) -> None:
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a file")
+        raise ConfigError(f'config.json in bundle "{bundle}" is {kind}, not a regular file')
+
+
 def parse_config(raw: bytes | str) -> dict:
     """The schema-valid config document in ``raw`` JSON text, or ``ConfigError``."""
+    if isinstance(raw, bytes):
+        raw = _utf8_text(raw)
     try:
-        config = json.loads(raw, parse_constant=_no_constant)
+        config = json.loads(raw, parse_constant=_no_constant, parse_int=_bounded_int,
+                            parse_float=_finite_float)
+    except _OutOfRange as err:
+        raise ConfigError(f"invalid config.json: {err}") from None
     except (ValueError, UnicodeDecodeError) as err:
         reason = err.msg if isinstance(err, json.JSONDecodeError) else str(err)
         where = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
         raise ConfigError(f"invalid config.json: not valid JSON: {reason}{where}") from err
-    error = first_config_error(config)
+    except RecursionError:
+        raise ConfigError("invalid config.json: not valid JSON: nested too deeply") from None
+    error = bus_limit_error(config) or first_config_error(config)
     if error is not None:
         raise ConfigError(f"invalid config.json: {error}")
     return config
 
 
+def _utf8_text(raw: bytes) -> str:
+    """JSON text is UTF-8 without a byte order mark (RFC 8259; runc's reader
+    agrees); json.loads alone would guess UTF-16 and UTF-32 as well."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise ConfigError("invalid config.json: not valid JSON: starts with a byte order mark")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"invalid config.json: not valid JSON: not UTF-8 text (byte {err.start})") from None
+
+
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
+
+
+class _OutOfRange(ValueError):
+    """A JSON number zentry cannot hold (valid JSON, so not a syntax error)."""
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _OutOfRange(f"integer {text[:24]}... is out of range (more than {MAX_INT_DIGITS} digits)")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _OutOfRange(f"number {text[:24]} is out of range")
+    return value
 
 
 def resolve_root(config: dict, bundle: str) -> str:
@@ -107,6 +174,9 @@ def check_config(config: dict, bundle: str, *, require_process: bool = True) -> 
     _check_version(config["ociVersion"])
     _check_root(config, bundle)
     _check_process(config, require_process)
+    bad_value = env_error(config) or device_error(config) or range_error(config)
+    if bad_value:
+        raise ConfigError(f"invalid config.json: {bad_value}")
     _check_namespaces(config, warnings)
     for i, mount in enumerate(config.get("mounts", [])):
         dest = mount["destination"]

@@ -2,9 +2,14 @@
 under test.
 
 The runtime is `$ZENTRY_E2E_RUNTIME` (e.g. `$(which runc)` to check the
-harness itself), else the installed `zentry` console script.  Its state root
-for podman (which passes no --root) is `$ZENTRY_E2E_RUNTIME_ROOT`, default
-/run/<basename>; the leak guard requires it to gain no entry.
+harness itself), else `$ZENTRY_BIN`, else the installed `zentry` console
+script.  Its state root for podman (which passes no --root) is
+`$ZENTRY_E2E_RUNTIME_ROOT`, default /run/<basename>; the leak guard requires
+it to gain no entry.
+
+Tests that compare with runc in the same test use `runtimes` (runc first,
+then the runtime under test) and `podman_for(runtime)`: one private podman
+per runtime.
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ def _resolve_runtime() -> tuple[str | None, str]:
         if not os.access(path, os.X_OK):
             return None, f"ZENTRY_E2E_RUNTIME={env} is not an executable"
         return os.path.abspath(path), ""
+    env_bin = os.environ.get("ZENTRY_BIN")  # a worktree's own launcher
+    if env_bin and os.access(env_bin, os.X_OK):
+        return os.path.abspath(env_bin), ""
     # Prefer the script beside this interpreter to a pyenv shim (podman and
     # the containerd shim run it with their own environment).
     script = Path(sysconfig.get_path("scripts"), "zentry")
@@ -53,10 +61,25 @@ def runtime() -> str:
     return RUNTIME
 
 
-@pytest.fixture(scope="session")
-def runtime_state_root(runtime: str) -> str:
+def state_root_of(runtime: str) -> str:
     """The runtime's default --root (podman passes none)."""
-    return os.environ.get("ZENTRY_E2E_RUNTIME_ROOT") or f"/run/{os.path.basename(runtime)}"
+    if runtime == RUNTIME and os.environ.get("ZENTRY_E2E_RUNTIME_ROOT"):
+        return os.environ["ZENTRY_E2E_RUNTIME_ROOT"]
+    return f"/run/{os.path.basename(runtime)}"
+
+
+@pytest.fixture(scope="session")
+def runc() -> str:
+    """Absolute path of runc, the reference every comparison is made with."""
+    require_tool("runc", "e2e tests compare the runtime under test with runc")
+    return os.path.abspath(shutil.which("runc"))
+
+
+@pytest.fixture(scope="session")
+def runtimes(runtime: str, runc: str) -> list[tuple[str, str]]:
+    """[(label, path)]: runc, then the runtime under test; a test checks the
+    same property for each, so a harness fault shows as runc failing."""
+    return [("runc", runc), (f"under test ({os.path.basename(runtime)})", runtime)]
 
 
 @pytest.fixture
@@ -75,25 +98,46 @@ def _podman_session(runtime: str):
 
 
 @pytest.fixture
-def podman(_podman_session, runtime: str, runtime_state_root: str, leak_guard) -> Podman:
-    """A Podman (callable: `podman(*args, timeout=120, input=None)` ->
-    CompletedProcess) with private containers.conf/root/runroot/tmpdir and
-    `--runtime <runtime under test>`; every container and pod is removed and
-    the folder deleted afterwards."""
-    base = tempfile.mkdtemp(prefix="zp-", dir="/tmp")  # short: conmon socket paths
-    leak_guard.add_needle(base)
-    leak_guard.ignore_cgroup(Podman.CGROUP_PARENT)
-    leak_guard.ignore_cgroup(f"{Podman.CGROUP_PARENT}/conmon")
-    leak_guard.add_state_dir(runtime_state_root, shared=True)
-    engine = Podman(Path(base), runtime)
-    yield engine
-    # Our containers' and pods' ids name their cgroups (libpod-<id>) and the
-    # runtime's state entries: watch exactly those.
-    for object_id in engine.object_ids():
-        leak_guard.add_needle(object_id)
-    errors = engine.cleanup()
+def podman_for(_podman_session, leak_guard):
+    """Factory: `podman_for(runtime)` -> a Podman (callable: `podman(*args,
+    timeout=120, input=None)` -> CompletedProcess) with private
+    containers.conf/root/runroot/tmpdir and `--runtime <runtime>`; every
+    container and pod is removed and the folder deleted afterwards."""
+    made: list[Podman] = []
+
+    def make(runtime: str) -> Podman:
+        base = tempfile.mkdtemp(prefix="zp-", dir="/tmp")  # short: conmon socket paths
+        leak_guard.add_needle(base)
+        leak_guard.ignore_cgroup(Podman.CGROUP_PARENT)
+        leak_guard.ignore_cgroup(f"{Podman.CGROUP_PARENT}/conmon")
+        leak_guard.add_state_dir(state_root_of(runtime), shared=True)
+        made.append(Podman(Path(base), runtime))
+        return made[-1]
+
+    yield make
+    errors = []
+    for engine in made:
+        # Our containers' and pods' ids name their cgroups (libpod-<id>) and the
+        # runtime's state entries: watch exactly those.
+        for object_id in engine.object_ids():
+            leak_guard.add_needle(object_id)
+        errors += engine.cleanup()
     if errors:
         pytest.fail("podman cleanup failed:\n  " + "\n  ".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def podmen(runtimes, podman_for, busybox_rootfs) -> list[tuple[str, Podman, Path]]:
+    """[(label, podman, rootfs)]: a private podman and busybox rootfs for runc,
+    then the same for the runtime under test."""
+    return [(label, podman_for(path), busybox_rootfs(f"rootfs{i}"))
+            for i, (label, path) in enumerate(runtimes)]
+
+
+@pytest.fixture
+def podman(podman_for, runtime: str) -> Podman:
+    """A Podman (see podman_for) running containers with the runtime under test."""
+    return podman_for(runtime)
 
 
 @pytest.fixture(scope="session")

@@ -2,21 +2,21 @@
 run, exit status, exec, kill, pause/resume, terminal."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
-from helpers.engines import CONTAINER_PATH_ENV, run_in_pty
+from helpers.engines import run_in_pty
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 LOOP = "trap 'exit 0' TERM; while :; do sleep 0.2; done"
 
 
-def start_detached(ctr, rootfs, cid, *cmd):
-    res = ctr.ctr("run", "--detach", "--rootfs", "--env", CONTAINER_PATH_ENV,
-                  "--runtime", "io.containerd.runc.v2", "--runc-binary", ctr.runtime,
-                  str(rootfs), cid, *cmd)
+def start_detached(ctr, rootfs, cid, *cmd, runtime=None):
+    """`ctr run --detach` with `runtime` (default: the runtime under test)."""
+    res = ctr.ctr(*ctr.run_argv(str(rootfs), cid, *cmd, opts=("--detach",), runtime=runtime)[5:])
     assert res.returncode == 0, res.stderr
     assert task_status(ctr, cid) == "RUNNING"
 
@@ -103,3 +103,36 @@ def test_run_with_tty(ctr, rootfs):
     lines = res.output.replace("\r", "").split("\n")
     assert lines[0].startswith("/dev/pts/"), res.output
     assert "ok" in lines
+
+
+# A sleeping busybox in its own cgroup (runc: ~0.5 MB, ~15 ms of CPU); the
+# whole machine, or a host-side supervisor, is far above both.
+SMALL_MEMORY = 5 * 1024 * 1024
+SMALL_CPU_NS = 1_000_000_000
+
+
+def metric(metrics: dict, *path: str):
+    for key in path:
+        metrics = metrics.get(key) if isinstance(metrics, dict) else None
+    return metrics
+
+
+def test_task_metrics_are_the_containers_own(ctr, runtimes, busybox_rootfs):
+    # The shim finds the cgroup from the pid the runtime wrote (init.pid):
+    # kubelet's stats, HPA and OOM events come from these numbers.
+    for i, (label, runtime) in enumerate(runtimes):
+        cid = f"metrics{i}"
+        start_detached(ctr, busybox_rootfs(f"rootfs{i}"), cid, "/bin/sleep", "1000", runtime=runtime)
+        res = ctr.ctr("task", "metrics", "--format", "json", cid)
+        assert res.returncode == 0, f"{label}: {res.stderr}"
+        metrics = json.loads(res.stdout)
+        # protobuf's JSON omits zero and absent values: those read as None.
+        pids, memory, cpu = (metric(metrics, *path) for path in
+                             (("pids", "current"), ("memory", "usage", "usage"), ("cpu", "usage", "total")))
+        summary = f"{label}: pids {pids}, memory {memory} B, CPU {cpu} ns"
+        assert pids in (1, 2), summary
+        assert memory is not None and memory < SMALL_MEMORY, summary
+        assert cpu is not None and cpu < SMALL_CPU_NS, summary
+        ctr.ctr("task", "kill", "--signal", "SIGKILL", cid)
+        assert wait_status(ctr, cid, "STOPPED") == "STOPPED", label
+        remove(ctr, cid)

@@ -1,9 +1,11 @@
 """Podman and containerd with fully private state, driving a runtime under test
 the way tests/../shared/notes/engines.md records them doing it on this host.
 
-Podman: its own containers.conf (ulimits this host allows, cgroupfs, file
-events), --root/--runroot/--tmpdir in one private folder, `--runtime RT` as a
-global flag so pod infra containers use it too.
+Podman: the system containers.conf (every default a user gets, above all
+`default_sysctls` and `default_capabilities`) with only what this host needs
+changed (see `host_containers_conf`), --root/--runroot/--tmpdir in one
+private folder, `--runtime RT` as a global flag so pod infra containers use
+it too.
 Containerd: a private daemon (config version 2, own root/state/sockets/opt,
 CRI disabled), driven with `ctr --address`; the shim runs the runtime via
 `--runc-binary`.  Some paths stay global because containerd 1.6 hardcodes
@@ -23,6 +25,7 @@ import signal
 import subprocess
 import termios
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,14 +34,76 @@ import psutil
 
 from helpers.leaks import CGROUP_ROOT, rmdir_cgroup, unmount_all_under
 
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+# The files podman 4.3 reads as root when CONTAINERS_CONF is unset, in order;
+# each key of a later file replaces the earlier one's.  CONTAINERS_CONF
+# replaces all of them (this podman has no CONTAINERS_CONF_OVERRIDE), so the
+# file we give it starts from their merge.
+SYSTEM_CONTAINERS_CONFS = (Path("/usr/share/containers/containers.conf"),
+                           Path("/etc/containers/containers.conf"))
+SYSTEM_CONTAINERS_CONF_DIR = Path("/etc/containers/containers.conf.d")
 
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
+# The only keys changed from the system configuration, each because this host
+# requires it (nothing here changes what a container sees from podman's
+# defaults except the two ulimits, which podman could not set at all here).
+HOST_CONTAINERS_CONF = {
+    "containers": {
+        # root lacks CAP_SYS_RESOURCE here, so no hard limit can be raised:
+        # podman's defaults as root (nofile 1048576, nproc above this host's
+        # hard 96367) make every create fail ("error setting rlimit").
+        "default_ulimits": ["nofile=20000:20000", "nproc=32768:32768"],
+    },
+    "engine": {
+        # No systemd on this host: the systemd cgroup manager cannot work.
+        "cgroup_manager": "cgroupfs",
+        # No journald either: events go to a file (in our private tmpdir).
+        "events_logger": "file",
+    },
+}
+
+
+def _merge(into: dict, top: dict) -> None:
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def host_containers_conf() -> dict:
+    """The system containers.conf files merged as podman merges them, with
+    HOST_CONTAINERS_CONF on top."""
+    conf: dict = {}
+    drop_ins = sorted(SYSTEM_CONTAINERS_CONF_DIR.glob("*.conf")) if SYSTEM_CONTAINERS_CONF_DIR.is_dir() else []
+    for path in (*SYSTEM_CONTAINERS_CONFS, *drop_ins):
+        if path.is_file():
+            with open(path, "rb") as f:
+                _merge(conf, tomllib.load(f))
+    _merge(conf, HOST_CONTAINERS_CONF)
+    return conf
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"containers.conf value of type {type(value).__name__}")
+
+
+def to_toml(conf: dict, prefix: str = "") -> str:
+    """TOML text of `conf` (tables of scalars, arrays and sub-tables: all a
+    containers.conf holds)."""
+    lines = [f"{key} = {_toml_value(v)}" for key, v in conf.items() if not isinstance(v, dict)]
+    for key, v in conf.items():
+        if isinstance(v, dict):
+            name = f"{prefix}.{key}" if prefix else key
+            lines += [f"[{name}]", to_toml(v, name).rstrip("\n")]
+    return "\n".join(line for line in lines if line) + "\n"
+
 
 CONTAINERD_CONFIG = """\
 version = 2
@@ -136,7 +201,7 @@ class Podman:
         for d in ("root", "runroot", "tmp"):
             (self.base / d).mkdir(parents=True, exist_ok=True)
         self.conf = self.base / "containers.conf"
-        self.conf.write_text(CONTAINERS_CONF)
+        self.conf.write_text(to_toml(host_containers_conf()))
         self.env = {**os.environ, "CONTAINERS_CONF": str(self.conf)}
         self._pods: set[str] = set()
 
@@ -259,11 +324,15 @@ class Containerd:
                               timeout=timeout, check=check,
                               stdin=None if input is not None else subprocess.DEVNULL)
 
-    def run_argv(self, rootfs: str, cid: str, *cmd: str, opts: Sequence[str] = ()) -> list[str]:
-        """`ctr run --rm --rootfs` argv for `cmd` in `rootfs` with the runtime under test."""
-        return self.ctr_argv("run", "--rm", *opts, "--rootfs", "--env", CONTAINER_PATH_ENV,
-                             "--runtime", "io.containerd.runc.v2", "--runc-binary", self.runtime,
-                             rootfs, cid, *cmd)
+    def run_argv(self, rootfs: str, cid: str, *cmd: str, opts: Sequence[str] = (),
+                 runtime: str | None = None) -> list[str]:
+        """`ctr run --rm --rootfs` argv for `cmd` in `rootfs` with `runtime`
+        (default: the runtime under test); `opts` may replace --rm with
+        --detach."""
+        rm = () if "--detach" in opts else ("--rm",)
+        return self.ctr_argv("run", *rm, *opts, "--rootfs", "--env", CONTAINER_PATH_ENV,
+                             "--runtime", "io.containerd.runc.v2",
+                             "--runc-binary", runtime or self.runtime, rootfs, cid, *cmd)
 
     def clean_namespace(self) -> list[str]:
         """Kill and delete every task and container in our namespace."""
