@@ -42,16 +42,21 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     STOPPED: frozenset({STOPPED}),
 }
 
-_ID_RE = re.compile(r"^[\w+\-.]+$")
+#: runc's id rule, ASCII only as in Go (Python's \w alone would let "nu-ünï" in)
+_ID_RE = re.compile(r"^[\w+\-.]+$", re.ASCII)
+#: The longest id: every file name zentry makes from one must fit NAME_MAX
+#: (255), the longest being ``.claim.<id>.<pid>`` (pids have up to 7 digits).
+#: runc's limit is NAME_MAX itself (its state directory is the id).
+MAX_ID_LENGTH = 255 - len(".claim..") - 7
 OCI_VERSION = "1.2.0"
 DEFAULT_ROOT = "/run/zentry"
 
 
 def validate_id(container_id: str) -> str:
     if not container_id or not _ID_RE.match(container_id) or container_id in (".", ".."):
-        raise InvalidArgument(f"invalid container id {container_id!r}: must match {_ID_RE.pattern}")
-    if len(container_id) > 1024:
-        raise InvalidArgument("invalid container id: longer than 1024 characters")
+        raise InvalidArgument(f"invalid container id {container_id!r}: must match {_ID_RE.pattern} (ASCII letters, digits, _ + - .)")
+    if len(container_id) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"invalid container id: {len(container_id)} characters, at most {MAX_ID_LENGTH}")
     return container_id
 
 
