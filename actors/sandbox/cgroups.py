@@ -492,18 +492,6 @@ class Cgroup:
         self.apply(resources)
 
 
-def merge_resources(current: dict, update: dict) -> dict:
-    """``current`` linux.resources with ``update``'s values over it, section by
-    section (an update of ``memory.limit`` keeps ``memory.swap``), as the
-    record keeps them after ``zentry update``."""
-    for section, value in update.items():
-        old = current.get(section)
-        if isinstance(value, dict) and isinstance(old, dict):
-            current[section] = {**old, **value}
-        else:
-            current[section] = value
-    return current
-
     # --- what the sentry shows in /proc -------------------------------------------
     def memory_limit(self) -> int | None:
         """The tightest memory limit on the cgroup or its ancestors (bytes), or None."""
@@ -551,6 +539,19 @@ def merge_resources(current: dict, update: dict) -> dict:
     def stats(self) -> dict:
         """Usage counters shaped like the ``data`` of ``runc events --stats``."""
         return _stats_v2(self) if self.version == 2 else _stats_v1(self)
+
+
+def merge_resources(current: dict, update: dict) -> dict:
+    """``current`` linux.resources with ``update``'s values over it, section by
+    section (an update of ``memory.limit`` keeps ``memory.swap``), as the
+    record keeps them after ``zentry update``."""
+    for section, value in update.items():
+        old = current.get(section)
+        if isinstance(value, dict) and isinstance(old, dict):
+            current[section] = {**old, **value}
+        else:
+            current[section] = value
+    return current
 
 
 def _join(mount: str, base: str, parts: list[str]) -> str:
