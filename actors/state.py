@@ -18,7 +18,7 @@ Access: whoever can write the root can make root act on a planted state
 file (signal its pids, remove its paths). So the root, each container
 directory and each state file must be owned by root (or the user running
 zentry) and writable by nobody else, or the command refuses them
-(:func:`check_private`); a pid from a state file is signalled only through
+(``bus.access.check_private``); a pid from a state file is signalled only through
 a pidfd whose process started when the record says
 (:meth:`Record.own_process`), and only paths the root accounts for are
 removed (:meth:`Store.own_bus_dir`).
@@ -31,6 +31,7 @@ import json
 import os
 import re
 
+from zentry.bus.access import check_private
 from zentry.bus.proc import pid_alive  # noqa: F401  (re-exported: the one liveness check)
 from zentry.bus.errors import Ambiguous, InvalidArgument, NotFound, PermissionDenied, WrongState
 
@@ -97,25 +98,6 @@ def process_start(pid: int) -> int | None:
             return int(f.read().rsplit(b")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
-
-
-def check_private(path: str, what: str, *, directory: bool, st: os.stat_result | None = None) -> None:
-    """Refuse ``path`` unless it is a real (not symlinked) directory or regular
-    file owned by root or this user and writable by nobody else."""
-    import stat as stat_mod
-
-    if st is None:
-        st = os.lstat(path)
-    kind_ok = stat_mod.S_ISDIR(st.st_mode) if directory else stat_mod.S_ISREG(st.st_mode)
-    problem = None
-    if not kind_ok:
-        problem = "not a directory" if directory else "not a regular file"
-    elif st.st_uid not in (0, os.geteuid()):
-        problem = f"owned by uid {st.st_uid}"
-    elif st.st_mode & 0o022:
-        problem = f"writable by group or others (mode {stat_mod.S_IMODE(st.st_mode):04o})"
-    if problem:
-        raise PermissionDenied(f"refusing {what} {path}: {problem}; it must be owned by root and writable only by its owner")
 
 
 class Record:

@@ -15,7 +15,7 @@ import zentry.bus.messages as M
 from zentry.bus import codec
 from zentry.bus.endpoints import Endpoints
 from zentry.bus.envelope import Envelope
-from zentry.bus.errors import InvalidArgument
+from zentry.bus.errors import InvalidArgument, PermissionDenied
 from zentry.bus.events import EventStream, Publisher, unpack_events
 from zentry.bus.tap import (
     Filters,
@@ -124,10 +124,20 @@ def test_discover_groups_containers_by_sandbox(tmp_path):
     found = discover(str(tmp_path))
     assert set(found) == {"pod", "solo", "creating"}
     assert found["pod"].containers == {"pod", "member"} and found["pod"].controller_pid == 11
-    assert found["solo"].bus_dir == "/run/zentry-bus/abc"
+    # the bus directory is the one the root implies, never the one a state file names
+    assert found["solo"].bus_dir == str(tmp_path / "solo")
     assert found["creating"].controller_pid == 0 and found["creating"].bus_dir == str(tmp_path / "creating")
     assert discover(str(tmp_path / "missing")) == {}
     assert Filters(ids={"member"}).follows(found["pod"]) and not Filters(ids={"member"}).follows(found["solo"])
+    # entries others could have written are skipped; a root others can write is refused
+    os.chmod(tmp_path / "solo" / "state.json", 0o666)
+    os.chmod(tmp_path / "member", 0o777)
+    found = discover(str(tmp_path))
+    assert set(found) == {"pod", "creating"} and found["pod"].containers == {"pod"}
+    os.chmod(tmp_path, 0o777)
+    with pytest.raises(PermissionDenied, match="writable by group or others"):
+        discover(str(tmp_path))
+    os.chmod(tmp_path, 0o700)
 
 
 @pytest.fixture
