@@ -523,7 +523,13 @@ class Tap:
                     timeout_ms = max(0, min(timeout_ms, int((stream.hist_at - now) * 1000) + 1))
             elif stream.hist_sock is not None and now > stream.hist_deadline:
                 self._finish_history(stream, out)
-        ready = dict(self._poller.poll(timeout_ms))
+        if self._poller.sockets:
+            ready = dict(self._poller.poll(timeout_ms))
+        else:
+            # nothing followed yet (an empty or missing root): pyzmq returns at
+            # once from a poll of no sockets, which made the tap spin a core
+            time.sleep(timeout_ms / 1000)
+            ready = {}
         for sock in ready:
             stream = self._by_sock.get(sock)
             if stream is None:

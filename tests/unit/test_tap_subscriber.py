@@ -275,3 +275,14 @@ def test_relay_sends_runs_of_consecutive_events_as_one_batch():
     assert [count for _frames, count in batches] == [len(g) for g in got]
     # every event relayed once, in order
     assert [d for g in got for _t, _s, d in g] == [e.data.decode() for e in events]
+
+
+def test_a_tap_of_a_missing_root_waits_instead_of_spinning(tmp_path):
+    """Before any sandbox (the root not even made yet) poll() waits its timeout out."""
+    with Tap(root=str(tmp_path / "not-yet"), filters=Filters()) as tap:
+        calls, started, cpu = 0, time.monotonic(), time.process_time()
+        while time.monotonic() - started < 0.5:
+            assert tap.poll(100) == []
+            calls += 1
+        assert calls <= 10, calls  # ~100 ms each (a rescan may cut one short); it spun through thousands
+        assert time.process_time() - cpu < 0.25
