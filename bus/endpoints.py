@@ -71,23 +71,26 @@ def make_private_dir(path: str) -> None:
     os.chmod(path, 0o700)
 
 
-def check_private_socket_dir(endpoint: str) -> None:
-    """Refuse an ipc endpoint whose directory others could enter (or own)."""
+def check_private_socket_dir(socket_path: str, purpose: str) -> None:
+    """Refuse a socket path whose directory others could enter (or own):
+    whoever can connect to it reads what it serves. ``purpose`` says what
+    was asked, for the message (``serve ipc:///x without CURVE keys``)."""
     import stat
 
     from zentry.bus.errors import PermissionDenied
 
-    where = os.path.dirname(os.path.abspath(endpoint[len("ipc://"):]))
+    where = os.path.dirname(os.path.abspath(socket_path))
     try:
         st = os.stat(where)
     except OSError as err:
-        raise InvalidArgument(f"cannot serve {endpoint}: {where}: {err.strerror}") from None
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o077:
-        raise PermissionDenied(
-            f"refusing to serve {endpoint} without CURVE keys: its directory {where} is "
-            f"{'owned by uid %d' % st.st_uid if st.st_uid not in (0, os.geteuid()) else 'open to others (mode %04o)' % stat.S_IMODE(st.st_mode)}; "
-            "use a directory of mode 0700, or tcp:// with CURVE keys"
-        )
+        raise InvalidArgument(f"cannot {purpose}: {where}: {err.strerror}") from None
+    if st.st_uid not in (0, os.geteuid()):
+        problem = f"owned by uid {st.st_uid}"
+    elif st.st_mode & 0o077:
+        problem = f"open to others (mode {stat.S_IMODE(st.st_mode):04o})"
+    else:
+        return
+    raise PermissionDenied(f"refusing to {purpose}: its directory {where} is {problem}; use a directory of mode 0700")
 
 
 class Endpoints(NamedTuple):
@@ -124,7 +127,7 @@ def check_endpoint(endpoint: str, curve_secret: bytes | None = None) -> None:
     """Refuse endpoints that would expose a sandbox: tcp needs CURVE keys, ipc without them a private directory."""
     if endpoint.startswith("ipc://"):
         if not curve_secret:
-            check_private_socket_dir(endpoint)
+            check_private_socket_dir(endpoint[len("ipc://"):], f"serve {endpoint} without CURVE keys")
         return
     if endpoint.startswith("tcp://"):
         if not curve_secret:

@@ -7,7 +7,10 @@ ask an actor, print; lifecycle logic lives in ``actors/``.
 Errors: every failure is one line on stderr (``zentry: <message>``) and,
 with ``--log FILE --log-format json``, one ``{"level":"error","msg":…,"time":…}``
 line in the log (containerd shows the user only that). Exit status 1, as
-runc; engines derive 126/127 from the message text.
+runc; engines derive 126/127 from the message text. Usage errors (what
+argparse refuses) are such a line too, with status 1, and an unknown command
+word status 3, as runc's; ``--log`` is opened before the command runs, so a
+log that cannot be written is refused at once (runc does the same).
 """
 
 from __future__ import annotations
@@ -220,6 +223,9 @@ def _main(argv: list[str], verb: str | None, prefork) -> int:
     parser = build_parser(verb)
     try:
         i = verb_index(argv)
+        if verb is None and i is not None and argv[i] == "help":  # runc help
+            parser.print_help()
+            return 0
         if verb is None and i is not None and not any(arg in ("-h", "--help") for arg in argv[:i]):
             raise UsageError(f"unknown command {argv[i]!r} (see zentry --help)", exit_status=EXIT_UNKNOWN_COMMAND)
         args = parser.parse_args(argv)

@@ -107,7 +107,7 @@ def run(args, ctx) -> int:
         path = os.path.abspath(listen[len("unix:"):])
         if args.listen is None:
             make_private_dir(SOCKET_DIR)
-        check_private_socket_dir("ipc://" + path)  # a directory only we can enter (never chmod'ed for the user)
+        check_private_socket_dir(path, f"serve metrics on unix:{path}")  # a directory only we can enter (never chmod'ed for the user)
         server = serve_unix(path, registry)
         where = f"unix:{path} (mode 0600)"
     else:

@@ -204,6 +204,9 @@ def test_nobody_cannot_follow_a_served_tap_and_serving_needs_a_private_directory
 
 
 def test_metrics_are_served_on_an_owner_only_socket_unless_tcp_is_asked_for(zentry, open_umask):
+    r = zentry("metrics-server", "--listen", "unix:/tmp/zentry-metrics-test.sock", "--timeout", "1")
+    assert r.returncode == 1 and "refusing to serve metrics" in r.stderr and "1777" in r.stderr, r.stderr
+    assert not os.path.exists("/tmp/zentry-metrics-test.sock")
     server = subprocess.Popen([*zentry_command(), "--root", str(zentry.root), "metrics-server", "--timeout", "60"],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
