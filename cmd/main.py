@@ -38,8 +38,10 @@ EXIT_FAILURE = 1
 EXIT_UNKNOWN_COMMAND = 3
 
 
-class UsageError(InvalidArgument):
-    """A command line argparse refused (runc: "Incorrect Usage", status 1)."""
+class UsageError(Exception):
+    """A command line argparse refused (runc: "Incorrect Usage", status 1).
+
+    Not a ZentryError: it never crosses the bus, and has no wire code."""
 
     def __init__(self, message: str, exit_status: int = EXIT_FAILURE) -> None:
         super().__init__(message)
