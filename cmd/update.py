@@ -50,6 +50,18 @@ _ZERO_UNCHANGED = {
 }
 
 
+#: what `update` changes, as runc's: the rest of a --resources document (device
+#: rules, hugepages, network classes, block IO throttles, swappiness...) is
+#: ignored, as runc ignores it (podman sends its whole resources object)
+UPDATABLE = {
+    "memory": {"limit", "reservation", "swap"},
+    "cpu": {"shares", "quota", "burst", "period", "realtimeRuntime", "realtimePeriod", "cpus", "mems", "idle"},
+    "blockIO": {"weight"},
+    "pids": {"limit"},
+    "unified": None,  # every key (cgroup v2 files)
+}
+
+
 def add_arguments(p) -> None:
     import argparse
 
@@ -129,7 +141,30 @@ def read_resources(source: str) -> dict:
     if not isinstance(res, dict):
         raise InvalidArgument(f"resources in {source} must be a JSON object (linux.resources)")
     check_resources(res, source)
-    return res
+    return updatable(res)
+
+
+def updatable(res: dict) -> dict:
+    """The part of a linux.resources object that `update` applies (UPDATABLE); the rest is logged and ignored."""
+    from zentry.bus.log import get_logger
+
+    out: dict = {}
+    ignored = []
+    for section, value in res.items():
+        keys = UPDATABLE.get(section, set())
+        if keys is None:
+            out[section] = value
+            continue
+        if not isinstance(value, dict) or not keys:
+            ignored.append(section)
+            continue
+        kept = {k: v for k, v in value.items() if k in keys}
+        ignored.extend(f"{section}.{k}" for k in value if k not in keys)
+        if kept:
+            out[section] = kept
+    if ignored:
+        get_logger("zentry.cli").info("update ignores %s (as runc)", ", ".join(sorted(ignored)))
+    return out
 
 
 def check_resources(res: dict, source: str) -> None:

@@ -92,12 +92,16 @@ def test_update_flags_and_sizes_as_runc(zentry, runc, busybox_bundle, cgroup_par
         # --resources from stdin, as podman sends it; zeros are "unchanged" there too
         doc = json.dumps({"memory": {"limit": 48 << 20, "reservation": 0, "swap": 96 << 20},
                           "cpu": {"shares": 256, "quota": 0, "period": 0, "cpus": "", "mems": ""},
-                          "pids": {"limit": 77}})
+                          "pids": {"limit": 77},
+                          "devices": [{"allow": False, "access": "rwm"}],  # runc's update leaves devices alone
+                          "hugepageLimits": [{"pageSize": "2MB", "limit": 0}]})
+        devices = _v1(paths["zentry"], "devices", "devices.list")
         rz = zentry("update", "-r", "-", "upd", input=doc)
         rr = runc("update", "-r", "-", "upd", input=doc)
         assert (rz.returncode, rr.returncode) == (0, 0), (rz.stderr, rr.stderr)
         assert observed("zentry") == observed("runc")
         assert observed("zentry")["memory.limit_in_bytes"] == str(48 << 20)
+        assert _v1(paths["zentry"], "devices", "devices.list") == devices
         # zentry's record keeps the whole memory section (swap survives a later limit-only update)
         state = json.loads(open(os.path.join(zentry.root, "upd", "state.json")).read())
         assert state["config"]["linux"]["resources"]["memory"]["limit"] == 48 << 20

@@ -12,7 +12,7 @@ from zentry.bus.errors import InvalidArgument, Unsupported
 from zentry.cmd import main as cli
 from zentry.cmd.kill import parse_signal
 from zentry.cmd.ps import filter_ps_output
-from zentry.cmd.update import parse_size, resources_from, unchanged_removed
+from zentry.cmd.update import parse_size, resources_from, unchanged_removed, updatable
 
 
 @pytest.mark.parametrize("text, value", [
@@ -146,3 +146,18 @@ def test_usage_errors_are_one_line_and_status_1(capsys, monkeypatch):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all(line.startswith("zentry: ") for line in err), err
     assert "unknown command 'no-such-command'" in err[2]
+
+
+def test_update_applies_what_runc_updates_and_ignores_the_rest():
+    podman_like = {
+        "memory": {"limit": 1 << 26, "swap": 1 << 27, "swappiness": 10, "disableOOMKiller": False},
+        "cpu": {"shares": 1024, "quota": 0, "cpus": ""},
+        "devices": [{"allow": False, "access": "rwm"}],
+        "blockIO": {"weight": 0, "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1}]},
+        "hugepageLimits": [{"pageSize": "2MB", "limit": 0}],
+        "pids": {"limit": 0},
+        "unified": {"memory.high": "max"},
+    }
+    assert unchanged_removed(updatable(podman_like)) == {
+        "memory": {"limit": 1 << 26, "swap": 1 << 27}, "cpu": {"shares": 1024}, "unified": {"memory.high": "max"},
+    }
