@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+from zentry.bus.access import check_private
 from zentry.bus.errors import InvalidArgument
 
 _IPC_MAX = 107
@@ -65,6 +66,9 @@ def make_private_dir(path: str) -> None:
             pass
     finally:
         os.umask(old)
+    # its parent (the state root, or /run/zentry-bus) must be ours alone too:
+    # whoever can write there can swap the directory for their own later
+    check_private(parent, "bus directory parent", directory=True, st=os.stat(parent))
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
         raise PermissionDenied(f"refusing bus directory {path}: {'not a directory' if not stat.S_ISDIR(st.st_mode) else f'owned by uid {st.st_uid}'}")

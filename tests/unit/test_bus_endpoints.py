@@ -144,6 +144,11 @@ def test_make_private_dir_whatever_the_umask_and_refuses_a_planted_one(tmp_path)
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "parent" / "bus").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(tmp_path / "parent").st_mode) == 0o711
+    open_parent = tmp_path / "open"
+    open_parent.mkdir()
+    os.chmod(open_parent, 0o777)
+    with pytest.raises(PermissionDenied, match="bus directory parent .*0777"):
+        make_private_dir(str(open_parent / "bus"))
     os.symlink(tmp_path / "parent", tmp_path / "link")
     with pytest.raises(PermissionDenied, match="not a directory"):
         make_private_dir(str(tmp_path / "link"))
