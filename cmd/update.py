@@ -95,7 +95,10 @@ def parse_size(flag: str, text: str) -> int:
     if text.strip() == "-1":
         return -1
     m = _SIZE.fullmatch(text.strip())
-    value = int(float(m.group(1)) * _UNITS[m.group(2) and m.group(2).lower()]) if m else -1
+    try:
+        value = int(float(m.group(1)) * _UNITS[m.group(2) and m.group(2).lower()]) if m else -1
+    except OverflowError:  # more digits than a float holds
+        value = -1
     if value < 0 or value > INT64_MAX:
         raise InvalidArgument(f"invalid value for --{flag}: {text!r} (bytes, or a size such as 64m, 1g; -1 for none)")
     return value

@@ -23,7 +23,7 @@ def test_sizes_as_runc(text, value):
     assert parse_size("memory", text) == value
 
 
-@pytest.mark.parametrize("text", ["64x", "lots", "", "-2", "m", "1.2.3m", "64 m b", "0x10"])
+@pytest.mark.parametrize("text", ["64x", "lots", "", "-2", "m", "1.2.3m", "64 m b", "0x10", "9" * 400, "8e", "16777216p"])
 def test_bad_sizes(text):
     with pytest.raises(InvalidArgument, match="invalid value for --memory"):
         parse_size("memory", text)
