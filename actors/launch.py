@@ -333,8 +333,9 @@ def _reap_if_child(pid: int) -> None:
 def remove_dir(store: Store, rec: Record) -> None:
     """Remove what remains of a deleted container's directories."""
     cdir = store.dir(rec.id)
-    if rec.bus_dir and rec.bus_dir != cdir and rec.sandbox_id == rec.id:
-        shutil.rmtree(rec.bus_dir, ignore_errors=True)
+    bus_dir = store.own_bus_dir(rec)  # never a path the state file alone names
+    if bus_dir and bus_dir != cdir and rec.sandbox_id == rec.id:
+        shutil.rmtree(bus_dir, ignore_errors=True)
     shutil.rmtree(cdir, ignore_errors=True)
 
 
@@ -344,11 +345,8 @@ def remove_orphan(store: Store, rec: Record) -> None:
 
     pids = [p for p in (rec.sandbox_pid, rec.gofer_pid, rec.controller_pid) if p and pid_alive(p)]
     if rec.sandbox_id == rec.id:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # only the processes the record's start times prove are its own (a pid may be reused)
+        pids = [pid for pid in pids if rec.signal_own(pid, signal.SIGKILL)]
         wait_gone(pids)
     try:
         Cgroup.for_container((rec.config.get("linux") or {}).get("cgroupsPath"), rec.id).destroy()

@@ -7,11 +7,21 @@ On-disk format (owned by the controller; the CLI only reads it)::
       id, status, bundle, pid (sandbox actor), init_pid, created (RFC 3339),
       sandbox_id, bus_dir, controller_pid, gofer_pid, sandbox_pid,
       exit_status (null until stopped), annotations, config (OCI config),
-      owner
+      owner, pid_starts ({"<pid>": start time in clock ticks since boot,
+      /proc/<pid>/stat field 22} for every pid above, filled in by save())
     <root>/<id>/lock         flock(2) target serialising changes to <id>
 
 A record whose controller is gone is reported ``stopped`` (its sandbox
 cannot be running without it).
+
+Access: whoever can write the root can make root act on a planted state
+file (signal its pids, remove its paths). So the root, each container
+directory and each state file must be owned by root (or the user running
+zentry) and writable by nobody else, or the command refuses them
+(``bus.access.check_private``); a pid from a state file is signalled only through
+a pidfd whose process started when the record says
+(:meth:`Record.own_process`), and only paths the root accounts for are
+removed (:meth:`Store.own_bus_dir`).
 """
 
 from __future__ import annotations
@@ -21,8 +31,9 @@ import json
 import os
 import re
 
+from zentry.bus.access import check_private
 from zentry.bus.proc import pid_alive  # noqa: F401  (re-exported: the one liveness check)
-from zentry.bus.errors import Ambiguous, InvalidArgument, NotFound, WrongState
+from zentry.bus.errors import Ambiguous, InvalidArgument, NotFound, PermissionDenied, WrongState
 
 # Every CLI call imports this module: typing (annotations only), shutil
 # (bz2, lzma, fnmatch) and datetime cost ~12 ms together, so they are
@@ -42,16 +53,21 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     STOPPED: frozenset({STOPPED}),
 }
 
-_ID_RE = re.compile(r"^[\w+\-.]+$")
+#: runc's id rule, ASCII only as in Go (Python's \w alone would let "nu-ünï" in)
+_ID_RE = re.compile(r"^[\w+\-.]+$", re.ASCII)
+#: The longest id: every file name zentry makes from one must fit NAME_MAX
+#: (255), the longest being ``.claim.<id>.<pid>`` (pids have up to 7 digits).
+#: runc's limit is NAME_MAX itself (its state directory is the id).
+MAX_ID_LENGTH = 255 - len(".claim..") - 7
 OCI_VERSION = "1.2.0"
 DEFAULT_ROOT = "/run/zentry"
 
 
 def validate_id(container_id: str) -> str:
     if not container_id or not _ID_RE.match(container_id) or container_id in (".", ".."):
-        raise InvalidArgument(f"invalid container id {container_id!r}: must match {_ID_RE.pattern}")
-    if len(container_id) > 1024:
-        raise InvalidArgument("invalid container id: longer than 1024 characters")
+        raise InvalidArgument(f"invalid container id {container_id!r}: must match {_ID_RE.pattern} (ASCII letters, digits, _ + - .)")
+    if len(container_id) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"invalid container id: {len(container_id)} characters, at most {MAX_ID_LENGTH}")
     return container_id
 
 
@@ -66,8 +82,22 @@ _RECORD_FIELDS: dict[str, Any] = {
     "id": None, "bundle": None, "sandbox_id": None, "bus_dir": None,
     "status": CREATING, "pid": 0, "init_pid": 0, "controller_pid": 0, "gofer_pid": 0, "sandbox_pid": 0,
     "created": now_rfc3339, "exit_status": None, "owner": "root",
-    "annotations": dict, "config": dict, "cgroup_procs": list,
+    "annotations": dict, "config": dict, "cgroup_procs": list, "pid_starts": dict,
 }
+
+#: the record's fields that hold a process id (their start times are recorded)
+PID_FIELDS = tuple(name for name in _RECORD_FIELDS if name == "pid" or name.endswith("_pid"))
+
+
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None if there is no such process."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class Record:
@@ -97,6 +127,7 @@ class Record:
     annotations: dict[str, str]
     config: dict[str, Any]
     cgroup_procs: list[str]
+    pid_starts: dict[str, int]
 
     def __init__(self, **values: Any) -> None:
         for name, default in _RECORD_FIELDS.items():
@@ -132,6 +163,52 @@ class Record:
         self.status = new
         return old
 
+    def note_pid_starts(self) -> None:
+        """Record when each of the record's processes started (once per pid)."""
+        starts = {}
+        for name in PID_FIELDS:
+            pid = getattr(self, name)
+            if not pid:
+                continue
+            key = str(pid)
+            start = self.pid_starts.get(key)
+            if start is None:
+                start = process_start(pid)
+            if start is not None:
+                starts[key] = start
+        self.pid_starts = starts
+
+    def own_process(self, pid: int) -> int | None:
+        """A pidfd for ``pid`` if it is the process this record names (same
+        start time as recorded), else None: a pid from a state file is never
+        signalled on trust (it may have been reused, or planted)."""
+        recorded = self.pid_starts.get(str(pid))
+        if not pid or recorded is None or pid not in (getattr(self, n) for n in PID_FIELDS):
+            return None
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        if process_start(pid) != recorded:  # checked after the pidfd pins the process
+            os.close(fd)
+            return None
+        return fd
+
+    def signal_own(self, pid: int, sig: int) -> bool:
+        """Send ``sig`` to ``pid`` if it is this record's process (see own_process)."""
+        import signal as signal_mod
+
+        fd = self.own_process(pid)
+        if fd is None:
+            return False
+        try:
+            signal_mod.pidfd_send_signal(fd, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(fd)
+
     def oci_state(self) -> dict[str, Any]:
         """The OCI state (runtime.md) plus zentry's extras."""
         state: dict[str, Any] = {
@@ -159,6 +236,7 @@ class Store:
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
+        self._root_checked = False
 
     def dir(self, container_id: str) -> str:
         return os.path.join(self.root, container_id)
@@ -167,17 +245,74 @@ class Store:
         return os.path.join(self.dir(container_id), "state.json")
 
     def ensure_root(self) -> None:
-        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        """Make the root (parents 0755, the root 0711, whatever the umask), then check it."""
+        old = os.umask(0o022)
+        try:
+            os.makedirs(self.root, mode=0o711, exist_ok=True)
+        finally:
+            os.umask(old)
+        self._root_checked = False
+        self.check_root()
+
+    def check_root(self) -> bool:
+        """False if the root does not exist; PermissionDenied if others could write into it."""
+        if self._root_checked:
+            return True
+        try:
+            st = os.stat(self.root)  # the root itself may be a symlink (to a checked directory)
+        except FileNotFoundError:
+            return False
+        check_private(self.root, "state root", directory=True, st=st)
+        self._root_checked = True
+        return True
 
     def ids(self) -> list[str]:
-        try:
-            return sorted(n for n in os.listdir(self.root) if os.path.isfile(os.path.join(self.root, n, "state.json")))
-        except FileNotFoundError:
+        """Ids with a state file; entries that fail check_private are left out (and logged)."""
+        if not self.check_root():
             return []
+        import stat as stat_mod
+
+        out = []
+        for name in os.listdir(self.root):
+            try:
+                if not stat_mod.S_ISDIR(os.lstat(self.dir(name)).st_mode):
+                    continue  # not a container (a claim being made is a directory without state)
+                self._check_entry(name)
+            except (NotFound, FileNotFoundError, NotADirectoryError):
+                continue
+            except PermissionDenied as err:
+                from zentry.bus.log import get_logger
+
+                get_logger("zentry.state").warning("%s", err)
+                continue
+            out.append(name)
+        return sorted(out)
+
+    def _check_entry(self, container_id: str) -> None:
+        """The container directory and its state file are private (see check_private); NotFound without a state file."""
+        check_private(self.dir(container_id), "container directory", directory=True)
+        try:
+            check_private(self.path(container_id), "state file", directory=False)
+        except FileNotFoundError:
+            raise NotFound(f"container {container_id!r} does not exist") from None
+
+    def own_bus_dir(self, rec: "Record") -> str | None:
+        """``rec``'s bus directory if it is the one its sandbox's directory under this root
+        implies (the directory itself, or its /run/zentry-bus twin), else None."""
+        from zentry.bus.endpoints import bus_dir_for
+
+        try:
+            validate_id(rec.sandbox_id)
+        except InvalidArgument:
+            return None
+        expected = bus_dir_for(self.dir(rec.sandbox_id))
+        return expected if rec.bus_dir == expected else None
 
     def resolve(self, partial: str) -> str:
         """The full id for an id or a unique prefix of one."""
         validate_id(partial)
+        if not self.check_root():
+            raise NotFound(f"container {partial!r} does not exist")
         if os.path.isfile(self.path(partial)):
             return partial
         matches = [i for i in self.ids() if i.startswith(partial)]
@@ -188,15 +323,34 @@ class Store:
         return matches[0]
 
     def load(self, container_id: str) -> Record:
+        """The record of ``container_id``, after the access checks (module docstring)."""
+        if not self.check_root():
+            raise NotFound(f"container {container_id!r} does not exist")
         try:
-            with open(self.path(container_id)) as f:
-                data = json.load(f)
+            check_private(self.dir(container_id), "container directory", directory=True)
+            fd = os.open(self.path(container_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFound(f"container {container_id!r} does not exist") from None
-        except (OSError, ValueError) as err:
-            raise NotFound(f"container {container_id!r} has an unreadable state file: {err}") from err
+        except OSError as err:
+            raise NotFound(f"container {container_id!r} has an unreadable state file: {err.strerror}") from err
+        try:
+            check_private(self.path(container_id), "state file", directory=False, st=os.fstat(fd))
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = json.loads(f.read())
+        except (OSError, ValueError, RecursionError) as err:
+            raise NotFound(f"container {container_id!r} has an unreadable state file: {err}") from None
+        finally:
+            os.close(fd)
+        if not isinstance(data, dict) or data.get("id") != container_id:
+            raise NotFound(f"container {container_id!r} has an unreadable state file: not its record")
         known = {k: v for k, v in data.items() if k in Record.FIELDS}
-        return Record(**known)
+        try:
+            rec = Record(**known)
+        except TypeError as err:
+            raise NotFound(f"container {container_id!r} has an unreadable state file: {err}") from None
+        if rec.bus_dir != self.own_bus_dir(rec):
+            raise PermissionDenied(f"refusing the state file of container {container_id!r}: its bus directory {rec.bus_dir} is not the one under {self.root}")
+        return rec
 
     def save(self, record: Record) -> None:
         """Write atomically: temp file, then rename over state.json.
@@ -209,6 +363,7 @@ class Store:
         """
         d = self.dir(record.id)
         tmp = os.path.join(d, f".state.json.{os.getpid()}")
+        record.note_pid_starts()
         data = json.dumps(record.to_dict(), separators=(",", ":")).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -225,7 +380,7 @@ class Store:
         ``create`` leaves behind is recognisable as its leftover by
         :meth:`remove_stale`, and two creates of one id cannot both win.
         """
-        self.ensure_root()
+        self.ensure_root()  # and check it: nobody else may plant state in it
         tmp = os.path.join(self.root, f".claim.{container_id}.{os.getpid()}")
         os.mkdir(tmp, 0o711)
         try:
@@ -280,6 +435,10 @@ class Store:
                 yield self.load(cid)
             except NotFound:
                 continue
+            except PermissionDenied as err:
+                from zentry.bus.log import get_logger
+
+                get_logger("zentry.state").warning("%s", err)
 
 
 class Lock:

@@ -33,7 +33,7 @@ import zmq.backend
 from zmq import zmq_poll
 
 from zentry.bus import envelope as envmod
-from zentry.bus.endpoints import Endpoints, check_endpoint, chmod_socket
+from zentry.bus.endpoints import Endpoints, bind_private, check_endpoint
 from zentry.bus.envelope import Envelope
 from zentry.bus.errors import ActorGone, Internal, ProtocolError, UnknownMessage, ZentryError, to_wire
 from zentry.bus.events import Publisher
@@ -248,12 +248,7 @@ class Actor:
                 os.unlink(endpoint[len("ipc://"):])
             except FileNotFoundError:
                 pass
-        old = os.umask(0o177)
-        try:
-            sock.bind(endpoint)
-        finally:
-            os.umask(old)
-        chmod_socket(endpoint)
+        bind_private(sock, endpoint)
         return sock
 
     def _loop(self, router: zmq.Socket, control: zmq.Socket) -> None:

@@ -75,6 +75,12 @@ class ExecPermission(UserError):
     code = "exec_permission"
 
 
+class PermissionDenied(UserError):
+    """A path or socket others could write (or have planted) is refused."""
+
+    code = "permission_denied"
+
+
 class Unsupported(UserError):
     """A feature this host or zentry does not provide (e.g. systemd cgroups)."""
 

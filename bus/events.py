@@ -380,21 +380,19 @@ class EventStream(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from zentry.bus.endpoints import chmod_socket
+        from zentry.bus.endpoints import bind_private
 
         try:
             xsub = self.ctx.socket(zmq.XSUB)
             xsub.setsockopt(zmq.LINGER, 0)
-            xsub.bind(self.inbound)
-            chmod_socket(self.inbound)
+            bind_private(xsub, self.inbound)
             xsub.send(b"\x01")  # subscribe to everything upstream
             xpub = self.ctx.socket(zmq.XPUB)
             xpub.setsockopt(zmq.LINGER, 0)
             xpub.setsockopt(zmq.SNDHWM, PUB_HWM)
-            xpub.bind(self.outbound)
-            chmod_socket(self.outbound)
+            bind_private(xpub, self.outbound)
             for ep in self.extra_outbound:
-                xpub.bind(ep)
+                bind_private(xpub, ep)
         except BaseException as err:  # reported by wait_ready()
             self.error = err
             self._close_wake()

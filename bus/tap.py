@@ -39,7 +39,8 @@ from zmq.utils import z85
 from zentry.bus import envelope as envmod
 from zentry.bus.endpoints import Endpoints, bus_dir_for
 from zentry.bus.envelope import Envelope
-from zentry.bus.errors import InvalidArgument, ProtocolError, UnknownMessage
+from zentry.bus.access import check_private
+from zentry.bus.errors import InvalidArgument, PermissionDenied, ProtocolError, UnknownMessage
 from zentry.bus.events import batch_count, event_frames, unpack_events
 from zentry.bus.messages import History, HistoryReply, RequestHandled
 from zentry.bus.proc import pid_alive
@@ -103,28 +104,44 @@ class SandboxInfo(_Record):
 
 def discover(root: str) -> dict[str, SandboxInfo]:
     """Sandboxes under ``root``: from each ``<id>/state.json``, or, for a
-    sandbox still being created (no state yet), from its ``events.sock``."""
+    sandbox still being created (no state yet), from its ``events.sock``.
+
+    A root others can write is refused (PermissionDenied, as every command
+    refuses it); a container directory or state file others can write is
+    skipped, and a stream is only ever looked for in the bus directory the
+    root implies for a sandbox, never where a state file says.
+    """
     out: dict[str, SandboxInfo] = {}
+    root = os.path.abspath(root)
     try:
+        check_private(root, "state root", directory=True, st=os.stat(root))
         names = os.listdir(root)
     except (FileNotFoundError, NotADirectoryError):
         return out
     for name in names:
         cdir = os.path.join(root, name)
         try:
-            with open(os.path.join(cdir, "state.json"), "rb") as f:
-                data = json.loads(f.read())
+            check_private(cdir, "container directory", directory=True)
+            fd = os.open(os.path.join(cdir, "state.json"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             bus = bus_dir_for(cdir)
             if name not in out and os.path.exists(os.path.join(bus, "events.sock")):
                 out[name] = SandboxInfo(name, bus, 0, {name})
             continue
-        except (OSError, ValueError):
+        except (OSError, PermissionDenied):
+            continue  # not a directory, or not private
+        try:
+            with os.fdopen(fd, "rb") as f:
+                check_private(os.path.join(cdir, "state.json"), "state file", directory=False, st=os.fstat(f.fileno()))
+                data = json.loads(f.read())
+        except (OSError, ValueError, RecursionError, PermissionDenied):
             continue  # being rewritten, or not ours
         if not isinstance(data, dict):
             continue
         sid = str(data.get("sandbox_id") or name)
-        bus = str(data.get("bus_dir") or bus_dir_for(cdir))
+        if "/" in sid or sid in (".", ".."):
+            continue
+        bus = bus_dir_for(os.path.join(root, sid))
         info = out.get(sid)
         if info is None or (info.controller_pid == 0 and sid == name):
             containers = info.containers if info is not None else set()
@@ -506,7 +523,13 @@ class Tap:
                     timeout_ms = max(0, min(timeout_ms, int((stream.hist_at - now) * 1000) + 1))
             elif stream.hist_sock is not None and now > stream.hist_deadline:
                 self._finish_history(stream, out)
-        ready = dict(self._poller.poll(timeout_ms))
+        if self._poller.sockets:
+            ready = dict(self._poller.poll(timeout_ms))
+        else:
+            # nothing followed yet (an empty or missing root): pyzmq returns at
+            # once from a poll of no sockets, which made the tap spin a core
+            time.sleep(timeout_ms / 1000)
+            ready = {}
         for sock in ready:
             stream = self._by_sock.get(sock)
             if stream is None:

@@ -8,17 +8,19 @@ HELP = "send a signal to a container's init (or all its processes)"
 def add_arguments(p) -> None:
     p.add_argument("--all", "-a", action="store_true", help="signal every process of the container")
     p.add_argument("container_id", metavar="ID")
-    p.add_argument("signal", nargs="?", default="SIGTERM", help="signal number or name (default SIGTERM)")
+    p.add_argument("signal", nargs="?", default="SIGTERM", help="signal number or name: 15, TERM, SIGTERM (default SIGTERM)")
 
 
 def parse_signal(text: str) -> int:
     from zentry.bus.errors import InvalidArgument
 
+    if text == "":
+        return int(signal.SIGTERM)  # runc: an empty signal is the default
     if text.isdigit():
         number = int(text)
-        if 0 < number < signal.NSIG:
+        if 0 <= number < signal.NSIG:  # 0: only checks the container is there, as kill(2) (runc accepts it)
             return number
-        raise InvalidArgument(f"invalid signal {text!r}")
+        raise InvalidArgument(f"invalid signal {text!r}: numbers run from 0 to {signal.NSIG - 1}")
     name = text.upper()
     if not name.startswith("SIG"):
         name = "SIG" + name

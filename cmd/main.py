@@ -7,7 +7,10 @@ ask an actor, print; lifecycle logic lives in ``actors/``.
 Errors: every failure is one line on stderr (``zentry: <message>``) and,
 with ``--log FILE --log-format json``, one ``{"level":"error","msg":…,"time":…}``
 line in the log (containerd shows the user only that). Exit status 1, as
-runc; engines derive 126/127 from the message text.
+runc; engines derive 126/127 from the message text. Usage errors (what
+argparse refuses) are such a line too, with status 1, and an unknown command
+word status 3, as runc's; ``--log`` is opened before the command runs, so a
+log that cannot be written is refused at once (runc does the same).
 """
 
 from __future__ import annotations
@@ -31,6 +34,18 @@ COMMANDS: dict[str, list[str]] = {
 VERBS = {"list": "list_", "exec": "exec_", "do": "do_", "metrics-server": "metrics_server"}
 
 EXIT_FAILURE = 1
+#: an unknown command word (runc's status for it)
+EXIT_UNKNOWN_COMMAND = 3
+
+
+class UsageError(Exception):
+    """A command line argparse refused (runc: "Incorrect Usage", status 1).
+
+    Not a ZentryError: it never crosses the bus, and has no wire code."""
+
+    def __init__(self, message: str, exit_status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 def version() -> str:
@@ -82,12 +97,11 @@ def build_parser(verb: str | None = None):
             parser.exit()
 
     class _Parser(argparse.ArgumentParser):
-        """A usage error is one line, as every error (see ``_main``); its
-        subcommand parsers are of this class too."""
+        """Usage errors are one line and exit status 1, as runc's (argparse: usage text and 2)."""
 
-        def error(self, message):
-            command = self.prog.partition(" ")[2]
-            raise InvalidArgument(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
+        def error(self, message: str):
+            where = self.prog.removeprefix("zentry").strip()
+            raise UsageError(f"{where + ': ' if where else ''}{message} (see {self.prog} --help)")
 
     parser = _Parser(prog="zentry", description="zentry: a sandboxed, runc-compatible OCI container runtime")
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
@@ -205,12 +219,52 @@ def main(argv: list[str] | None = None) -> int:
             prefork.dismiss()
 
 
+def global_flag(argv: list[str], flag: str) -> str | None:
+    """The value of a global ``flag`` before the command word (for a usage error's log line)."""
+    end = verb_index(argv)
+    head = argv if end is None else argv[:end]
+    value = None
+    for i, arg in enumerate(head):
+        if arg == flag and i + 1 < len(head):
+            value = head[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1 :]
+    return value
+
+
+def open_log(path: str) -> None:
+    """Refuse a --log that cannot be written, at once (as runc), not at the first message."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644))
+    except OSError as err:
+        raise InvalidArgument(f"cannot open log file {path!r}: {err.strerror}") from None
+
+
 def _main(argv: list[str], verb: str | None, prefork) -> int:
     parser = build_parser(verb)
     try:
+        i = verb_index(argv)
+        if verb is None and i is not None and argv[i] == "help":  # runc help
+            parser.print_help()
+            return 0
+        if verb is None and i is not None and not any(arg in ("-h", "--help") for arg in argv[:i]):
+            raise UsageError(f"unknown command {argv[i]!r} (see zentry --help)", exit_status=EXIT_UNKNOWN_COMMAND)
         args = parser.parse_args(argv)
-    except InvalidArgument as err:
-        configure(*log_flags(argv))  # the flags argparse may not have reached
+        if args.log:
+            open_log(args.log)
+    except UsageError as err:
+        log_file, log_format = global_flag(argv, "--log"), global_flag(argv, "--log-format")
+        usable = log_file is not None and log_format in (None, "text", "json")
+        if usable:
+            try:
+                open_log(log_file)
+            except InvalidArgument:
+                usable = False
+        configure(log_file if usable else None, log_format or "text")
+        fail(get_logger("zentry.cli"), str(err))
+        return err.exit_status
+    except InvalidArgument as err:  # the log file itself
+        configure(None)
         return fail(get_logger("zentry.cli"), str(err))
     configure(args.log, args.log_format, args.debug)  # applied at the first message (bus/log.py)
     log = get_logger("zentry.cli")

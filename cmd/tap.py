@@ -204,14 +204,14 @@ def _serve(args, tap, timeout: float | None, stopper: _Stopper) -> int:
     import zmq
     from zmq.auth.thread import ThreadAuthenticator
 
-    from zentry.bus.endpoints import check_endpoint
+    from zentry.bus.endpoints import bind_private, check_endpoint
     from zentry.bus.errors import InvalidArgument
     from zentry.bus.events import PUB_HWM
     from zentry.bus.tap import TapEvent, read_authorized_keys, read_key
 
     endpoint = args.serve
     secret = read_key(args.server_secret_file, secret=True) if args.server_secret_file else None
-    check_endpoint(endpoint, secret)  # tcp:// only with CURVE
+    check_endpoint(endpoint, secret)  # tcp:// only with CURVE; ipc:// without it only in a 0700 directory
     authorized = None
     if secret:
         if not args.authorized_keys:
@@ -230,7 +230,7 @@ def _serve(args, tap, timeout: float | None, stopper: _Stopper) -> int:
             xpub.curve_server = True
             xpub.curve_secretkey = secret
             xpub.curve_publickey = zmq.curve_public(secret)
-        xpub.bind(endpoint)
+        bind_private(xpub, endpoint)  # ipc: 0600 in a directory check_endpoint found private
         public = zmq.curve_public(secret).decode() if secret else "-"
         print(f"zentry tap: serving {xpub.getsockopt_string(zmq.LAST_ENDPOINT)} server-key {public}", file=sys.stderr, flush=True)
         deadline = time.monotonic() + timeout if timeout is not None else None

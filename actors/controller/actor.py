@@ -247,8 +247,10 @@ class Controller(Actor):
         rec = self.record(msg.container_id)
         rec.require_status("update", CREATED, RUNNING, PAUSED)
         self.ask_sandbox(SetResources(container_id=rec.id, resources=msg.resources), req.id)
+        from zentry.actors.sandbox.cgroups import merge_resources
+
         linux = rec.config.setdefault("linux", {})
-        linux.setdefault("resources", {}).update(msg.resources)
+        merge_resources(linux.setdefault("resources", {}), msg.resources)
         self.store.save(rec)
         return Ok()
 

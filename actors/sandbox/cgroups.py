@@ -487,8 +487,10 @@ class Cgroup:
             _apply_v1(self, resources)
 
     def update(self, resources: dict | None) -> None:
-        """``zentry update``: the same translation, on a live cgroup."""
+        """``zentry update``: the same translation, on a live cgroup (only the
+        values given are written; the CLI has dropped runc's "unchanged" zeros)."""
         self.apply(resources)
+
 
     # --- what the sentry shows in /proc -------------------------------------------
     def memory_limit(self) -> int | None:
@@ -537,6 +539,19 @@ class Cgroup:
     def stats(self) -> dict:
         """Usage counters shaped like the ``data`` of ``runc events --stats``."""
         return _stats_v2(self) if self.version == 2 else _stats_v1(self)
+
+
+def merge_resources(current: dict, update: dict) -> dict:
+    """``current`` linux.resources with ``update``'s values over it, section by
+    section (an update of ``memory.limit`` keeps ``memory.swap``), as the
+    record keeps them after ``zentry update``."""
+    for section, value in update.items():
+        old = current.get(section)
+        if isinstance(value, dict) and isinstance(old, dict):
+            current[section] = {**old, **value}
+        else:
+            current[section] = value
+    return current
 
 
 def _join(mount: str, base: str, parts: list[str]) -> str:

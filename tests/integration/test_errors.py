@@ -98,3 +98,40 @@ def test_cgroup_limit_the_kernel_refuses_fails_create_cleanly(zentry, busybox_bu
     check_error(r, log, "cpuset")
     assert zentry("list", "-q").stdout.strip() == ""
     assert not os.path.exists(os.path.join(zentry.root, "cg1"))
+
+
+def test_usage_errors_exit_1_as_runc_with_one_line_and_a_log_line(zentry, tmp_path):
+    from helpers.runc_cli import Runc
+
+    runc = Runc()
+    try:
+        for argv in (["kill"], ["state", "--foo", "x"], ["no-such-command"], ["--root", "/x", "bogus", "a"], ["--log-format", "xml", "list"],
+                     ["list", "--format", "bogus"], ["update"]):
+            rr = runc(*argv)
+            log = tmp_path / "usage.json"
+            if argv[0] == "--log-format":
+                rz = zentry(*argv)
+            else:
+                rz = zentry_with_log(zentry, log, *argv)
+            assert rr.returncode == rz.returncode == (3 if argv[0] in ("no-such-command", "--root") else 1), (argv, rz.stderr, rr.stderr)
+            lines = rz.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("zentry: "), rz.stderr
+            if argv[0] != "--log-format":
+                assert json.loads(log.read_text().splitlines()[-1])["level"] == "error"
+    finally:
+        runc.close()
+
+
+def test_a_log_file_that_cannot_be_opened_is_refused_as_runc(zentry, tmp_path):
+    from helpers.runc_cli import Runc
+
+    runc = Runc()
+    try:
+        for bad in ("invalid:/path", str(tmp_path / "no-such-dir" / "log"), str(tmp_path)):
+            rr = runc("--log", bad, "list")
+            rz = zentry("--log", bad, "list")
+            assert rr.returncode == 1 and rz.returncode == 1, (bad, rz.stderr)
+            assert rz.stderr.startswith("zentry: cannot open log file") and len(rz.stderr.strip().splitlines()) == 1
+            assert rz.stdout == ""
+    finally:
+        runc.close()

@@ -332,3 +332,31 @@ def test_remote_tap_over_curve_refuses_wrong_keys(zentry, busybox_bundle, tmp_pa
     evs = events_of(out)
     assert any(e["type"] == "event.status" and e["body"]["new"] == "stopped" and e["topic"].startswith(f"{cid}.{cid}.") for e in evs), out
     assert "events relayed" in relay_err and "server-key " + server_public in relay_err
+
+
+def test_a_tap_started_before_its_root_exists_follows_the_first_sandbox(zentry, busybox_bundle):
+    """The first `zentry tap` on a fresh machine: its --root does not exist yet."""
+    root = zentry.root / "fresh" / "root"  # parents missing too; the fixture removes it all
+    bundle = busybox_bundle(["sleep", "30"])
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    tap = subprocess.Popen([*zentry_command(), "--root", str(root), "tap", "--format", "json", "--timeout", "60"],
+                           stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    cli = [*zentry_command(), "--root", str(root)]
+    try:
+        time.sleep(1.0)  # the tap has scanned a root that is not there
+        assert not root.exists() and tap.poll() is None
+        for argv in (["create", "--bundle", str(bundle), "first"], ["start", "first"]):
+            assert subprocess.run([*cli, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=60).returncode == 0
+
+        def shown():
+            text = os.pread(out.fileno(), 1 << 24, 0).decode(errors="replace")
+            return [e for e in events_of(text) if e["type"] == "event.status" and e["body"].get("new") == "running"]
+
+        assert wait_for(shown, timeout=15), os.pread(err.fileno(), 1 << 16, 0)
+    finally:
+        subprocess.run([*cli, "delete", "--force", "first"], stdin=subprocess.DEVNULL, timeout=60)
+        tap.send_signal(signal.SIGTERM)
+        tap.wait(15)
+        for d in (root, root.parent):
+            if d.exists():
+                d.rmdir()  # empty once the container is deleted

@@ -11,7 +11,7 @@ import zmq
 from zentry.bus import endpoints
 from zentry.bus.actor import Actor
 from zentry.bus.endpoints import Endpoints, bus_dir_for, check_endpoint, chmod_socket, make_private_dir
-from zentry.bus.errors import InvalidArgument
+from zentry.bus.errors import InvalidArgument, PermissionDenied
 
 
 def test_tcp_without_curve_is_refused():
@@ -20,7 +20,7 @@ def test_tcp_without_curve_is_refused():
     with pytest.raises(InvalidArgument, match="without CURVE"):
         check_endpoint("tcp://0.0.0.0:5555", b"")
     check_endpoint("tcp://127.0.0.1:5555", b"x" * 40)
-    check_endpoint("ipc:///run/x.sock")
+    check_endpoint("ipc:///run/x.sock", b"x" * 40)
     check_endpoint("inproc://stream")
     for bad in ("udp://1.2.3.4:5", "pgm://eth0;239.1.1.1:5555", "/plain/path"):
         with pytest.raises(InvalidArgument, match="unsupported endpoint"):
@@ -109,3 +109,52 @@ def test_bus_dir_for_short_and_long_paths():
     assert len(os.path.join(edge, "controller.ctl")) == endpoints._IPC_MAX - 8
     assert bus_dir_for(edge) == edge
     assert bus_dir_for(edge + "d") != edge + "d"
+
+
+def test_ipc_without_curve_only_in_a_private_directory(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    check_endpoint(f"ipc://{private}/tap.sock")
+    for mode in (0o755, 0o711, 0o770, 0o777, 0o1777):
+        os.chmod(private, mode)
+        with pytest.raises(PermissionDenied, match="without CURVE keys"):
+            check_endpoint(f"ipc://{private}/tap.sock")
+    with pytest.raises(InvalidArgument, match="No such file"):
+        check_endpoint(f"ipc://{tmp_path}/missing/tap.sock")
+
+
+def test_bind_private_makes_0600_sockets_whatever_the_umask(tmp_path):
+    ctx = zmq.Context()
+    old = os.umask(0)
+    try:
+        sock = ctx.socket(zmq.PUB)
+        endpoints.bind_private(sock, f"ipc://{tmp_path}/s.sock")
+        assert stat.S_IMODE(os.stat(tmp_path / "s.sock").st_mode) == 0o600
+        sock.close(0)
+    finally:
+        os.umask(old)
+        ctx.term()
+
+
+def test_make_private_dir_whatever_the_umask_and_refuses_a_planted_one(tmp_path):
+    old = os.umask(0)
+    try:
+        make_private_dir(str(tmp_path / "parent" / "bus"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "parent" / "bus").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "parent").st_mode) == 0o711
+    open_parent = tmp_path / "open"
+    open_parent.mkdir()
+    os.chmod(open_parent, 0o777)
+    with pytest.raises(PermissionDenied, match="bus directory parent .*0777"):
+        make_private_dir(str(open_parent / "bus"))
+    os.symlink(tmp_path / "parent", tmp_path / "link")
+    with pytest.raises(PermissionDenied, match="not a directory"):
+        make_private_dir(str(tmp_path / "link"))
+    if os.geteuid() == 0:
+        planted = tmp_path / "planted"
+        planted.mkdir()
+        os.chown(planted, 65534, 65534)
+        with pytest.raises(PermissionDenied, match="owned by uid 65534"):
+            make_private_dir(str(planted))

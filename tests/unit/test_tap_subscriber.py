@@ -15,7 +15,7 @@ import zentry.bus.messages as M
 from zentry.bus import codec
 from zentry.bus.endpoints import Endpoints
 from zentry.bus.envelope import Envelope
-from zentry.bus.errors import InvalidArgument
+from zentry.bus.errors import InvalidArgument, PermissionDenied
 from zentry.bus.events import EventStream, Publisher, unpack_events
 from zentry.bus.tap import (
     Filters,
@@ -127,10 +127,20 @@ def test_discover_groups_containers_by_sandbox(tmp_path):
     found = discover(str(tmp_path))
     assert set(found) == {"pod", "solo", "creating"}
     assert found["pod"].containers == {"pod", "member"} and found["pod"].controller_pid == 11
-    assert found["solo"].bus_dir == "/run/zentry-bus/abc"
+    # the bus directory is the one the root implies, never the one a state file names
+    assert found["solo"].bus_dir == str(tmp_path / "solo")
     assert found["creating"].controller_pid == 0 and found["creating"].bus_dir == str(tmp_path / "creating")
     assert discover(str(tmp_path / "missing")) == {}
     assert Filters(ids={"member"}).follows(found["pod"]) and not Filters(ids={"member"}).follows(found["solo"])
+    # entries others could have written are skipped; a root others can write is refused
+    os.chmod(tmp_path / "solo" / "state.json", 0o666)
+    os.chmod(tmp_path / "member", 0o777)
+    found = discover(str(tmp_path))
+    assert set(found) == {"pod", "creating"} and found["pod"].containers == {"pod"}
+    os.chmod(tmp_path, 0o777)
+    with pytest.raises(PermissionDenied, match="writable by group or others"):
+        discover(str(tmp_path))
+    os.chmod(tmp_path, 0o700)
 
 
 @pytest.fixture
@@ -268,3 +278,14 @@ def test_relay_sends_runs_of_consecutive_events_as_one_batch():
     assert [count for _frames, count in batches] == [len(g) for g in got]
     # every event relayed once, in order
     assert [d for g in got for _t, _s, d in g] == [e.data.decode() for e in events]
+
+
+def test_a_tap_of_a_missing_root_waits_instead_of_spinning(tmp_path):
+    """Before any sandbox (the root not even made yet) poll() waits its timeout out."""
+    with Tap(root=str(tmp_path / "not-yet"), filters=Filters()) as tap:
+        calls, started, cpu = 0, time.monotonic(), time.process_time()
+        while time.monotonic() - started < 0.5:
+            assert tap.poll(100) == []
+            calls += 1
+        assert calls <= 10, calls  # ~100 ms each (a rescan may cut one short); it spun through thousands
+        assert time.process_time() - cpu < 0.25
