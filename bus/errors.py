@@ -81,6 +81,12 @@ class Unsupported(UserError):
     code = "unsupported"
 
 
+class LimitReached(UserError):
+    """A limit refuses the request (a pool's maximum, the node's sandboxes or memory budget)."""
+
+    code = "limit_reached"
+
+
 # --- the bus --------------------------------------------------------------------
 class ProtocolError(ZentryError):
     """A frame that is not a valid envelope (size, type, fields)."""
