@@ -99,7 +99,9 @@ def _serve(args, ctx) -> int:
     signal.signal(signal.SIGINT, stop)
     endpoints = " ".join([local_endpoint(ctx.root), *config.listen])
     print(f"zentry pool: node {config.node} serving {endpoints} (pools: {', '.join(config.pools)})", file=sys.stderr, flush=True)
-    return agent.run()
+    status = agent.run()
+    agent.remove_dir()
+    return status
 
 
 def _client(args, ctx):

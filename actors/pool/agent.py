@@ -13,6 +13,10 @@ list``/``tap``/``metrics-server`` see them):
     pool-agent/            the agent's bus directory (pool.sock, events.sock: ``zentry tap`` follows it)
     pool-agent/agent.lock  held while an agent serves this root
     pool-agent/bundles/ID  each sandbox's config.json and CLI log; what a restarted agent cleans up
+
+A graceful stop (SIGTERM, ``shutdown``) destroys every sandbox and removes
+``pool-agent``; a killed agent's sandboxes end with their channels (their
+inits exit), and the next agent on the root deletes what is left.
 """
 
 from __future__ import annotations
@@ -142,17 +146,25 @@ class PoolAgent(Actor):
         self._auth = None
         self.init_bin = ""
         self.metrics = _Metrics(self.pools)
-
-    # --- lifecycle ----------------------------------------------------------------
-    def on_start(self) -> None:
+        # Before anything binds: a second agent on this root must not take the first one's socket.
         self._lock_fd = os.open(os.path.join(self.dir, "agent.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
             raise AlreadyExists(f"another node agent serves {self.root}") from None
         os.ftruncate(self._lock_fd, 0)
         os.write(self._lock_fd, f"{os.getpid()}\n".encode())
-        self.init_bin = sbmod.init_binary(self.dir)
+        self.init_bin = sbmod.init_binary()
+        self._keys = None
+        if config.listen:
+            from zentry.bus.tap import read_authorized_keys, read_key
+
+            self._keys = (read_key(config.server_secret_file, secret=True), read_authorized_keys(config.authorized_keys))
+
+    # --- lifecycle ----------------------------------------------------------------
+    def on_start(self) -> None:
         from zentry.bus.events import EventStream
 
         self.stream = EventStream(self.ctx, self.endpoints.events_in, self.endpoints.events)
@@ -185,13 +197,20 @@ class PoolAgent(Actor):
     def on_failure(self, exc: BaseException) -> None:
         self._destroy_all()
 
+    def remove_dir(self) -> None:
+        """After a graceful stop with nothing left: the agent's directory goes too."""
+        if self._lock_fd < 0 or self.sandboxes or os.listdir(self.bundles):
+            return
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.endpoints.bus_dir != self.dir:
+            shutil.rmtree(self.endpoints.bus_dir, ignore_errors=True)
+
     def _bind_tcp(self) -> None:
         from zmq.auth.thread import ThreadAuthenticator
 
-        from zentry.bus.tap import read_authorized_keys, read_key
-
-        secret = read_key(self.config.server_secret_file, secret=True)
-        keys = read_authorized_keys(self.config.authorized_keys)
+        secret, keys = self._keys
         self._auth = ThreadAuthenticator(self.ctx)
         self._auth.start()
         self._auth.configure_curve_callback("*", _AuthorizedKeys(keys))

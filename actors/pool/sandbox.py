@@ -45,14 +45,19 @@ _HEADER = struct.Struct("8I")
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "init.c")
 
 
-def init_binary(cache_dir: str) -> str:
+#: where the agent builds the exec server (once per init.c version)
+CACHE_DIR = os.environ.get("ZENTRY_POOL_CACHE", "/var/cache/zentry")
+
+
+def init_binary(cache_dir: str = CACHE_DIR) -> str:
     """The exec server's static binary for this init.c, built once into ``cache_dir``
-    (``cc -static``; a prebuilt ``zentry-pool-init`` next to init.c is used when it matches)."""
+    (``cc -static``; a prebuilt ``zentry-pool-init-<hash>`` next to init.c is used when present)."""
     with open(_SOURCE, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:16]
     prebuilt = os.path.join(os.path.dirname(_SOURCE), f"zentry-pool-init-{digest}")
     if os.access(prebuilt, os.X_OK):
         return prebuilt
+    os.makedirs(cache_dir, mode=0o755, exist_ok=True)
     target = os.path.join(cache_dir, f"zentry-pool-init-{digest}")
     if os.access(target, os.X_OK):
         return target
