@@ -157,6 +157,7 @@ class PoolAgent(Actor):
         os.ftruncate(self._lock_fd, 0)
         os.write(self._lock_fd, f"{os.getpid()}\n".encode())
         self.init_bin = sbmod.init_binary()
+        self.renice = sbmod.raise_priority()
         self._keys = None
         if config.listen:
             from zentry.bus.tap import read_authorized_keys, read_key
@@ -609,7 +610,7 @@ class PoolAgent(Actor):
         sb.parent = parent
         self.sandboxes[sid] = sb
         try:
-            sb.start(self.zentry, self.root, self.init_bin, self.config.node)
+            sb.start(self.zentry, self.root, self.init_bin, self.config.node, renice=self.renice)
         except Exception as err:
             sb.start_status = -1
             self._start_failed(sb, f"{type(err).__name__}: {err}")
@@ -641,7 +642,8 @@ class PoolAgent(Actor):
     def _delete(self, sb: PoolSandbox) -> None:
         sb.state = "dying"
         try:
-            pid, pidfd = sbmod.spawn([self.zentry, "--root", self.root, "delete", "--force", sb.id], log_path=sb.log_path)
+            pid, pidfd = sbmod.spawn([self.zentry, "--root", self.root, "delete", "--force", sb.id], log_path=sb.log_path,
+                                      renice=self.renice)
         except OSError as err:
             log.warning("cannot delete sandbox %s: %s", sb.id, err)
             return

@@ -94,9 +94,26 @@ def sandbox_config(pool: PoolConfig, init_bin: str, *, node: str) -> dict:
     return config
 
 
-def spawn(argv: list[str], *, fd3: int | None = None, log_path: str) -> tuple[int, int]:
+#: The agent runs at this nice value (when it may) and starts its children back at 0:
+#: starting and deleting sandboxes is background work, a claim or an exec is not.
+AGENT_NICE = -5
+_NICE = shutil.which("nice") or "/usr/bin/nice"
+
+
+def raise_priority() -> int:
+    """The agent's own priority above its background work; returns the nice its children must undo."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, AGENT_NICE)
+    except OSError:
+        return 0
+    return -AGENT_NICE
+
+
+def spawn(argv: list[str], *, fd3: int | None = None, log_path: str, renice: int = 0) -> tuple[int, int]:
     """Start ``argv`` without blocking (stdin /dev/null, stdout+stderr to ``log_path``,
-    ``fd3`` as its fd 3); returns (pid, pidfd)."""
+    ``fd3`` as its fd 3, ``renice`` added to its nice value); returns (pid, pidfd)."""
+    if renice:
+        argv = [_NICE, "-n", str(renice), *argv]
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -175,7 +192,7 @@ class PoolSandbox:
     def log_path(self) -> str:
         return os.path.join(self.bundle_dir, "zentry.log")
 
-    def start(self, zentry: str, root: str, init_bin: str, node: str) -> None:
+    def start(self, zentry: str, root: str, init_bin: str, node: str, renice: int = 0) -> None:
         """Write the bundle and run ``zentry run -d`` (returns at once)."""
         os.makedirs(self.bundle_dir, mode=0o700, exist_ok=True)
         with open(os.path.join(self.bundle_dir, "config.json"), "w") as f:
@@ -186,7 +203,7 @@ class PoolSandbox:
             self.chan = ours
             self.start_pid, self.start_pidfd = spawn(
                 [zentry, "--root", root, "run", "-d", "--preserve-fds", "1", "--bundle", self.bundle_dir, self.id],
-                fd3=theirs.fileno(), log_path=self.log_path)
+                fd3=theirs.fileno(), log_path=self.log_path, renice=renice)
         finally:
             theirs.close()
 
