@@ -42,6 +42,8 @@
 #define CHAN 3
 #define MAX_MSG (256 * 1024)
 #define MAX_KIDS 4096
+/* the exit status of a command that could not start (exec, chdir, user): runc exec's */
+#define START_FAILED 255
 
 struct reply { uint32_t kind, id; int32_t a, b; };
 static struct { pid_t pid; uint32_t id; } kids[MAX_KIDS];
@@ -96,7 +98,7 @@ static void child(uint32_t op, uint32_t uid, uint32_t gid, uint32_t mode, uint32
     if (getuid() != uid && setresuid(uid, uid, uid) < 0) goto fail_id;
     if (cwd[0] && chdir(cwd) < 0) {
         dprintf(2, "zentry pool: chdir %s: %s\n", cwd, strerror(errno));
-        _exit(126);
+        _exit(START_FAILED);
     }
     if (op == 2) {
         int fd = open(argv[0], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode & 07777);
@@ -115,10 +117,10 @@ static void child(uint32_t op, uint32_t uid, uint32_t gid, uint32_t mode, uint32
     environ = envp;
     execvp(argv[0], argv);
     dprintf(2, "zentry pool: exec %s: %s\n", argv[0], strerror(errno));
-    _exit(errno == ENOENT ? 127 : 126);
+    _exit(START_FAILED);
 fail_id:
     dprintf(2, "zentry pool: cannot become %u:%u: %s\n", uid, gid, strerror(errno));
-    _exit(126);
+    _exit(START_FAILED);
 }
 
 static void request(void)
