@@ -541,22 +541,50 @@ class PoolAgent(Actor):
         sb, what, pid = self.by_pidfd.pop(fd)
         self.unwatch_fd(fd)
         os.close(fd)
-        try:
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            status = 0
+        status = 0
+        if pid:
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
         if what == "start":
             sb.start_status = exit_status(status)
             if sb.start_status != 0:
                 self._start_failed(sb, sbmod.log_tail(sb.log_path) or f"zentry run exited with {sb.start_status}")
             else:
+                self._watch_container(sb)
                 self._maybe_ready(sb)
+        elif what == "container":  # the container's process ended (killed, out of memory)
+            sb.container_pidfd = -1
+            if sb.state != "dying" and sb.chan is not None:
+                self._channel_ended(sb)
         else:  # deleted
             sbmod.remove_bundle(sb.bundle_dir)
             self.sandboxes.pop(sb.id, None)
             self._update_gauges(sb.pool.name)
             if sb.pool.name in self.pools:
                 self._refill(sb.pool.name)
+
+    def _watch_container(self, sb: PoolSandbox) -> None:
+        """Notice the container's end through its state's pid: the channel alone
+        does not tell, since zentry's other actors of the sandbox hold the init's
+        end of it too (they inherit the preserved fd) until the container is deleted."""
+        try:
+            with open(os.path.join(self.root, sb.id, "state.json")) as f:
+                pid = int(json.load(f)["pid"])
+            pidfd = os.pidfd_open(pid)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("sandbox %s: cannot watch its process: %s", sb.id, err)
+            return
+        self.by_pidfd[pidfd] = (sb, "container", 0)
+        sb.container_pidfd = pidfd
+        self.watch_fd(pidfd, self._on_pidfd)
+
+    def _unwatch_container(self, sb: PoolSandbox) -> None:
+        fd, sb.container_pidfd = sb.container_pidfd, -1
+        if fd >= 0 and self.by_pidfd.pop(fd, None) is not None:
+            self.unwatch_fd(fd)
+            os.close(fd)
 
     def _maybe_ready(self, sb: PoolSandbox) -> None:
         if sb.state != "starting" or sb.start_status != 0:
@@ -641,6 +669,7 @@ class PoolAgent(Actor):
 
     def _delete(self, sb: PoolSandbox) -> None:
         sb.state = "dying"
+        self._unwatch_container(sb)
         try:
             pid, pidfd = sbmod.spawn([self.zentry, "--root", self.root, "delete", "--force", sb.id], log_path=sb.log_path,
                                       renice=self.renice)

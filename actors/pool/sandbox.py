@@ -174,6 +174,7 @@ class PoolSandbox:
         self.chan: socket.socket | None = None
         self.start_pid = 0
         self.start_pidfd = -1
+        self.container_pidfd = -1
         self.start_status: int | None = None
         self.hello = False
         self.start_ns = time.perf_counter_ns()

@@ -312,3 +312,21 @@ def test_exec_behaves_as_runc_exec(make_agent, client_of, busybox_bundle, tmp_pa
                     assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr), argv
     finally:
         subprocess.run([runc, "--root", str(runc_root), "delete", "-f", "pr1"], capture_output=True, timeout=60)
+
+
+def test_a_sandbox_whose_init_dies_is_replaced(make_agent, client_of, zentry_root):
+    import signal
+
+    from zentry.bus.errors import NotFound, SystemFailure
+
+    agent = make_agent({"bb": {"warm": 1, "max": 3}}).start()
+    client = client_of(agent.endpoint)
+    sb = client.claim("bb")
+    with open(zentry_root / sb.handle / "state.json") as f:
+        init_pid = json.load(f)["init_pid"]
+    os.kill(init_pid, signal.SIGKILL)  # e.g. the OOM killer
+    _wait(lambda: sb.handle not in _containers(zentry_root), what="the dead sandbox to be deleted")
+    with pytest.raises((NotFound, SystemFailure)):
+        sb.exec(["true"])
+    agent.wait_warm(60)
+    assert agent.status().pools[0]["claimed"] == 0
