@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from zentry.bus import envelope as envmod
+from zentry.bus.codec import MAX_BIN
 from zentry.bus.errors import ActorGone, InvalidArgument, LimitReached, NotFound, ProtocolError, from_wire
 from zentry.bus.message import Message
 from zentry.bus.messages import (
@@ -173,9 +174,15 @@ class Sandbox:
             except NodeUnreachable:
                 raise NodeUnreachable(f"sandbox {self.handle}: its node {node.name} ({node.endpoint}) stopped answering; the sandbox is lost") from None
 
+    @staticmethod
+    def _check_size(what: str, data: bytes) -> None:
+        if len(data) > MAX_BIN:
+            raise LimitReached(f"{what} of {len(data)} bytes: a pool message carries at most {MAX_BIN} bytes (MAX_BIN)")
+
     def exec(self, args: list[str], *, env: list[str] | None = None, cwd: str = "", user: str = "", stdin: bytes = b"",
              timeout: float = 0, on_output: Callable[[int, bytes], None] | None = None) -> ExecResult:
         """Run ``args``; with ``on_output(fd, data)`` the output streams to it instead of the result."""
+        self._check_size("stdin", stdin)
         msg = PoolExec(handle=self.handle, args=list(args), env=list(env or []), cwd=cwd, user=user, stdin=stdin,
                        timeout_ms=int(timeout * 1000), stream=on_output is not None)
         reply = self._call(msg, timeout + 30 if timeout else None, on_output)
@@ -183,6 +190,7 @@ class Sandbox:
         return ExecResult(reply.exit_status, reply.stdout, reply.stderr, reply.duration_ns, reply.timed_out)
 
     def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        self._check_size(path, data)
         self._call(PoolPut(handle=self.handle, path=path, data=data, mode=mode), 60)
 
     def get(self, path: str) -> bytes:
