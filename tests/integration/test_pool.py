@@ -126,14 +126,14 @@ def test_streamed_output_and_timeout(make_agent, client_of):
 def test_ttl_and_idle_expiry(make_agent, client_of):
     from zentry.bus.errors import NotFound
 
-    agent = make_agent({"bb": {"warm": 2, "max": 4, "idle": "1s"}}).start()
+    agent = make_agent({"bb": {"warm": 2, "max": 4, "idle": "2s"}}).start()
     client = client_of(agent.endpoint)
     idle = client.claim("bb")
-    ttl = client.claim("bb", ttl=1.5, idle=60)
-    for _ in range(6):  # kept alive by use
+    ttl = client.claim("bb", ttl=2.5, idle=60)
+    for _ in range(6):  # kept alive by use (a request every 0.5 s, idle after 2 s)
         assert idle.exec(["true"]).exit_status == 0
-        time.sleep(0.3)
-    time.sleep(2.0)
+        time.sleep(0.5)
+    time.sleep(3.5)
     for sb in (idle, ttl):
         with pytest.raises(NotFound, match="no claimed sandbox"):
             sb.exec(["true"])
