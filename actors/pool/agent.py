@@ -36,6 +36,7 @@ import zmq.backend
 from zentry.actors.pool import sandbox as sbmod
 from zentry.actors.pool.config import AgentConfig, PoolConfig
 from zentry.actors.pool.sandbox import EXITED, HELLO, OP_EXEC, OP_GET, OP_KILL, OP_PUT, REFUSED, Job, PoolSandbox
+from zentry.actors.pool.zygote import Zygote
 from zentry.bus import envelope as envmod
 from zentry.bus.actor import DEFERRED, Actor, Request, _recv_request, handles
 from zentry.bus.codec import MAX_BIN
@@ -158,6 +159,14 @@ class PoolAgent(Actor):
         os.write(self._lock_fd, f"{os.getpid()}\n".encode())
         self.init_bin = sbmod.init_binary()
         self.renice = sbmod.raise_priority()
+        # Forked now, before this process has a ZeroMQ context or a thread.
+        self.zygote: Zygote | None = Zygote()
+        try:
+            self.zygote.start(zentry, keep=())
+        except Exception as err:
+            log.warning("no zygote (the agent starts each zentry call afresh): %s", err)
+            self.zygote = None
+        self.by_call: dict[int, tuple[PoolSandbox, str]] = {}
         self._keys = None
         if config.listen:
             from zentry.bus.tap import read_authorized_keys, read_key
@@ -175,6 +184,8 @@ class PoolAgent(Actor):
             self._bind_tcp()
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
+        if self.zygote is not None:
+            self.watch_fd(self.zygote.sock.fileno(), self._on_zygote)
         left = self._clean_leftovers()
         self.call_later(0, lambda: self._started(left))
         self.call_later(SWEEP_INTERVAL, self._sweep)
@@ -187,6 +198,8 @@ class PoolAgent(Actor):
 
     def on_stop(self) -> None:
         self._destroy_all()
+        if self.zygote is not None:
+            self.zygote.close()
         for sock in self.tcp:
             sock.close(linger=0)
         if self._auth is not None:
@@ -537,6 +550,42 @@ class PoolAgent(Actor):
         if sb.state in ("warm", "claimed"):
             self._destroy(sb, "failed", parent=sb.claim_id)
 
+    def _cli(self, sb: PoolSandbox, what: str, argv: list[str], fd3: int | None = None) -> None:
+        """Run ``zentry ARGV`` for ``sb`` without waiting: forked by the zygote, else spawned."""
+        if self.zygote is not None:
+            try:
+                self.by_call[self.zygote.spawn(argv[1:], fd3=fd3, log_path=sb.log_path, renice=self.renice)] = (sb, what)
+                return
+            except OSError as err:
+                log.warning("the zygote is gone (%s): zentry calls start afresh from now on", err)
+                self._zygote_gone()
+        pid, pidfd = sbmod.spawn(argv, fd3=fd3, log_path=sb.log_path, renice=self.renice)
+        self.by_pidfd[pidfd] = (sb, what, pid)
+        self.watch_fd(pidfd, self._on_pidfd)
+
+    def _on_zygote(self, fd: int) -> None:
+        answers, gone = self.zygote.answers()
+        for answer in answers:
+            if "status" in answer and answer["id"] in self.by_call:
+                sb, what = self.by_call.pop(answer["id"])
+                self._child_done(sb, what, answer["status"])
+        if gone:
+            log.warning("the zygote ended: zentry calls start afresh from now on")
+            self._zygote_gone()
+
+    def _zygote_gone(self) -> None:
+        if self.zygote is None:
+            return
+        self.unwatch_fd(self.zygote.sock.fileno())
+        self.zygote.close()
+        self.zygote = None
+        calls, self.by_call = self.by_call, {}
+        for sb, what in calls.values():
+            if what == "start":
+                self._child_done(sb, what, 1 << 8)
+            else:
+                self._delete(sb)  # again, spawned
+
     def _on_pidfd(self, fd: int) -> None:
         sb, what, pid = self.by_pidfd.pop(fd)
         self.unwatch_fd(fd)
@@ -547,6 +596,9 @@ class PoolAgent(Actor):
                 _, status = os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+        self._child_done(sb, what, status)
+
+    def _child_done(self, sb: PoolSandbox, what: str, status: int) -> None:
         if what == "start":
             sb.start_status = exit_status(status)
             if sb.start_status != 0:
@@ -638,15 +690,17 @@ class PoolAgent(Actor):
         sb.parent = parent
         self.sandboxes[sid] = sb
         try:
-            sb.start(self.zentry, self.root, self.init_bin, self.config.node, renice=self.renice)
+            theirs = sb.prepare(self.init_bin, self.config.node)
+            try:
+                self._cli(sb, "start", sb.run_argv(self.zentry, self.root), fd3=theirs.fileno())
+            finally:
+                theirs.close()
         except Exception as err:
             sb.start_status = -1
             self._start_failed(sb, f"{type(err).__name__}: {err}")
             return
         self.by_chan[sb.chan.fileno()] = sb
         self.watch_fd(sb.chan.fileno(), self._on_channel)
-        self.by_pidfd[sb.start_pidfd] = (sb, "start", sb.start_pid)
-        self.watch_fd(sb.start_pidfd, self._on_pidfd)
         self._update_gauges(pool.name)
 
     def _destroy(self, sb: PoolSandbox, reason: str, parent: str = "") -> None:
@@ -671,13 +725,9 @@ class PoolAgent(Actor):
         sb.state = "dying"
         self._unwatch_container(sb)
         try:
-            pid, pidfd = sbmod.spawn([self.zentry, "--root", self.root, "delete", "--force", sb.id], log_path=sb.log_path,
-                                      renice=self.renice)
+            self._cli(sb, "delete", [self.zentry, "--root", self.root, "delete", "--force", sb.id])
         except OSError as err:
             log.warning("cannot delete sandbox %s: %s", sb.id, err)
-            return
-        self.by_pidfd[pidfd] = (sb, "delete", pid)
-        self.watch_fd(pidfd, self._on_pidfd)
 
     def _destroy_all(self) -> None:
         """Stopping: starts finish, then every sandbox ends; the deletes are waited for."""
@@ -685,9 +735,14 @@ class PoolAgent(Actor):
 
         self.pools = {}
         deadline = time.monotonic() + 60
+
+        def calls(kind: str | None = None) -> int:
+            whats = [what for _sb, what, _pid in self.by_pidfd.values()] + [what for _sb, what in self.by_call.values()]
+            return sum(1 for what in whats if what != "container" and (kind is None or what == kind))
+
         done_starting = False
         while time.monotonic() < deadline:
-            if not done_starting and not any(what == "start" for _sb, what, _pid in self.by_pidfd.values()):
+            if not done_starting and not calls("start"):
                 done_starting = True
                 for sb in list(self.sandboxes.values()):
                     if sb.state != "dying":
@@ -695,11 +750,15 @@ class PoolAgent(Actor):
                             self._destroy(sb, "shutdown")
                         except Exception:
                             log.exception("cannot destroy %s", sb.id)
-            if done_starting and not self.by_pidfd:
+            if done_starting and not calls():
                 return
-            ready, _, _ = select.select(list(self.by_pidfd), [], [], 0.5)
-            for fd in ready:
-                self._on_pidfd(fd)
+            watched = list(self.by_pidfd) + ([self.zygote.sock] if self.zygote is not None else [])
+            ready, _, _ = select.select(watched, [], [], 0.5)
+            for item in ready:
+                if self.zygote is not None and item is self.zygote.sock:
+                    self._on_zygote(item.fileno())
+                elif item in self.by_pidfd:
+                    self._on_pidfd(item)
 
     # --- capacity and refill --------------------------------------------------------------
     def _counts(self, pool: str) -> dict[str, int]:

@@ -172,8 +172,6 @@ class PoolSandbox:
         self.bundle_dir = bundle_dir
         self.state = "starting"
         self.chan: socket.socket | None = None
-        self.start_pid = 0
-        self.start_pidfd = -1
         self.container_pidfd = -1
         self.start_status: int | None = None
         self.hello = False
@@ -193,20 +191,18 @@ class PoolSandbox:
     def log_path(self) -> str:
         return os.path.join(self.bundle_dir, "zentry.log")
 
-    def start(self, zentry: str, root: str, init_bin: str, node: str, renice: int = 0) -> None:
-        """Write the bundle and run ``zentry run -d`` (returns at once)."""
+    def prepare(self, init_bin: str, node: str) -> socket.socket:
+        """Write the bundle and make the channel; returns the init's end (for ``zentry run -d``'s fd 3)."""
         os.makedirs(self.bundle_dir, mode=0o700, exist_ok=True)
         with open(os.path.join(self.bundle_dir, "config.json"), "w") as f:
             json.dump(sandbox_config(self.pool, init_bin, node=node), f)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            ours.setblocking(False)
-            self.chan = ours
-            self.start_pid, self.start_pidfd = spawn(
-                [zentry, "--root", root, "run", "-d", "--preserve-fds", "1", "--bundle", self.bundle_dir, self.id],
-                fd3=theirs.fileno(), log_path=self.log_path, renice=renice)
-        finally:
-            theirs.close()
+        ours.setblocking(False)
+        self.chan = ours
+        return theirs
+
+    def run_argv(self, zentry: str, root: str) -> list[str]:
+        return [zentry, "--root", root, "run", "-d", "--preserve-fds", "1", "--bundle", self.bundle_dir, self.id]
 
     def send(self, op: int, rid: int, args: list[str], *, env: list[str] = (), cwd: str = "", uid: int = 0, gid: int = 0,
              groups: list[int] = (), mode: int = 0, fds: list[int] = ()) -> None:
