@@ -160,9 +160,10 @@ class PoolAgent(Actor):
         self.init_bin = sbmod.init_binary()
         self.renice = sbmod.raise_priority()
         # Forked now, before this process has a ZeroMQ context or a thread.
-        self.zygote: Zygote | None = Zygote()
+        self.zygote: Zygote | None = Zygote() if config.zygote else None
         try:
-            self.zygote.start(zentry, keep=())
+            if self.zygote is not None:
+                self.zygote.start(zentry, keep=())
         except Exception as err:
             log.warning("no zygote (the agent starts each zentry call afresh): %s", err)
             self.zygote = None

@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.request
 
+import psutil
 import pytest
 import zmq
 
@@ -70,10 +71,14 @@ def _wait(pred, timeout=30.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_claim_exec_files_release_and_every_handout_starts_clean(make_agent, client_of):
+@pytest.mark.parametrize("zygote", [True, False], ids=["zygote", "spawned"])
+def test_claim_exec_files_release_and_every_handout_starts_clean(make_agent, client_of, zygote):
     from zentry.bus.errors import NotFound
 
-    agent = make_agent().start()
+    agent = make_agent(zygote=zygote).start()
+    # the zygote: the agent's child that forks its zentry calls (a fork of the agent: the same argv)
+    zygotes = [p for p in psutil.Process(agent.proc.pid).children() if "serve" in p.cmdline()]
+    assert len(zygotes) == (1 if zygote else 0)
     client = client_of(agent.endpoint)
     with client.claim("bb", owner="t") as sb:
         r = sb.exec(["sh", "-c", 'echo "out $1 $FOO $(pwd)"; echo err >&2; read line; echo "in $line"; exit 7', "sh", "arg"],
