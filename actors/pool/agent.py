@@ -291,7 +291,8 @@ class PoolAgent(Actor):
         latency = time.perf_counter_ns() - req.started_ns
         self.metrics.claim_seconds.labels(pool.name).observe(latency / 1e9)
         self.publish(PoolClaimEvent(pool=pool.name, handle=sid, owner=msg.owner, latency_ns=latency), parent=req.id, container_id=sid)
-        self._refill(pool.name, parent=req.id)
+        # after the reply has left: preparing a start (its bundle, its channel) is not the claimant's wait
+        self.call_later(0, lambda: self._refill(pool.name, parent=req.id))
         return PoolClaimed(handle=sid, pool=pool.name, node=self.config.node, expires_ns=sb.expires_ns)
 
     @handles(PoolRelease)
@@ -720,7 +721,7 @@ class PoolAgent(Actor):
         self._delete(sb)
         self._update_gauges(pool)
         if pool in self.pools:
-            self._refill(pool, parent=parent)
+            self.call_later(0, lambda: self._refill(pool, parent=parent))
 
     def _delete(self, sb: PoolSandbox) -> None:
         sb.state = "dying"
