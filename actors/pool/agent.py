@@ -476,8 +476,8 @@ class PoolAgent(Actor):
         if sb.chan is not None and job.rid in sb.jobs:
             try:
                 sb.send(OP_KILL, 0, ["-"], uid=job.rid, gid=int(sig))
-            except Exception:
-                pass
+            except (OSError, SystemFailure) as err:  # the sandbox is ending: its end reports the job
+                log.debug("sandbox %s: cannot signal request %d: %s", sb.id, job.rid, err)
 
     def _time_out(self, job: Job) -> None:
         if job.rid in job.sandbox.jobs and job.status is None:

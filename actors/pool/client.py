@@ -35,7 +35,7 @@ import zmq
 
 from zentry.bus import envelope as envmod
 from zentry.bus.codec import MAX_BIN
-from zentry.bus.errors import ActorGone, InvalidArgument, LimitReached, NotFound, ProtocolError, from_wire
+from zentry.bus.errors import ActorGone, InvalidArgument, LimitReached, NotFound, ProtocolError, ZentryError, from_wire
 from zentry.bus.message import Message
 from zentry.bus.messages import (
     Error,
@@ -265,7 +265,7 @@ class Client:
         for node, mid in asked.items():
             try:
                 reply = node.recv_for(mid, deadline)
-            except Exception:
+            except ZentryError:  # an agent that answers status with an error is not one to claim from
                 reply = None
             if reply is None:
                 node.down_until = time.monotonic() + DOWN_FOR

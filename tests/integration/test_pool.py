@@ -335,3 +335,18 @@ def test_a_sandbox_whose_init_dies_is_replaced(make_agent, client_of, zentry_roo
         sb.exec(["true"])
     agent.wait_warm(60)
     assert agent.status().pools[0]["claimed"] == 0
+
+
+def test_the_agent_goes_on_without_its_zygote(make_agent, client_of, zentry_root):
+    import signal
+
+    agent = make_agent({"bb": {"warm": 1, "max": 3}}).start()
+    zygote, = [p for p in psutil.Process(agent.proc.pid).children() if "serve" in p.cmdline()]
+    zygote.send_signal(signal.SIGKILL)
+    zygote.wait(10)
+    client = client_of(agent.endpoint)
+    for _ in range(3):  # each release deletes and refills: without the zygote, by spawning
+        with client.claim("bb") as sb:
+            assert sb.exec(["echo", "ok"]).stdout == b"ok\n"
+    agent.wait_warm(60)
+    assert len(_containers(zentry_root)) == 1
