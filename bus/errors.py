@@ -112,6 +112,12 @@ class ActorGone(ZentryError):
     code = "actor_gone"
 
 
+class NodeUnreachable(ActorGone):
+    """A pool node agent stopped answering: its sandboxes are lost to the client (raised client-side)."""
+
+    code = "node_unreachable"
+
+
 # --- ours or the system's -------------------------------------------------------
 class SystemFailure(ZentryError):
     """An operating system call failed (an OSError at the boundary)."""

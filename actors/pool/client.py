@@ -35,7 +35,7 @@ import zmq
 
 from zentry.bus import envelope as envmod
 from zentry.bus.codec import MAX_BIN
-from zentry.bus.errors import ActorGone, InvalidArgument, LimitReached, NotFound, ProtocolError, ZentryError, from_wire
+from zentry.bus.errors import InvalidArgument, LimitReached, NodeUnreachable, NotFound, ProtocolError, ZentryError, from_wire
 from zentry.bus.message import Message
 from zentry.bus.messages import (
     Error,
@@ -58,10 +58,6 @@ STATUS_TTL = 0.5
 RESOLVE_EVERY = 30.0
 #: while waiting for a long command, a node is asked pool.status this often to notice it died
 PROBE_EVERY = 1.0
-
-
-class NodeUnreachable(ActorGone):
-    """A node agent did not answer: its sandboxes are lost to this client."""
 
 
 @dataclass
