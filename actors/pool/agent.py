@@ -157,22 +157,29 @@ class PoolAgent(Actor):
             raise AlreadyExists(f"another node agent serves {self.root}") from None
         os.ftruncate(self._lock_fd, 0)
         os.write(self._lock_fd, f"{os.getpid()}\n".encode())
-        self.init_bin = sbmod.init_binary()
-        self.renice = sbmod.raise_priority()
-        # Forked now, before this process has a ZeroMQ context or a thread.
-        self.zygote: Zygote | None = Zygote() if config.zygote else None
         try:
-            if self.zygote is not None:
-                self.zygote.start(zentry, keep=())
-        except Exception as err:
-            log.warning("no zygote (the agent starts each zentry call afresh): %s", err)
-            self.zygote = None
-        self.by_call: dict[int, tuple[PoolSandbox, str]] = {}
-        self._keys = None
-        if config.listen:
-            from zentry.bus.tap import read_authorized_keys, read_key
+            self._keys = None
+            if config.listen:
+                from zentry.bus.tap import read_authorized_keys, read_key
 
-            self._keys = (read_key(config.server_secret_file, secret=True), read_authorized_keys(config.authorized_keys))
+                self._keys = (read_key(config.server_secret_file, secret=True), read_authorized_keys(config.authorized_keys))
+            self.init_bin = sbmod.init_binary()
+            self.renice = sbmod.raise_priority()
+            # Forked now, before this process has a ZeroMQ context or a thread.
+            self.zygote: Zygote | None = Zygote() if config.zygote else None
+            try:
+                if self.zygote is not None:
+                    self.zygote.start(zentry, keep=())
+            except Exception as err:
+                log.warning("no zygote (the agent starts each zentry call afresh): %s", err)
+                self.zygote = None
+        except BaseException:  # bad keys, no compiler...: nothing of this agent stays behind
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            if not os.listdir(self.bundles):
+                self._remove_dirs()
+            raise
+        self.by_call: dict[int, tuple[PoolSandbox, str]] = {}
 
     # --- lifecycle ----------------------------------------------------------------
     def on_start(self) -> None:
@@ -216,6 +223,9 @@ class PoolAgent(Actor):
         """After a graceful stop with nothing left: the agent's directory goes too."""
         if self._lock_fd < 0 or self.sandboxes or os.listdir(self.bundles):
             return
+        self._remove_dirs()
+
+    def _remove_dirs(self) -> None:
         import shutil
 
         shutil.rmtree(self.dir, ignore_errors=True)

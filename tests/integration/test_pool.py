@@ -253,6 +253,12 @@ def test_bad_config_one_line(zentry_root, tmp_path):
     cfg.write_text('listen = ["tcp://127.0.0.1:0"]\n[pools.x]\nrootfs = "/"\n')
     r = subprocess.run([*zentry_command(), "--root", str(zentry_root), "pool", "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "needs CURVE" in r.stderr, r.stderr
+    (tmp_path / "bad.key").write_text("not a key\n")
+    (tmp_path / "clients").write_text(zmq.curve_keypair()[0].decode() + "\n")
+    cfg.write_text(f'listen = ["tcp://127.0.0.1:0"]\nserver_secret_file = "{tmp_path}/bad.key"\nauthorized_keys = "{tmp_path}/clients"\n'
+                   '[pools.x]\nrootfs = "/"\n')
+    r = subprocess.run([*zentry_command(), "--root", str(zentry_root), "pool", "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "does not hold a z85 CURVE secret key" in r.stderr, r.stderr
     assert os.listdir(zentry_root) == []
 
 
