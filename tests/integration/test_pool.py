@@ -131,7 +131,12 @@ def test_streamed_output_and_timeout(make_agent, client_of):
 def test_ttl_and_idle_expiry(make_agent, client_of):
     from zentry.bus.errors import NotFound
 
-    agent = make_agent({"bb": {"warm": 2, "max": 4, "idle": "2s"}}).start()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = make_agent({"bb": {"warm": 2, "max": 4, "idle": "2s"}}, metrics_listen=f"127.0.0.1:{port}").start()
     client = client_of(agent.endpoint)
     idle = client.claim("bb")
     ttl = client.claim("bb", ttl=2.5, idle=60)
@@ -143,6 +148,9 @@ def test_ttl_and_idle_expiry(make_agent, client_of):
         with pytest.raises(NotFound, match="no claimed sandbox"):
             sb.exec(["true"])
     _wait(lambda: not ({idle.handle, ttl.handle} & set(_containers(agent.root))), what="expired sandboxes to be deleted")
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'zentry_pool_expired_total{pool="bb",reason="idle"} 1.0' in metrics
+    assert 'zentry_pool_expired_total{pool="bb",reason="ttl"} 1.0' in metrics
 
 
 def test_limits_refuse_clearly(make_agent, client_of):
