@@ -207,8 +207,15 @@ def test_tap_events_with_parents_and_metrics(make_agent, client_of, zentry_root)
                             "pool_claim,pool_exec,pool_release,pool_refill,request", "--timeout", "60"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)  # the tap subscribes
         client = client_of(agent.endpoint)
+        import select
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the tap is subscribed: it shows our status requests
+            client.status()
+            if select.select([tap.stdout], [], [], 0.3)[0]:
+                tap.stdout.readline()
+                break
         sb = client.claim("bb")
         sb.exec(["true"])
         sb.release()
