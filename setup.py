@@ -13,4 +13,4 @@ for folder in FOLDERS:
 # it and tests/integration/test_sentry_native.py fails if it is missing.
 fast = Extension("zentry.sentry._fast", ["sentry/_fast.c"], extra_compile_args=["-O2"], optional=True)
 
-setup(packages=packages, package_data={"zentry.actors": ["schema/*.json"]}, ext_modules=[fast])
+setup(packages=packages, package_data={"zentry.actors": ["schema/*.json", "pool/init.c"]}, ext_modules=[fast])

@@ -87,6 +87,12 @@ class Unsupported(UserError):
     code = "unsupported"
 
 
+class LimitReached(UserError):
+    """A limit refuses the request (a pool's maximum, the node's sandboxes or memory budget)."""
+
+    code = "limit_reached"
+
+
 # --- the bus --------------------------------------------------------------------
 class ProtocolError(ZentryError):
     """A frame that is not a valid envelope (size, type, fields)."""
@@ -110,6 +116,12 @@ class ActorGone(ZentryError):
     """The actor that should answer is stopping or dead."""
 
     code = "actor_gone"
+
+
+class NodeUnreachable(ActorGone):
+    """A pool node agent stopped answering: its sandboxes are lost to the client (raised client-side)."""
+
+    code = "node_unreachable"
 
 
 # --- ours or the system's -------------------------------------------------------

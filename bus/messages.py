@@ -492,3 +492,161 @@ class Dropped(Message):
     """Events were lost (a subscriber or the stream could not keep up)."""
 
     count: int = doc("events lost since the last report")
+
+
+# --- node agent: sandbox pools (zentry pool serve; docs/pools.md) ------------------
+
+
+@message("pool.claim", "request")
+class PoolClaim(Message):
+    """Hand out a warm sandbox of a pool (the agent refills it in the background)."""
+
+    pool: str = doc("the pool's name")
+    ttl_ms: int = doc("destroy the sandbox this long after the claim (0: the pool's ttl)", 0)
+    idle_ms: int = doc("destroy it after this long without a request (0: the pool's idle timeout)", 0)
+    owner: str = doc("free-form label of the claimant, for status and the tap", "")
+
+
+@message("pool.claimed", "reply")
+class PoolClaimed(Message):
+    """A sandbox is now the claimant's until released or expired."""
+
+    handle: str = doc("the sandbox's handle (its container id on the node)")
+    pool: str = doc("the pool it came from")
+    node: str = doc("the node agent's name")
+    expires_ns: int = doc("wall-clock time (ns) its ttl ends, or 0")
+
+
+@message("pool.exec", "request")
+class PoolExec(Message):
+    """Run a command in a claimed sandbox; with ``stream``, ``pool.output`` replies precede the ``pool.exited``."""
+
+    handle: str = doc("the claimed sandbox")
+    args: list[str] = doc("argv (args[0] is looked up in the sandbox's PATH)")
+    env: list[str] = doc("KEY=VALUE entries (empty: the pool's process env)", factory=list)
+    cwd: str = doc("working directory (empty: the pool's process cwd)", "")
+    user: str = doc("uid[:gid] (empty: the pool's process user)", "")
+    stdin: bytes = doc("bytes written to the command's stdin, then EOF (empty: /dev/null)")
+    timeout_ms: int = doc("kill the command's process group after this long (0: never)", 0)
+    stream: bool = doc("send stdout/stderr as pool.output replies while it runs", False)
+
+
+@message("pool.output", "reply")
+class PoolOutput(Message):
+    """A chunk of a streamed command's output (parent = the exec request)."""
+
+    handle: str = doc("the sandbox")
+    fd: int = doc("1 stdout, 2 stderr")
+    data: bytes = doc("the bytes, in order per fd")
+
+
+@message("pool.exited", "reply")
+class PoolExited(Message):
+    """A command ended (the last reply to ``pool.exec``)."""
+
+    handle: str = doc("the sandbox")
+    exit_status: int = doc("exit code, or 128+N when killed by signal N")
+    stdout: bytes = doc("its stdout (empty when streamed)")
+    stderr: bytes = doc("its stderr (empty when streamed)")
+    duration_ns: int = doc("from the request to the exit", 0)
+    timed_out: bool = doc("killed because timeout_ms passed", False)
+
+
+@message("pool.put", "request")
+class PoolPut(Message):
+    """Write a file in a claimed sandbox (created or truncated; as the pool's process user)."""
+
+    handle: str = doc("the claimed sandbox")
+    path: str = doc("absolute path in the sandbox")
+    data: bytes = doc("the file's content")
+    mode: int = doc("permission bits of the file", 0o644)
+
+
+@message("pool.get", "request")
+class PoolGet(Message):
+    """Read a file of a claimed sandbox."""
+
+    handle: str = doc("the claimed sandbox")
+    path: str = doc("absolute path in the sandbox")
+
+
+@message("pool.file", "reply")
+class PoolFile(Message):
+    """A file's content (reply to ``pool.get``)."""
+
+    handle: str = doc("the sandbox")
+    path: str = doc("the path read")
+    data: bytes = doc("the content")
+
+
+@message("pool.release", "request")
+class PoolRelease(Message):
+    """Give a claimed sandbox back: it is destroyed (never reused) and its pool refilled."""
+
+    handle: str = doc("the claimed sandbox")
+
+
+@message("pool.status", "request", idempotent=True)
+class PoolStatus(Message):
+    """The agent's pools, sandboxes and limits."""
+
+
+@message("pool.status_reply", "reply")
+class PoolStatusReply(Message):
+    """Answer to ``pool.status``; ``load`` is what a client compares to spread claims."""
+
+    node: str = doc("the node agent's name")
+    pools: list[dict[str, Any]] = doc("one map per pool: name, warm, claimed, starting, target, max")
+    sandboxes: int = doc("sandboxes of every pool, in every state")
+    max_sandboxes: int = doc("the node's limit (0: none)")
+    memory_budget: int = doc("bytes the node's sandboxes may take together (0: no budget)")
+    memory_reserved: int = doc("bytes reserved by existing sandboxes (their pools' memory limits)")
+    load: float = doc("claimed sandboxes / capacity, 0.0-1.0 and above")
+
+
+@message("event.pool_claim", "event")
+class PoolClaimEvent(Message):
+    """A sandbox was handed out (parent = the claim request)."""
+
+    pool: str = doc("the pool")
+    handle: str = doc("the sandbox")
+    owner: str = doc("the claimant's label", "")
+    latency_ns: int = doc("from the request to the reply")
+
+
+@message("event.pool_exec", "event")
+class PoolExecEvent(Message):
+    """A command in a claimed sandbox ended (parent = the exec request)."""
+
+    handle: str = doc("the sandbox")
+    args: list[str] = doc("argv")
+    exit_status: int = doc("exit code, or 128+N when killed by signal N")
+    duration_ns: int = doc("from the request to the exit")
+
+
+@message("event.pool_release", "event")
+class PoolReleaseEvent(Message):
+    """A sandbox left its pool (parent = the request or claim that caused it)."""
+
+    pool: str = doc("the pool")
+    handle: str = doc("the sandbox")
+    reason: str = doc("released, ttl, idle, failed, shutdown, or left (by a previous agent)")
+
+
+@message("event.pool_expire", "event")
+class PoolExpireEvent(Message):
+    """A claimed sandbox outlived its ttl or idle timeout (parent = its claim request)."""
+
+    pool: str = doc("the pool")
+    handle: str = doc("the sandbox")
+    reason: str = doc("ttl or idle")
+
+
+@message("event.pool_refill", "event")
+class PoolRefillEvent(Message):
+    """A warm sandbox was started, or failed to (parent = the request that triggered the refill, or empty)."""
+
+    pool: str = doc("the pool")
+    handle: str = doc("the new sandbox")
+    duration_ns: int = doc("how long starting it took")
+    error: str = doc("why it failed, or empty", "")

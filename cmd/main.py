@@ -28,6 +28,7 @@ COMMANDS: dict[str, list[str]] = {
     "oci": ["create", "start", "run", "exec", "kill", "delete", "state", "list", "ps", "pause", "resume", "events", "wait", "update", "spec", "features"],
     "extras": ["do", "tap", "metrics-server"],
     "debug": ["debug"],
+    "pools": ["pool"],
 }
 
 #: Where a command's module name differs from its verb.

@@ -1,0 +1,889 @@
+"""The node agent (``zentry pool serve``): warm sandbox pools on one host, an actor on the bus.
+
+One loop (``bus/actor.py``) serves ``pool.*`` requests on ``pool.sock``
+under ``<root>/pool-agent`` and, with CURVE, on tcp. Nothing in it blocks:
+sandboxes start and end as ``zentry run -d`` / ``zentry delete -f`` child
+processes watched through pidfds; commands run through each sandbox's exec
+server (its init, ``init.c``) over a SOCK_SEQPACKET channel, their output
+read from non-blocking pipes. A claim takes a warm sandbox off a deque.
+
+Under ``--root`` (which is also the sandboxes' zentry root, so ``zentry
+list``/``tap``/``metrics-server`` see them):
+
+    pool-agent/            the agent's bus directory (pool.sock, events.sock: ``zentry tap`` follows it)
+    pool-agent/agent.lock  held while an agent serves this root
+    pool-agent/bundles/ID  each sandbox's config.json and CLI log; what a restarted agent cleans up
+
+A graceful stop (SIGTERM, ``shutdown``) destroys every sandbox and removes
+``pool-agent``; a killed agent's sandboxes end with their channels (their
+inits exit), and the next agent on the root deletes what is left.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import json
+import os
+import secrets
+import signal
+import threading
+import time
+
+import zmq
+import zmq.backend
+
+from zentry.actors.pool import sandbox as sbmod
+from zentry.actors.pool.config import AgentConfig, PoolConfig
+from zentry.actors.pool.sandbox import EXITED, HELLO, OP_EXEC, OP_GET, OP_KILL, OP_PUT, REFUSED, Job, PoolSandbox
+from zentry.actors.pool.zygote import Zygote
+from zentry.bus import envelope as envmod
+from zentry.bus.actor import DEFERRED, Actor, Request, _recv_request, handles
+from zentry.bus.codec import MAX_BIN
+from zentry.bus.endpoints import Endpoints, bus_dir_for, make_private_dir
+from zentry.bus.errors import AlreadyExists, InvalidArgument, LimitReached, NotFound, SystemFailure
+from zentry.bus.log import get_logger
+from zentry.bus.messages import (
+    Error,
+    Ok,
+    PoolClaim,
+    PoolClaimed,
+    PoolClaimEvent,
+    PoolExec,
+    PoolExecEvent,
+    PoolExited,
+    PoolExpireEvent,
+    PoolFile,
+    PoolGet,
+    PoolOutput,
+    PoolPut,
+    PoolRefillEvent,
+    PoolRelease,
+    PoolReleaseEvent,
+    PoolStatus,
+    PoolStatusReply,
+)
+
+log = get_logger("zentry.pool")
+
+AGENT_DIR = "pool-agent"
+#: how long a claim waits for a sandbox being started before it is refused
+CLAIM_WAIT = 30.0
+#: output kept per command when not streamed (more is cut, and said so on stderr)
+OUTPUT_LIMIT = 3 * 1024 * 1024
+SWEEP_INTERVAL = 0.2
+_send = getattr(zmq.backend, "Socket", zmq.Socket).send
+
+
+def exit_status(wait_status: int) -> int:
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    return r, w
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        pass  # the reader went away: its exit status tells
+    finally:
+        os.close(fd)
+
+
+def _feed(data: bytes) -> int:
+    """A pipe's read end that yields ``data`` then EOF (a thread writes what the pipe cannot hold)."""
+    r, w = os.pipe()
+    if len(data) <= 65536:
+        _write_all(w, data)
+    else:
+        threading.Thread(target=_write_all, args=(w, data), daemon=True).start()
+    return r
+
+
+class _AuthorizedKeys:
+    """ZAP credentials provider: only the listed client public keys may connect."""
+
+    def __init__(self, keys: set[bytes]) -> None:
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
+class PoolAgent(Actor):
+    name = "pool"
+    heartbeat_interval = 30.0
+
+    def __init__(self, config: AgentConfig, root: str, zentry: str) -> None:
+        self.root = os.path.abspath(root)
+        self.dir = os.path.join(self.root, AGENT_DIR)
+        make_private_dir(self.dir)
+        super().__init__(Endpoints(bus_dir_for(self.dir)), sandbox_id=AGENT_DIR)
+        if self.endpoints.bus_dir != self.dir:
+            make_private_dir(self.endpoints.bus_dir)
+        self.config = config
+        self.zentry = zentry
+        self.pools: dict[str, PoolConfig] = config.pools
+        self.bundles = os.path.join(self.dir, "bundles")
+        make_private_dir(self.bundles)
+        self.sandboxes: dict[str, PoolSandbox] = {}
+        self.warm: dict[str, collections.deque[str]] = {name: collections.deque() for name in self.pools}
+        self.waiting: dict[str, collections.deque[tuple[Request, PoolClaim, float]]] = {name: collections.deque() for name in self.pools}
+        self.backoff: dict[str, tuple[float, float]] = {}  # pool -> (retry at, delay) after failed starts
+        self.jobs_by_fd: dict[int, Job] = {}
+        self.by_chan: dict[int, PoolSandbox] = {}
+        self.by_pidfd: dict[int, tuple[PoolSandbox, str, int]] = {}
+        self._rid = 0
+        self._lock_fd = -1
+        self.tcp: list[zmq.Socket] = []
+        self._auth = None
+        self.init_bin = ""
+        self.metrics = _Metrics(self.pools)
+        # Before anything binds: a second agent on this root must not take the first one's socket.
+        self._lock_fd = os.open(os.path.join(self.dir, "agent.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise AlreadyExists(f"another node agent serves {self.root}") from None
+        os.ftruncate(self._lock_fd, 0)
+        os.write(self._lock_fd, f"{os.getpid()}\n".encode())
+        try:
+            self._keys = None
+            if config.listen:
+                from zentry.bus.tap import read_authorized_keys, read_key
+
+                self._keys = (read_key(config.server_secret_file, secret=True), read_authorized_keys(config.authorized_keys))
+            self.init_bin = sbmod.init_binary()
+            self.renice = sbmod.raise_priority()
+            # Forked now, before this process has a ZeroMQ context or a thread.
+            self.zygote: Zygote | None = Zygote() if config.zygote else None
+            try:
+                if self.zygote is not None:
+                    self.zygote.start(zentry, keep=())
+            except Exception as err:
+                log.warning("no zygote (the agent starts each zentry call afresh): %s", err)
+                self.zygote = None
+        except BaseException:  # bad keys, no compiler...: nothing of this agent stays behind
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            if not os.listdir(self.bundles):
+                self._remove_dirs()
+            raise
+        self.by_call: dict[int, tuple[PoolSandbox, str]] = {}
+
+    # --- lifecycle ----------------------------------------------------------------
+    def on_start(self) -> None:
+        from zentry.bus.events import EventStream
+
+        self.stream = EventStream(self.ctx, self.endpoints.events_in, self.endpoints.events)
+        self.stream.start()
+        self.stream.wait_ready()
+        if self.config.listen:
+            self._bind_tcp()
+        if self.config.metrics_listen:
+            self.metrics.serve(self.config.metrics_listen)
+        if self.zygote is not None:
+            self.watch_fd(self.zygote.sock.fileno(), self._on_zygote)
+        left = self._clean_leftovers()
+        self.call_later(0, lambda: self._started(left))
+        self.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _started(self, left: list[PoolSandbox]) -> None:
+        for sb in left:
+            self.publish(PoolReleaseEvent(pool=sb.pool.name, handle=sb.id, reason="left"), container_id=sb.id)
+        for name in self.pools:
+            self._refill(name)
+
+    def on_stop(self) -> None:
+        self._destroy_all()
+        if self.zygote is not None:
+            self.zygote.close()
+        for sock in self.tcp:
+            sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self.metrics.close()
+        if getattr(self, "stream", None) is not None:
+            self.stream.stop()
+
+    def on_failure(self, exc: BaseException) -> None:
+        self._destroy_all()
+
+    def remove_dir(self) -> None:
+        """After a graceful stop with nothing left: the agent's directory goes too."""
+        if self._lock_fd < 0 or self.sandboxes or os.listdir(self.bundles):
+            return
+        self._remove_dirs()
+
+    def _remove_dirs(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.endpoints.bus_dir != self.dir:
+            shutil.rmtree(self.endpoints.bus_dir, ignore_errors=True)
+
+    def _bind_tcp(self) -> None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        secret, keys = self._keys
+        self._auth = ThreadAuthenticator(self.ctx)
+        self._auth.start()
+        self._auth.configure_curve_callback("*", _AuthorizedKeys(keys))
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.curve_server = True
+        sock.curve_secretkey = secret
+        sock.curve_publickey = zmq.curve_public(secret)
+        sock.setsockopt(zmq.LINGER, 100)
+        for ep in self.config.listen:
+            sock.bind(ep)
+            log.info("pool agent %s: serving %s", self.config.node, sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.tcp.append(sock)
+        self._poller.register(sock, zmq.POLLIN)
+        self._fd_watches[sock] = self._serve_tcp  # type: ignore[index]
+
+    def _serve_tcp(self, sock) -> None:
+        while self._stopping is None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._serve(sock, _recv_request(sock))
+
+    def _clean_leftovers(self) -> list[PoolSandbox]:
+        """Sandboxes a previous agent left (its channels are gone, so their inits
+        ended): deleted, as they are found in bundles/."""
+        left = []
+        for sid in sorted(os.listdir(self.bundles)):
+            bundle = os.path.join(self.bundles, sid)
+            pool_name = "?"
+            try:
+                with open(os.path.join(bundle, "config.json")) as f:
+                    pool_name = json.load(f).get("annotations", {}).get(sbmod.POOL_ANNOTATION, "?").rpartition("/")[2]
+            except (OSError, ValueError, AttributeError):
+                pass
+            pool = self.pools.get(pool_name) or PoolConfig(name=pool_name, config={})
+            sb = PoolSandbox(pool, sid, bundle)
+            self.sandboxes[sid] = sb
+            self._delete(sb)
+            left.append(sb)
+        return left
+
+    # --- requests -----------------------------------------------------------------
+    @handles(PoolClaim)
+    def _claim(self, msg: PoolClaim, req: Request):
+        pool = self._pool(msg.pool)
+        if self.warm[pool.name]:
+            return self._hand_out(pool, self.warm[pool.name].popleft(), msg, req)
+        refusal = self._room(pool, starting_counts=True)
+        if refusal and not self._starting(pool.name):
+            self.metrics.refused.labels(pool.name, "limit").inc()
+            raise LimitReached(f"node {self.config.node}: pool {pool.name} has no warm sandbox and {refusal}")
+        self.waiting[pool.name].append((req, msg, time.monotonic() + CLAIM_WAIT))
+        self._refill(pool.name, parent=req.id)
+        return DEFERRED
+
+    def _hand_out(self, pool: PoolConfig, sid: str, msg: PoolClaim, req: Request) -> PoolClaimed:
+        sb = self.sandboxes[sid]
+        sb.state = "claimed"
+        now = time.monotonic()
+        sb.claimed_mono = sb.last_used = now
+        sb.ttl = msg.ttl_ms / 1000 if msg.ttl_ms else pool.ttl
+        sb.idle = msg.idle_ms / 1000 if msg.idle_ms else pool.idle
+        sb.expires_ns = time.time_ns() + int(sb.ttl * 1e9) if sb.ttl else 0
+        sb.claim_id = req.id
+        sb.owner = msg.owner
+        latency = time.perf_counter_ns() - req.started_ns
+        self.metrics.claim_seconds.labels(pool.name).observe(latency / 1e9)
+        self.publish(PoolClaimEvent(pool=pool.name, handle=sid, owner=msg.owner, latency_ns=latency), parent=req.id, container_id=sid)
+        # after the reply has left: preparing a start (its bundle, its channel) is not the claimant's wait
+        self.call_later(0, lambda: self._refill(pool.name, parent=req.id))
+        return PoolClaimed(handle=sid, pool=pool.name, node=self.config.node, expires_ns=sb.expires_ns)
+
+    @handles(PoolRelease)
+    def _release(self, msg: PoolRelease, req: Request):
+        sb = self._claimed(msg.handle)
+        self._destroy(sb, "released", parent=req.id)
+        return Ok()
+
+    @handles(PoolStatus)
+    def _status(self, msg: PoolStatus, req: Request) -> PoolStatusReply:
+        pools = []
+        claimed = waiting = capacity = 0
+        for name, pool in self.pools.items():
+            counts = self._counts(name)
+            claimed += counts["claimed"]
+            waiting += len(self.waiting[name])
+            capacity += pool.max
+            pools.append({"name": name, "warm": counts["warm"], "claimed": counts["claimed"], "starting": counts["starting"],
+                          "target": pool.warm, "max": pool.max})
+        if self.config.max_sandboxes:
+            capacity = min(capacity, self.config.max_sandboxes)
+        return PoolStatusReply(node=self.config.node, pools=pools, sandboxes=len(self.sandboxes),
+                               max_sandboxes=self.config.max_sandboxes, memory_budget=self.config.memory_budget,
+                               memory_reserved=self._reserved(), load=(claimed + waiting) / max(1, capacity))
+
+    @handles(PoolExec)
+    def _exec(self, msg: PoolExec, req: Request):
+        sb = self._claimed(msg.handle)
+        if not msg.args:
+            raise InvalidArgument("pool.exec: args is empty")
+        process = sb.pool.config.get("process") or {}
+        uid, gid, groups = self._user(sb, msg.user)
+        job = self._job(OP_EXEC, req, sb, stream=msg.stream, args=msg.args, limit=OUTPUT_LIMIT)
+        stdin = _feed(msg.stdin)
+        out_r, out_w = _pipe()
+        err_r, err_w = _pipe()
+        try:
+            sb.send(OP_EXEC, job.rid, msg.args, env=msg.env or process.get("env") or [], cwd=msg.cwd or process.get("cwd") or "/",
+                    uid=uid, gid=gid, groups=groups, fds=[stdin, out_w, err_w])
+        except Exception:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            sb.jobs.pop(job.rid, None)
+            raise
+        finally:
+            for fd in (stdin, out_w, err_w):
+                os.close(fd)
+        self._watch_output(job, {out_r: 1, err_r: 2})
+        if msg.timeout_ms:
+            self.call_later(msg.timeout_ms / 1000, lambda: self._time_out(job))
+        return DEFERRED
+
+    @handles(PoolPut)
+    def _put(self, msg: PoolPut, req: Request):
+        sb = self._claimed(msg.handle)
+        self._check_path(msg.path)
+        uid, gid, groups = self._user(sb, "")
+        job = self._job(OP_PUT, req, sb, args=[msg.path], limit=65536)
+        source = _feed(msg.data)
+        err_r, err_w = _pipe()
+        try:
+            sb.send(OP_PUT, job.rid, [msg.path], uid=uid, gid=gid, groups=groups, mode=msg.mode & 0o7777, fds=[source, err_w, err_w])
+        except Exception:
+            os.close(err_r)
+            sb.jobs.pop(job.rid, None)
+            raise
+        finally:
+            os.close(source)
+            os.close(err_w)
+        self._watch_output(job, {err_r: 2})
+        return DEFERRED
+
+    @handles(PoolGet)
+    def _get(self, msg: PoolGet, req: Request):
+        sb = self._claimed(msg.handle)
+        self._check_path(msg.path)
+        uid, gid, groups = self._user(sb, "")
+        job = self._job(OP_GET, req, sb, args=[msg.path], limit=MAX_BIN - 65536)
+        null = _feed(b"")
+        out_r, out_w = _pipe()
+        err_r, err_w = _pipe()
+        try:
+            sb.send(OP_GET, job.rid, [msg.path], uid=uid, gid=gid, groups=groups, fds=[null, out_w, err_w])
+        except Exception:
+            os.close(out_r)
+            os.close(err_r)
+            sb.jobs.pop(job.rid, None)
+            raise
+        finally:
+            for fd in (null, out_w, err_w):
+                os.close(fd)
+        self._watch_output(job, {out_r: 1, err_r: 2})
+        return DEFERRED
+
+    # --- helpers of the requests ------------------------------------------------------
+    def _pool(self, name: str) -> PoolConfig:
+        pool = self.pools.get(name)
+        if pool is None:
+            raise NotFound(f"node {self.config.node} has no pool {name!r} (pools: {', '.join(sorted(self.pools))})")
+        return pool
+
+    def _claimed(self, handle: str) -> PoolSandbox:
+        sb = self.sandboxes.get(handle)
+        if sb is None or sb.state != "claimed":
+            raise NotFound(f"node {self.config.node}: no claimed sandbox {handle!r} (released, expired, or never claimed)")
+        sb.last_used = time.monotonic()
+        return sb
+
+    @staticmethod
+    def _check_path(path: str) -> None:
+        if not path.startswith("/") or "\0" in path:
+            raise InvalidArgument(f"{path!r}: give an absolute path in the sandbox")
+
+    @staticmethod
+    def _user(sb: PoolSandbox, text: str) -> tuple[int, int, list[int]]:
+        user = (sb.pool.config.get("process") or {}).get("user") or {}
+        if not text:
+            return int(user.get("uid", 0)), int(user.get("gid", 0)), [int(g) for g in user.get("additionalGids") or []]
+        uid_s, _, gid_s = text.partition(":")
+        if not uid_s.isdigit() or (gid_s and not gid_s.isdigit()):
+            raise InvalidArgument(f"user {text!r}: give uid[:gid] as numbers")
+        return int(uid_s), int(gid_s or 0), []
+
+    def _job(self, op: int, req: Request, sb: PoolSandbox, **kw) -> Job:
+        self._rid = (self._rid + 1) & 0xFFFFFFFF or 1
+        job = Job(self._rid, op, req, sb, **kw)
+        sb.jobs[job.rid] = job
+        return job
+
+    def _watch_output(self, job: Job, pipes: dict[int, int]) -> None:
+        job.pipes = pipes
+        for fd in pipes:
+            self.jobs_by_fd[fd] = job
+            self.watch_fd(fd, self._on_output)
+
+    def _on_output(self, fd: int) -> None:
+        job = self.jobs_by_fd.get(fd)
+        if job is not None:
+            self._drain(job, fd)
+
+    def _drain(self, job: Job, fd: int) -> None:
+        which = job.pipes.get(fd)
+        while which is not None:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_pipe(job, fd)
+                return
+            if job.stream:
+                self._send_partial(job.req, PoolOutput(handle=job.sandbox.id, fd=which, data=data))
+                continue
+            buf = job.buffers[which]
+            room = job.limit - len(buf)
+            if len(data) > room:
+                job.truncated = True
+                data = data[:max(0, room)]
+                if job.op != OP_EXEC:  # a file too big for one message: stop reading it
+                    self._kill_job(job, signal.SIGKILL)
+            buf += data
+
+    def _close_pipe(self, job: Job, fd: int) -> None:
+        if job.pipes.pop(fd, None) is not None:
+            self.unwatch_fd(fd)
+            self.jobs_by_fd.pop(fd, None)
+            os.close(fd)
+
+    def _send_partial(self, req: Request, msg) -> None:
+        frame = envmod.encode_message(msg, sender=self.name, parent=req.env.id)[1]
+        try:
+            _send(req.sock, req.identity, zmq.SNDMORE | zmq.NOBLOCK)
+            _send(req.sock, frame, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _kill_job(self, job: Job, sig: int) -> None:
+        sb = job.sandbox
+        if sb.chan is not None and job.rid in sb.jobs:
+            try:
+                sb.send(OP_KILL, 0, ["-"], uid=job.rid, gid=int(sig))
+            except (OSError, SystemFailure) as err:  # the sandbox is ending: its end reports the job
+                log.debug("sandbox %s: cannot signal request %d: %s", sb.id, job.rid, err)
+
+    def _time_out(self, job: Job) -> None:
+        if job.rid in job.sandbox.jobs and job.status is None:
+            job.timed_out = True
+            self._kill_job(job, signal.SIGKILL)
+
+    def _finish(self, job: Job, wait_status: int | None, error: str = "") -> None:
+        """The exec server reported the end of ``job`` (or the sandbox ended: ``error``)."""
+        sb = job.sandbox
+        sb.jobs.pop(job.rid, None)
+        for fd in list(job.pipes):
+            self._drain(job, fd)
+            self._close_pipe(job, fd)
+        sb.last_used = time.monotonic()
+        req = job.req
+        duration = time.perf_counter_ns() - job.started_ns
+        if error:
+            req.reply(Error(code=SystemFailure.code, message=error))
+            return
+        status = exit_status(wait_status)
+        if job.op == OP_EXEC:
+            stderr = bytes(job.buffers[2])
+            if job.truncated:
+                stderr += f"\nzentry pool: output cut at {OUTPUT_LIMIT} bytes per stream\n".encode()
+            self.metrics.exec_seconds.labels(sb.pool.name).observe(duration / 1e9)
+            self.publish(PoolExecEvent(handle=sb.id, args=job.args, exit_status=status, duration_ns=duration), parent=req.id, container_id=sb.id)
+            req.reply(PoolExited(handle=sb.id, exit_status=status, stdout=bytes(job.buffers[1]), stderr=stderr,
+                                 duration_ns=duration, timed_out=job.timed_out))
+            return
+        text = bytes(job.buffers[2]).decode(errors="replace").strip()
+        if job.truncated:
+            req.reply(Error(code=LimitReached.code, message=f"{sb.id}:{job.args[0]}: larger than one message ({MAX_BIN} bytes)"))
+        elif status != 0:
+            code = NotFound.code if "No such file" in text else InvalidArgument.code if text else SystemFailure.code
+            req.reply(Error(code=code, message=text.replace("zentry pool: ", f"{sb.id}: ") or f"{sb.id}: failed with status {status}"))
+        elif job.op == OP_GET:
+            req.reply(PoolFile(handle=sb.id, path=job.args[0], data=bytes(job.buffers[1])))
+        else:
+            req.reply(Ok())
+
+    # --- the channel and the start/delete children ---------------------------------------
+    def _on_channel(self, fd: int) -> None:
+        sb = self.by_chan.get(fd)
+        if sb is None or sb.chan is None:
+            return
+        replies, ended = sb.replies()
+        for kind, rid, _a, b in replies:
+            if kind == HELLO:
+                sb.hello = True
+                self._maybe_ready(sb)
+            elif kind == EXITED:
+                job = sb.jobs.get(rid)
+                if job is not None:
+                    job.status = b
+                    self._finish(job, b)
+            elif kind == REFUSED:
+                job = sb.jobs.get(rid)
+                if job is not None:
+                    self._finish(job, None, error=f"sandbox {sb.id}: the exec server refused the request: {os.strerror(b)}")
+        if ended:
+            self._channel_ended(sb)
+
+    def _channel_ended(self, sb: PoolSandbox) -> None:
+        self.unwatch_fd(sb.chan.fileno())
+        self.by_chan.pop(sb.chan.fileno(), None)
+        sb.close_channel()
+        if sb.state == "starting":
+            self._maybe_ready(sb)  # a start that already succeeded fails now; else its exit status tells
+            return
+        for job in list(sb.jobs.values()):
+            self._finish(job, None, error=f"sandbox {sb.id} ended (its init exited, killed or out of memory)")
+        if sb.state in ("warm", "claimed"):
+            self._destroy(sb, "failed", parent=sb.claim_id)
+
+    def _cli(self, sb: PoolSandbox, what: str, argv: list[str], fd3: int | None = None) -> None:
+        """Run ``zentry ARGV`` for ``sb`` without waiting: forked by the zygote, else spawned."""
+        if self.zygote is not None:
+            try:
+                self.by_call[self.zygote.spawn(argv[1:], fd3=fd3, log_path=sb.log_path, renice=self.renice)] = (sb, what)
+                return
+            except OSError as err:
+                log.warning("the zygote is gone (%s): zentry calls start afresh from now on", err)
+                self._zygote_gone()
+        pid, pidfd = sbmod.spawn(argv, fd3=fd3, log_path=sb.log_path, renice=self.renice)
+        self.by_pidfd[pidfd] = (sb, what, pid)
+        self.watch_fd(pidfd, self._on_pidfd)
+
+    def _on_zygote(self, fd: int) -> None:
+        answers, gone = self.zygote.answers()
+        for answer in answers:
+            if "status" in answer and answer["id"] in self.by_call:
+                sb, what = self.by_call.pop(answer["id"])
+                self._child_done(sb, what, answer["status"])
+        if gone:
+            log.warning("the zygote ended: zentry calls start afresh from now on")
+            self._zygote_gone()
+
+    def _zygote_gone(self) -> None:
+        if self.zygote is None:
+            return
+        self.unwatch_fd(self.zygote.sock.fileno())
+        self.zygote.close()
+        self.zygote = None
+        calls, self.by_call = self.by_call, {}
+        for sb, what in calls.values():
+            if what == "start":
+                self._child_done(sb, what, 1 << 8)
+            else:
+                self._delete(sb)  # again, spawned
+
+    def _on_pidfd(self, fd: int) -> None:
+        sb, what, pid = self.by_pidfd.pop(fd)
+        self.unwatch_fd(fd)
+        os.close(fd)
+        status = 0
+        if pid:
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self._child_done(sb, what, status)
+
+    def _child_done(self, sb: PoolSandbox, what: str, status: int) -> None:
+        if what == "start":
+            sb.start_status = exit_status(status)
+            if sb.start_status != 0:
+                self._start_failed(sb, sbmod.log_tail(sb.log_path) or f"zentry run exited with {sb.start_status}")
+            else:
+                self._watch_container(sb)
+                self._maybe_ready(sb)
+        elif what == "container":  # the container's process ended (killed, out of memory)
+            sb.container_pidfd = -1
+            if sb.state != "dying" and sb.chan is not None:
+                self._channel_ended(sb)
+        else:  # deleted
+            sbmod.remove_bundle(sb.bundle_dir)
+            self.sandboxes.pop(sb.id, None)
+            self._update_gauges(sb.pool.name)
+            if sb.pool.name in self.pools:
+                self._refill(sb.pool.name)
+
+    def _watch_container(self, sb: PoolSandbox) -> None:
+        """Notice the container's end through its state's pid: the channel alone
+        does not tell, since zentry's other actors of the sandbox hold the init's
+        end of it too (they inherit the preserved fd) until the container is deleted."""
+        try:
+            with open(os.path.join(self.root, sb.id, "state.json")) as f:
+                pid = int(json.load(f)["pid"])
+            pidfd = os.pidfd_open(pid)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("sandbox %s: cannot watch its process: %s", sb.id, err)
+            return
+        self.by_pidfd[pidfd] = (sb, "container", 0)
+        sb.container_pidfd = pidfd
+        self.watch_fd(pidfd, self._on_pidfd)
+
+    def _unwatch_container(self, sb: PoolSandbox) -> None:
+        fd, sb.container_pidfd = sb.container_pidfd, -1
+        if fd >= 0 and self.by_pidfd.pop(fd, None) is not None:
+            self.unwatch_fd(fd)
+            os.close(fd)
+
+    def _maybe_ready(self, sb: PoolSandbox) -> None:
+        if sb.state != "starting" or sb.start_status != 0:
+            return
+        if sb.chan is None:
+            self._start_failed(sb, "its exec server ended at once: " + (sbmod.log_tail(sb.log_path) or "no message"))
+            return
+        if not sb.hello:
+            return
+        pool = sb.pool.name
+        self.backoff.pop(pool, None)
+        sb.state = "warm"
+        duration = time.perf_counter_ns() - sb.start_ns
+        self.metrics.start_seconds.labels(pool).observe(duration / 1e9)
+        self.publish(PoolRefillEvent(pool=pool, handle=sb.id, duration_ns=duration), parent=sb.parent, container_id=sb.id)
+        waiting = self.waiting[pool]
+        while waiting:
+            req, msg, _deadline = waiting.popleft()
+            if req.answered:
+                continue
+            req.reply(self._hand_out(sb.pool, sb.id, msg, req))
+            break
+        else:
+            self.warm[pool].append(sb.id)
+        self._update_gauges(pool)
+        self._refill(pool)
+
+    def _start_failed(self, sb: PoolSandbox, error: str) -> None:
+        pool = sb.pool.name
+        self.metrics.refill_failures.labels(pool).inc()
+        self.publish(PoolRefillEvent(pool=pool, handle=sb.id, duration_ns=time.perf_counter_ns() - sb.start_ns, error=error),
+                     parent=sb.parent, container_id=sb.id)
+        log.warning("pool %s: cannot start sandbox %s: %s", pool, sb.id, error)
+        _at, delay = self.backoff.get(pool, (0.0, 0.5))
+        delay = min(delay * 2, 30.0)
+        self.backoff[pool] = (time.monotonic() + delay, delay)
+        sb.state = "dying"
+        if sb.chan is not None:
+            self.unwatch_fd(sb.chan.fileno())
+            self.by_chan.pop(sb.chan.fileno(), None)
+            sb.close_channel()
+        self._delete(sb)
+        if not self._starting(pool) and not self.warm[pool]:
+            while self.waiting[pool]:
+                req, _msg, _deadline = self.waiting[pool].popleft()
+                req.reply(Error(code=SystemFailure.code, message=f"node {self.config.node}: pool {pool}: cannot start a sandbox: {error}"))
+
+    def _start(self, pool: PoolConfig, parent: str) -> None:
+        sid = f"{pool.name}-{secrets.token_hex(5)}"
+        sb = PoolSandbox(pool, sid, os.path.join(self.bundles, sid))
+        sb.parent = parent
+        self.sandboxes[sid] = sb
+        try:
+            theirs = sb.prepare(self.init_bin, self.config.node)
+            try:
+                self._cli(sb, "start", sb.run_argv(self.zentry, self.root), fd3=theirs.fileno())
+            finally:
+                theirs.close()
+        except Exception as err:
+            sb.start_status = -1
+            self._start_failed(sb, f"{type(err).__name__}: {err}")
+            return
+        self.by_chan[sb.chan.fileno()] = sb
+        self.watch_fd(sb.chan.fileno(), self._on_channel)
+        self._update_gauges(pool.name)
+
+    def _destroy(self, sb: PoolSandbox, reason: str, parent: str = "") -> None:
+        """End a warm or claimed sandbox: its init ends with the channel, ``zentry delete -f`` removes the rest."""
+        pool = sb.pool.name
+        if sb.state == "warm" and sb.id in self.warm.get(pool, ()):
+            self.warm[pool].remove(sb.id)
+        sb.state = "dying"
+        for job in list(sb.jobs.values()):
+            self._finish(job, None, error=f"sandbox {sb.id} was {reason} while the command ran")
+        if sb.chan is not None:
+            self.unwatch_fd(sb.chan.fileno())
+            self.by_chan.pop(sb.chan.fileno(), None)
+            sb.close_channel()
+        self.publish(PoolReleaseEvent(pool=pool, handle=sb.id, reason=reason), parent=parent, container_id=sb.id)
+        self._delete(sb)
+        self._update_gauges(pool)
+        if pool in self.pools:
+            self.call_later(0, lambda: self._refill(pool, parent=parent))
+
+    def _delete(self, sb: PoolSandbox) -> None:
+        sb.state = "dying"
+        self._unwatch_container(sb)
+        try:
+            self._cli(sb, "delete", [self.zentry, "--root", self.root, "delete", "--force", sb.id])
+        except OSError as err:
+            log.warning("cannot delete sandbox %s: %s", sb.id, err)
+
+    def _destroy_all(self) -> None:
+        """Stopping: starts finish, then every sandbox ends; the deletes are waited for."""
+        import select
+
+        self.pools = {}
+        deadline = time.monotonic() + 60
+
+        def calls(kind: str | None = None) -> int:
+            whats = [what for _sb, what, _pid in self.by_pidfd.values()] + [what for _sb, what in self.by_call.values()]
+            return sum(1 for what in whats if what != "container" and (kind is None or what == kind))
+
+        done_starting = False
+        while time.monotonic() < deadline:
+            if not done_starting and not calls("start"):
+                done_starting = True
+                for sb in list(self.sandboxes.values()):
+                    if sb.state != "dying":
+                        try:
+                            self._destroy(sb, "shutdown")
+                        except Exception:
+                            log.exception("cannot destroy %s", sb.id)
+            if done_starting and not calls():
+                return
+            watched = list(self.by_pidfd) + ([self.zygote.sock] if self.zygote is not None else [])
+            ready, _, _ = select.select(watched, [], [], 0.5)
+            for item in ready:
+                if self.zygote is not None and item is self.zygote.sock:
+                    self._on_zygote(item.fileno())
+                elif item in self.by_pidfd:
+                    self._on_pidfd(item)
+
+    # --- capacity and refill --------------------------------------------------------------
+    def _counts(self, pool: str) -> dict[str, int]:
+        counts = {"warm": 0, "claimed": 0, "starting": 0, "dying": 0}
+        for sb in self.sandboxes.values():
+            if sb.pool.name == pool:
+                counts[sb.state] += 1
+        return counts
+
+    def _starting(self, pool: str | None = None) -> int:
+        return sum(1 for sb in self.sandboxes.values() if sb.state == "starting" and (pool is None or sb.pool.name == pool))
+
+    def _reserved(self) -> int:
+        return sum(sb.pool.memory for sb in self.sandboxes.values())
+
+    def _room(self, pool: PoolConfig, starting_counts: bool = True) -> str:
+        """Why one more sandbox of ``pool`` may not start now, or ""."""
+        mine = sum(1 for sb in self.sandboxes.values() if sb.pool.name == pool.name and sb.state != "dying")
+        if mine >= pool.max:
+            return f"the pool is at its maximum ({pool.max} sandboxes)"
+        if self.config.max_sandboxes and len(self.sandboxes) >= self.config.max_sandboxes:
+            return f"the node is at its limit ({self.config.max_sandboxes} sandboxes)"
+        if self.config.memory_budget and self._reserved() + pool.memory > self.config.memory_budget:
+            return (f"the node's memory budget is spent ({self._reserved() >> 20} MiB of {self.config.memory_budget >> 20} MiB "
+                    f"reserved; a {pool.name} sandbox needs {pool.memory >> 20} MiB)")
+        return ""
+
+    def _refill(self, name: str, parent: str = "") -> None:
+        pool = self.pools.get(name)
+        if pool is None or self._stopping is not None:
+            return
+        retry_at, _delay = self.backoff.get(name, (0.0, 0.0))
+        if retry_at > time.monotonic():
+            return
+        while True:
+            want = pool.warm + len(self.waiting[name])
+            if len(self.warm[name]) + self._starting(name) >= want:
+                return
+            if self._starting() >= self.config.parallel_starts or self._room(pool):
+                return
+            self._start(pool, parent)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for sb in list(self.sandboxes.values()):
+            if sb.state != "claimed" or sb.jobs:
+                continue
+            reason = ""
+            if sb.ttl and now - sb.claimed_mono >= sb.ttl:
+                reason = "ttl"
+            elif sb.idle and now - sb.last_used >= sb.idle:
+                reason = "idle"
+            if reason:
+                self.metrics.expired.labels(sb.pool.name, reason).inc()
+                self.publish(PoolExpireEvent(pool=sb.pool.name, handle=sb.id, reason=reason), parent=sb.claim_id, container_id=sb.id)
+                self._destroy(sb, reason, parent=sb.claim_id)
+        for name, waiting in self.waiting.items():
+            while waiting and (waiting[0][0].answered or waiting[0][2] <= now):
+                req, _msg, _deadline = waiting.popleft()
+                if not req.answered:
+                    self.metrics.refused.labels(name, "timeout").inc()
+                    req.reply(Error(code=LimitReached.code,
+                                    message=f"node {self.config.node}: no {name} sandbox became ready within {CLAIM_WAIT:g}s"))
+        for name in self.pools:
+            self._refill(name)
+        self.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _update_gauges(self, pool: str) -> None:
+        if pool not in self.metrics.pools:
+            return
+        counts = self._counts(pool)
+        for state in ("warm", "claimed", "starting"):
+            self.metrics.sandboxes.labels(pool, state).set(counts[state])
+
+
+class _Metrics:
+    """The agent's Prometheus series (served on ``metrics_listen``)."""
+
+    def __init__(self, pools) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.pools = set(pools)
+        self.registry = CollectorRegistry()
+        buckets = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+        self.sandboxes = Gauge("zentry_pool_sandboxes", "Sandboxes of a pool by state (warm, claimed, starting)",
+                               ["pool", "state"], registry=self.registry)
+        self.claim_seconds = Histogram("zentry_pool_claim_seconds", "Time from a claim request to its reply",
+                                       ["pool"], buckets=buckets, registry=self.registry)
+        self.exec_seconds = Histogram("zentry_pool_exec_seconds", "Time from an exec request to the command's exit",
+                                      ["pool"], buckets=buckets, registry=self.registry)
+        self.start_seconds = Histogram("zentry_pool_start_seconds", "Time to start a warm sandbox",
+                                       ["pool"], buckets=buckets, registry=self.registry)
+        self.refill_failures = Counter("zentry_pool_refill_failures", "Warm sandboxes that failed to start",
+                                       ["pool"], registry=self.registry)
+        self.expired = Counter("zentry_pool_expired", "Claimed sandboxes destroyed by ttl or idle timeout",
+                               ["pool", "reason"], registry=self.registry)
+        self.refused = Counter("zentry_pool_claims_refused", "Claims refused (limit, timeout)",
+                               ["pool", "reason"], registry=self.registry)
+        for pool in pools:
+            for state in ("warm", "claimed", "starting"):
+                self.sandboxes.labels(pool, state).set(0)
+            self.refill_failures.labels(pool)
+        self.server = None
+
+    def serve(self, listen: str) -> None:
+        from prometheus_client import start_http_server
+
+        from zentry.cmd.metrics_server import parse_listen
+
+        host, port = parse_listen(listen)
+        self.server, _thread = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
