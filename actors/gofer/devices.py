@@ -145,3 +145,14 @@ def create_dev_symlinks() -> None:
             os.symlink(target, link)
         except OSError as err:
             raise SystemFailure(f'cannot link "{link}" to "{target}": {err}') from err
+
+
+def bind_console(pty: str) -> None:
+    """/dev/console: the container's terminal (a pty slave of its devpts) bound
+    over an empty file, as runtime-linux.md asks when process.terminal is set."""
+    try:
+        if not os.path.lexists("/dev/console"):
+            os.close(os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+        libc.mount(pty, "/dev/console", None, libc.MS_BIND, None)
+    except OSError as err:
+        raise SystemFailure(f'cannot bind the terminal "{pty}" on "/dev/console": {err}') from err

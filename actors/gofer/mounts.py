@@ -282,6 +282,16 @@ def finish_mount(target: str, opts: MountOptions) -> None:
             os.close(fd)
 
 
+def tmpfs_data(fstype: str | None, opts: MountOptions, mount_point_mode: int) -> str | None:
+    """The data string; a tmpfs without ``mode=`` takes the mode of its mount
+    point (made 0755 when missing), as with runc, not tmpfs's own 1777."""
+    data = opts.data_string
+    if fstype != "tmpfs" or any(d.startswith("mode=") for d in opts.data):
+        return data
+    mode = f"mode={mount_point_mode:04o}"
+    return f"{mode},{data}" if data else mode
+
+
 def bind_source(entry: dict, bundle_dir: str) -> str:
     source = entry.get("source")
     if not isinstance(source, str) or not source:
@@ -309,13 +319,14 @@ def mount_in_root(root_fd: int, entry: dict, bundle_dir: str, rootfs: str, label
         else:
             is_dir = True
         fds.append(ensure_in_root(root_fd, dest, directory=is_dir))
+        mount_point_mode = stat.S_IMODE(os.fstat(fds[-1]).st_mode)
         target = fd_path(fds[-1])
         if bind:
             L.mount(source, target, None, L.MS_BIND | (L.MS_REC if opts.recursive else 0), None)
         else:
             if opts.tmpcopyup:
                 fds.append(os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-            data = selinux_data(opts.data_string, label)
+            data = selinux_data(tmpfs_data(fstype, opts, mount_point_mode), label)
             L.mount(source, target, fstype, opts.flags, data)
         fds.append(open_in_root(root_fd, dest, os.O_PATH))
         target = fd_path(fds[-1])

@@ -32,12 +32,17 @@ from zentry.sentry.abi import libc
 
 L = libc
 
-#: linux.rootfsPropagation -> flags applied (recursively) to the mountpoint
+#: linux.rootfsPropagation -> flags applied (recursively) to the mountpoint;
+#: runc and crun also take the "r" spellings, and so do we (same effect)
 ROOTFS_PROPAGATION = {
     "private": L.MS_PRIVATE,
     "slave": L.MS_SLAVE,
     "shared": L.MS_SHARED,
     "unbindable": L.MS_UNBINDABLE,
+    "rprivate": L.MS_PRIVATE,
+    "rslave": L.MS_SLAVE,
+    "rshared": L.MS_SHARED,
+    "runbindable": L.MS_UNBINDABLE,
 }
 
 
@@ -297,7 +302,8 @@ def _mount_inside(entry: dict, label: str | None) -> None:
         if fstype in ("cgroup", "cgroup2"):
             _mount_cgroup(dest, fstype, opts)
         else:
-            data = mounts.selinux_data(opts.data_string, label) if fstype not in ("proc", "sysfs") else opts.data_string
+            data = mounts.tmpfs_data(fstype, opts, stat.S_IMODE(os.stat(dest).st_mode))
+            data = mounts.selinux_data(data, label) if fstype not in ("proc", "sysfs") else data
             L.mount(entry.get("source") or fstype, dest, fstype, opts.flags, data)
         mounts.finish_mount(dest, opts)
     except OSError as err:
@@ -334,13 +340,29 @@ def readonly_path(path: str) -> None:
 
 
 def finish_in_container(config: dict) -> None:
-    """The container-side part of the rootfs: run as PID 1, root already pivoted."""
+    """The container-side mounts: run as PID 1, root already pivoted.
+
+    What runc does between its mounts and its lock-down (the console,
+    hostname, sysctls, the cwd) comes next; then ``lock_down``.
+    """
     entries = _mount_list(config)
     label = (config.get("linux") or {}).get("mountLabel") or None
     for entry, inside in zip(entries, mounts.plan_in_container(entries)):
         if inside:
             _mount_inside(entry, label)
     devices.create_dev_symlinks()
+
+
+def make_cwd(cwd: str) -> None:
+    """Create process.cwd (as the container's root, before the root may turn read-only)."""
+    try:
+        os.makedirs(cwd, mode=0o755, exist_ok=True)
+    except OSError as err:
+        raise SystemFailure(f'cannot create the working directory "{cwd}": {err.strerror}') from err
+
+
+def lock_down(config: dict) -> None:
+    """maskedPaths, readonlyPaths and a read-only root: the last rootfs step, as with runc."""
     linux = config.get("linux") or {}
     for path in linux.get("maskedPaths") or []:
         mask_path(path)

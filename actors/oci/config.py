@@ -16,11 +16,10 @@ import os
 import re
 
 from zentry.bus.errors import ConfigError
-from zentry.bus.log import get_logger
+from zentry.bus.log import warn_user
 
 from .schema import first_config_error
 
-log = get_logger(__name__)
 
 #: the ociVersion range zentry accepts (see features.py)
 OCI_VERSION_MIN = (1, 0, 0)
@@ -61,7 +60,8 @@ def load_bundle(bundle_dir: str, *, require_process: bool = True) -> dict:
         why = _READ_ERRORS.get(err.errno, os.strerror(err.errno or 0).lower())
         raise ConfigError(f'cannot read config.json in bundle "{bundle}": {why}') from err
     config = parse_config(raw)
-    check_config(config, bundle, require_process=require_process)
+    for warning in check_config(config, bundle, require_process=require_process):
+        warn_user(f"config.json: {warning}")
     config["root"]["path"] = resolve_root(config, bundle)
     # a user namespace joined by path: its mappings, for the gofer and the sandbox
     from .userns import complete_mappings
@@ -78,9 +78,24 @@ def parse_config(raw: bytes | str) -> dict:
         reason = err.msg if isinstance(err, json.JSONDecodeError) else str(err)
         where = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
         raise ConfigError(f"invalid config.json: not valid JSON: {reason}{where}") from err
-    error = first_config_error(config)
+    error = first_config_error(_as_the_schema_spells_it(config))
     if error is not None:
         raise ConfigError(f"invalid config.json: {error}")
+    return config
+
+
+#: linux.rootfsPropagation values runc and crun accept beside the spec's four
+#: (the propagation is applied recursively either way)
+RECURSIVE_PROPAGATION = {"rprivate": "private", "rshared": "shared", "rslave": "slave", "runbindable": "unbindable"}
+
+
+def _as_the_schema_spells_it(config: object) -> object:
+    """``config`` with what runc accepts beyond the schema spelled the schema's way
+    (for the schema check only: the document itself is kept as written)."""
+    linux = config.get("linux") if isinstance(config, dict) else None
+    if isinstance(linux, dict) and linux.get("rootfsPropagation") in RECURSIVE_PROPAGATION:
+        linux = dict(linux, rootfsPropagation=RECURSIVE_PROPAGATION[linux["rootfsPropagation"]])
+        return dict(config, linux=linux)
     return config
 
 
@@ -100,14 +115,15 @@ def _fail(where: str, what: str) -> ConfigError:
 def check_config(config: dict, bundle: str, *, require_process: bool = True) -> list[str]:
     """The semantic rules; raises ``ConfigError`` on the first broken one.
 
-    ``config`` must already be schema-valid. Returns warnings (also logged)
-    for settings that are suspicious but allowed.
+    ``config`` must already be schema-valid. Returns warnings for settings
+    that are ignored or suspicious but allowed (``load_bundle`` shows them).
     """
     warnings: list[str] = []
     _check_version(config["ociVersion"])
     _check_root(config, bundle)
-    _check_process(config, require_process)
+    _check_process(config, require_process, warnings)
     _check_namespaces(config, warnings)
+    _check_sysctls(config)
     for i, mount in enumerate(config.get("mounts", [])):
         dest = mount["destination"]
         if not os.path.isabs(dest):
@@ -116,8 +132,6 @@ def check_config(config: dict, bundle: str, *, require_process: bool = True) -> 
         for i, hook in enumerate(config.get("hooks", {}).get(kind, [])):
             if not os.path.isabs(hook["path"]):
                 raise _fail(f"hooks.{kind}[{i}].path", f'"{hook["path"]}" must be an absolute path')
-    for warning in warnings:
-        log.warning("config.json: %s", warning)
     return warnings
 
 
@@ -141,7 +155,7 @@ def _check_root(config: dict, bundle: str) -> None:
         raise _fail("root.path", f'"{root}" is not a directory')
 
 
-def _check_process(config: dict, require_process: bool) -> None:
+def _check_process(config: dict, require_process: bool, warnings: list[str]) -> None:
     process = config.get("process")
     if process is None:
         if require_process:
@@ -151,6 +165,12 @@ def _check_process(config: dict, require_process: bool) -> None:
         raise _fail("process.args", "must be a non-empty array")
     if not os.path.isabs(process["cwd"]):
         raise _fail("process.cwd", f'"{process["cwd"]}" must be an absolute path')
+    if process.get("capabilities"):
+        from zentry.actors.sandbox import caps
+
+        ignored = caps.unknown(process["capabilities"])
+        if ignored:
+            warnings.append(f"process.capabilities: ignoring unknown or unavailable capabilities: {', '.join(ignored)}")
     seen: set[str] = set()
     for i, rlimit in enumerate(process.get("rlimits", [])):
         if rlimit["type"] in seen:
@@ -192,3 +212,62 @@ def _check_namespaces(config: dict, warnings: list[str]) -> None:
         raise _fail("domainname", "setting a domainname needs a private uts namespace")
     if linux.get("timeOffsets") and "time" not in new:
         raise _fail("linux.timeOffsets", "time offsets need a new time namespace")
+
+
+#: IPC sysctls that are not under fs.mqueue. (namespaced with the ipc namespace)
+IPC_SYSCTLS = frozenset({
+    "kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+    "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced",
+})
+
+
+def sysctl_name(key: str) -> str:
+    """``key`` in dotted form: ``net/ipv4/conf/eth0.100/rp_filter`` (sysctl.d's
+    slash form, first separator "/") becomes ``net.ipv4.conf.eth0/100.rp_filter``."""
+    first = min((i for i in (key.find("."), key.find("/")) if i >= 0), default=-1)
+    if first < 0 or key[first] == ".":
+        return key
+    return key.translate(str.maketrans("./", "/."))
+
+
+def sysctl_path(key: str) -> str:
+    """The file under /proc/sys of a sysctl given in either form."""
+    return "/proc/sys/" + sysctl_name(key).translate(str.maketrans("./", "/."))
+
+
+def _same_namespace(path: str, kind: str) -> bool:
+    """Whether the namespace at ``path`` is this process's own ``kind`` namespace."""
+    try:
+        there, here = os.stat(path), os.stat(f"/proc/self/ns/{kind}")
+    except OSError:
+        return False  # a bad path is reported when the container joins it
+    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
+
+
+def _check_sysctls(config: dict) -> None:
+    """linux.sysctl may only name sysctls of namespaces the container does not share
+    with the host (as runc's validator): anything else would change the host's value."""
+    linux = config.get("linux", {})
+    sysctls = linux.get("sysctl") or {}
+    if not sysctls:
+        return
+    namespaces = {ns["type"]: ns.get("path") or "" for ns in linux.get("namespaces", [])}
+    for key in sysctls:
+        name = sysctl_name(key)
+        where = f"linux.sysctl: \"{key}\""
+        if name in IPC_SYSCTLS or name.startswith("fs.mqueue."):
+            if "ipc" not in namespaces:
+                raise _fail(where, "needs a private ipc namespace (it would change the host's)")
+        elif name.startswith("net."):
+            if "network" not in namespaces:
+                raise _fail(where, "needs a private network namespace (it would change the host's)")
+            if namespaces["network"] and _same_namespace(namespaces["network"], "net"):
+                raise _fail(where, "is not allowed in the host's network namespace (linux.namespaces joins it)")
+        elif name == "kernel.domainname" and "uts" in namespaces:
+            pass
+        elif name == "kernel.hostname" and "uts" in namespaces:
+            raise _fail(where, 'conflicts with the "hostname" field: set that instead')
+        elif name in ("kernel.hostname", "kernel.domainname"):
+            raise _fail(where, "needs a private uts namespace (it would change the host's)")
+        else:
+            raise _fail(where, "is not in a namespace of the container (it would change the host's)")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import pytest
 
-from zentry.actors.gofer import cleanup, enter_rootfs, finish_in_container, prepare_rootfs
+from zentry.actors.gofer import cleanup, enter_rootfs, finish_in_container, lock_down, prepare_rootfs
 from zentry.sentry.abi import libc
 
 pytestmark = pytest.mark.root
@@ -85,7 +85,7 @@ def as_container(config: dict, bundle: str, mountpoint: str, check: Callable[[],
         pid = os.fork()
         if pid == 0:
             os.close(r)
-            _report(w, lambda: (enter_rootfs(mountpoint), finish_in_container(config), check())[2])
+            _report(w, lambda: (enter_rootfs(mountpoint), finish_in_container(config), lock_down(config), check())[3])
         os.close(w)
         return _collect(pid, r)
 
@@ -434,6 +434,7 @@ def test_full_flow_gofer_holds_namespace_init_joins_and_execs(bundle, propagatio
                     try:
                         enter_rootfs(str(mp))
                         finish_in_container(cfg)
+                        lock_down(cfg)
                         os.dup2(out_w, 1)
                         os.dup2(out_w, 2)
                         os.execv("/bin/busybox", ["sh", "-c", "head -1 /proc/1/status; echo pid=$$; ls /dev; awk '$5 == \"/\"' /proc/self/mountinfo; touch /x"])
