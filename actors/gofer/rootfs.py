@@ -261,46 +261,106 @@ def detach_old_root() -> None:
         raise SystemFailure(f"cannot detach the host's root from the container: {err}") from err
 
 
-def _mount_cgroup(dest: str, fstype: str, opts: mounts.MountOptions) -> None:
-    """cgroup v2 as is; a v1 (or hybrid) host gets a tmpfs with one mount per hierarchy."""
-    flags = opts.flags
+def own_cgroup_dirs() -> list[tuple[str, str]]:
+    """(name, host directory) of this process's own cgroup in each cgroup v1 hierarchy.
+
+    ``name`` is the hierarchy's directory under the host's /sys/fs/cgroup
+    (``pids``, ``cpu,cpuacct``, ``systemd``), as runc names the binds. Read
+    before the process enters a cgroup namespace (which rewrites both files).
+    The v2 part of a hybrid host is left out, as runc leaves it out.
+    """
     try:
+        with open("/proc/cgroups") as f:
+            known = {line.split()[0] for line in f if line.strip() and not line.startswith("#")}
         with open("/proc/self/cgroup") as f:
-            lines = [line.rstrip("\n").split(":", 2) for line in f if line.strip()]
+            own = {}
+            for line in f:
+                hid, controllers, path = line.rstrip("\n").split(":", 2)
+                if hid != "0":
+                    own[frozenset(controllers.split(","))] = path
+        with open("/proc/self/mountinfo") as f:
+            infos = [line.split() for line in f]
     except OSError as err:
-        raise SystemFailure(f'cannot mount cgroup on "{dest}": /proc/self/cgroup unreadable (mount proc first): {err}') from err
-    if fstype == "cgroup2" or all(hid == "0" for hid, _, _ in lines):
-        L.mount("cgroup2", dest, "cgroup2", flags, opts.data_string)
-        return
-    L.mount("tmpfs", dest, "tmpfs", (flags & ~L.MS_RDONLY) | L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC, "mode=755")
-    for hid, controllers, _ in lines:
-        if hid == "0":
-            name, sub_type, data = "unified", "cgroup2", None
-        elif controllers.startswith("name="):
-            name, sub_type, data = controllers[len("name="):], "cgroup", f"none,{controllers}"
-        else:
-            name, sub_type, data = controllers, "cgroup", controllers
-        if not name:
+        raise SystemFailure(f"cannot find the container's cgroups: {err}") from err
+    out, seen = [], set()
+    for fields in infos:
+        sep = fields.index("-")
+        if fields[sep + 1] != "cgroup":
             continue
+        key = frozenset(o for o in fields[sep + 3].split(",") if o in known or o.startswith("name="))
+        if key not in own or key in seen:
+            continue
+        seen.add(key)
+        root, point = _unescape(fields[3]), _unescape(fields[4])
+        rel = os.path.relpath(own[key], root)
+        if rel == ".." or rel.startswith("../"):
+            continue  # our cgroup is not below this mount of the hierarchy
+        out.append((os.path.basename(point), os.path.normpath(os.path.join(point, rel))))
+    return out
+
+
+def clone_cgroup_dirs(dirs: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    """Detached bind mounts (open_tree clones) of ``dirs``, to be attached after the pivot.
+
+    Run in the container's mount namespace before pivot_root, while the
+    host's hierarchies are still reachable; the fds are close-on-exec.
+    """
+    trees: list[tuple[str, int]] = []
+    try:
+        for name, path in dirs:
+            flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | L.AT_RECURSIVE
+            trees.append((name, L.raw_syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), flags)))
+    except OSError as err:
+        for _, fd in trees:
+            os.close(fd)
+        raise SystemFailure(f"cannot bind the container's cgroup {path}: {err}") from err
+    return trees
+
+
+def cgroup_binds(config: dict) -> list[tuple[str, str]] | None:
+    """``own_cgroup_dirs`` when the config mounts cgroups on a v1 (or hybrid)
+    host, else None (nothing to bind: no cgroup mount, or a cgroup2 host)."""
+    if not any(entry.get("type") == "cgroup" for entry in _mount_list(config)):
+        return None
+    return own_cgroup_dirs() or None
+
+
+def _has_v1_hierarchies() -> bool:
+    with open("/proc/self/cgroup") as f:
+        return any(not line.startswith("0:") for line in f if line.strip())
+
+
+def _mount_cgroup(dest: str, fstype: str, opts: mounts.MountOptions, trees: list[tuple[str, int]] | None) -> None:
+    """cgroup v2 as is; on a v1 (or hybrid) host, as runc: a tmpfs holding a bind of
+    the container's own cgroup in each hierarchy (read-only unless the entry says
+    rw), and a link per controller of a co-mounted hierarchy (cpu -> cpu,cpuacct)."""
+    if trees is None and fstype == "cgroup" and _has_v1_hierarchies():
+        raise SystemFailure("the container's cgroups were not bound before pivot_root (clone_cgroup_dirs)")
+    if fstype == "cgroup2" or trees is None:
+        L.mount("cgroup2", dest, "cgroup2", opts.flags, opts.data_string)
+        return
+    L.mount("tmpfs", dest, "tmpfs", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC, "mode=755")
+    for name, tree in trees:
         sub = os.path.join(dest, name)
-        os.makedirs(sub, exist_ok=True)
-        L.mount("cgroup", sub, sub_type, flags, data)
-        if sub_type == "cgroup" and "," in name:
+        os.mkdir(sub, 0o755)
+        L.raw_syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, sub.encode(), MOVE_MOUNT_F_EMPTY_PATH)
+        mounts.remount_bind(sub, opts.flags & mounts.PER_MOUNT_FLAGS, opts.clear)
+    for name, _ in trees:
+        if "," in name:
             for alias in name.split(","):
                 if not os.path.lexists(os.path.join(dest, alias)):
                     os.symlink(name, os.path.join(dest, alias))
-    if flags & L.MS_RDONLY:
-        mounts.remount_bind(dest, L.MS_RDONLY)
+    os.chmod(dest, 0o555)  # what runc's containers see
 
 
-def _mount_inside(entry: dict, label: str | None) -> None:
+def _mount_inside(entry: dict, label: str | None, cgroups: list[tuple[str, int]] | None) -> None:
     dest = mounts.destination(entry)
     fstype = entry.get("type") or None
     opts = parse_options(entry.get("options"))
     try:
         os.makedirs(dest, exist_ok=True)
         if fstype in ("cgroup", "cgroup2"):
-            _mount_cgroup(dest, fstype, opts)
+            _mount_cgroup(dest, fstype, opts, cgroups)
         else:
             data = mounts.tmpfs_data(fstype, opts, stat.S_IMODE(os.stat(dest).st_mode))
             data = mounts.selinux_data(data, label) if fstype not in ("proc", "sysfs") else data
@@ -339,17 +399,24 @@ def readonly_path(path: str) -> None:
         raise SystemFailure(f'cannot make "{path}" read-only: {err}') from err
 
 
-def finish_in_container(config: dict) -> None:
+def finish_in_container(config: dict, cgroups: list[tuple[str, int]] | None = None) -> None:
     """The container-side mounts: run as PID 1, root already pivoted.
+
+    ``cgroups``: ``clone_cgroup_dirs(cgroup_binds(config))``, made before the
+    pivot (None without one); the fds are closed here.
 
     What runc does between its mounts and its lock-down (the console,
     hostname, sysctls, the cwd) comes next; then ``lock_down``.
     """
     entries = _mount_list(config)
     label = (config.get("linux") or {}).get("mountLabel") or None
-    for entry, inside in zip(entries, mounts.plan_in_container(entries)):
-        if inside:
-            _mount_inside(entry, label)
+    try:
+        for entry, inside in zip(entries, mounts.plan_in_container(entries)):
+            if inside:
+                _mount_inside(entry, label, cgroups)
+    finally:
+        for _, fd in cgroups or []:
+            os.close(fd)
     devices.create_dev_symlinks()
 
 

@@ -39,6 +39,8 @@ V1_CONTROLLERS = (
     "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices",
     "hugetlb", "net_cls", "net_prio",
 )
+#: the key of a hybrid host's cgroup2 hierarchy among the v1 ``mounts``
+HYBRID_UNIFIED = "unified"
 #: v2 controllers enabled for a container's subtree, when the host offers them
 V2_CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids", "hugetlb")
 
@@ -81,12 +83,21 @@ class Hierarchy(Value):
             if fstype != "cgroup":
                 continue
             for opt in options.split(","):
-                if opt in V1_CONTROLLERS:
+                # named hierarchies (name=systemd) too: runc puts a container in
+                # each, and its view of /sys/fs/cgroup binds its own cgroup there
+                if opt in V1_CONTROLLERS or opt.startswith("name="):
                     by_controller.setdefault(opt, point)
         if not by_controller:
             raise Unsupported("no cgroup file system is mounted on this host")
-        return cls(version=1, root=CGROUP_ROOT, mounts=by_controller,
-                   own={c: own.get(c, "/") for c in by_controller})
+        owned = {c: own.get(c, "/") for c in by_controller}
+        # A hybrid host's cgroup2 (no controllers of its own): a container is
+        # placed there too, as runc does (its /proc/self/cgroup "0::" line).
+        for point, fstype, _ in mounts:
+            if fstype == "cgroup2":
+                by_controller[HYBRID_UNIFIED] = point
+                owned[HYBRID_UNIFIED] = own.get("", "/")
+                break
+        return cls(version=1, root=CGROUP_ROOT, mounts=by_controller, own=owned)
 
     @classmethod
     def unified(cls, root: str, own: str = "/") -> "Hierarchy":

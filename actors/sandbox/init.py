@@ -318,6 +318,8 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
             raise SystemFailure(f"container init: the sandbox (pid {sandbox_pid}) is not our parent (pid {os.getppid()})")
         process = config.get("process") or {}
         linux = config.get("linux") or {}
+        # Our cgroups, as the host names them: read before a cgroup namespace.
+        cgroup_binds = rootfs_mod.cgroup_binds(config)
 
         console = None
         if process.get("terminal"):
@@ -337,6 +339,7 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         if not user_ns:
             join_gofer_mounts(gofer_pid)
         libc.unshare(libc.CLONE_NEWNS)
+        cgroup_trees = rootfs_mod.clone_cgroup_dirs(cgroup_binds) if cgroup_binds else None
 
         _import_for_hooks(config)
         # createContainer: in the container's namespaces, before pivot_root,
@@ -344,7 +347,7 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         hooks.run_hooks("createContainer", config, state)
 
         rootfs_mod.enter_rootfs(rootfs, user_ns=user_ns)
-        rootfs_mod.finish_in_container(config)
+        rootfs_mod.finish_in_container(config, cgroup_trees)
         if user_ns:
             rootfs_mod.detach_old_root()
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import pytest
 
-from zentry.actors.gofer import cleanup, enter_rootfs, finish_in_container, lock_down, prepare_rootfs
+from zentry.actors.gofer import cleanup, enter_rootfs, finish_in_container, lock_down, prepare_rootfs, rootfs
 from zentry.sentry.abi import libc
 
 pytestmark = pytest.mark.root
@@ -85,7 +85,15 @@ def as_container(config: dict, bundle: str, mountpoint: str, check: Callable[[],
         pid = os.fork()
         if pid == 0:
             os.close(r)
-            _report(w, lambda: (enter_rootfs(mountpoint), finish_in_container(config), lock_down(config), check())[3])
+            def container_side():
+                binds = rootfs.cgroup_binds(config)
+                trees = rootfs.clone_cgroup_dirs(binds) if binds else None
+                enter_rootfs(mountpoint)
+                finish_in_container(config, trees)
+                lock_down(config)
+                return check()
+
+            _report(w, container_side)
         os.close(w)
         return _collect(pid, r)
 
@@ -367,7 +375,8 @@ def test_in_container_mounts_masks_readonly_paths_and_readonly_root(bundle):
         out["mqueue_mounted"] = os.stat("/dev/mqueue").st_dev != os.stat("/dev").st_dev
         out["sys_write"] = write_error("/sys/kernel/x")
         out["cgroups"] = sorted(os.listdir("/sys/fs/cgroup"))
-        out["cgroup_write"] = write_error("/sys/fs/cgroup/x")
+        # as runc: the tmpfs stays read-write, each hierarchy's bind is read-only
+        out["cgroup_write"] = write_error("/sys/fs/cgroup/pids/pids.max")
         with open("/proc/self/mountinfo") as f:
             out["mount_points"] = [line.split()[4] for line in f]
         return out
