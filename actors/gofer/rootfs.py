@@ -250,6 +250,31 @@ def _bind_cwd_onto_itself() -> None:
         os.close(tree)
 
 
+def carry_root_into(mountpoint: str, ns_path: str) -> None:
+    """Join the mount namespace at ``ns_path`` (linux.namespaces ``mount`` with a
+    path) and attach there, at the same path, a copy of the root prepared at
+    ``mountpoint``; ``enter_rootfs`` then pivots into it, in that namespace,
+    as runc does (its other processes whose root was the old one follow the
+    pivot: the kernel's rule). The path must exist in that namespace."""
+    try:
+        tree = L.raw_syscall(SYS_OPEN_TREE, AT_FDCWD, mountpoint.encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | L.AT_RECURSIVE)
+    except OSError as err:
+        raise SystemFailure(f'cannot copy the container\'s root "{mountpoint}": {err}') from err
+    try:
+        fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            L.setns(fd, L.CLONE_NEWNS)
+        finally:
+            os.close(fd)
+        if not os.path.isdir(mountpoint):
+            raise SystemFailure(f'cannot use mount namespace "{ns_path}": the container\'s root "{mountpoint}" is not in it')
+        L.raw_syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, mountpoint.encode(), MOVE_MOUNT_F_EMPTY_PATH)
+    except OSError as err:
+        raise SystemFailure(f'cannot join mount namespace "{ns_path}": {err}') from err
+    finally:
+        os.close(tree)
+
+
 def detach_old_root() -> None:
     """Drop the old root that ``enter_rootfs(user_ns=True)`` left stacked on "/"."""
     try:

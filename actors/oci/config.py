@@ -193,9 +193,12 @@ def _check_namespaces(config: dict, warnings: list[str]) -> None:
         if path:
             if not os.path.isabs(path):
                 raise _fail(f"linux.namespaces[{i}].path", f'"{path}" must be an absolute path')
+            _check_namespace_file(f"linux.namespaces[{i}].path", kind, path)
         else:
             new.add(kind)
 
+    if "mount" in seen and "mount" not in new and "user" in seen:
+        raise _fail("linux.namespaces", "a mount namespace joined by path together with a user namespace is not supported by zentry")
     has_uid, has_gid = bool(linux.get("uidMappings")), bool(linux.get("gidMappings"))
     if "user" in new and not (has_uid and has_gid):
         raise _fail("linux", "a new user namespace needs both uidMappings and gidMappings")
@@ -244,6 +247,31 @@ def _same_namespace(path: str, kind: str) -> bool:
     return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
 
 
+#: <linux/nsfs.h>: _IO(0xb7, 0x3), the CLONE_NEW* type of a namespace file
+NS_GET_NSTYPE = 0xB703
+
+
+def _check_namespace_file(where: str, kind: str, path: str) -> None:
+    """``path`` must be a namespace of type ``kind`` (the spec: anything else is an error)."""
+    import fcntl
+
+    from zentry.sentry.abi.libc import NAMESPACES
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise _fail(where, f'cannot open "{path}": {os.strerror(err.errno or 0).lower()}') from err
+    try:
+        actual = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError as err:
+        raise _fail(where, f'"{path}" is not a namespace') from err
+    finally:
+        os.close(fd)
+    if actual != NAMESPACES[kind][0]:
+        found = next((name for name, (flag, _) in NAMESPACES.items() if flag == actual), hex(actual))
+        raise _fail(where, f'"{path}" is not a {kind} namespace (it is {found})')
+
+
 def _check_sysctls(config: dict) -> None:
     """linux.sysctl may only name sysctls of namespaces the container does not share
     with the host (as runc's validator): anything else would change the host's value."""
@@ -254,20 +282,20 @@ def _check_sysctls(config: dict) -> None:
     namespaces = {ns["type"]: ns.get("path") or "" for ns in linux.get("namespaces", [])}
     for key in sysctls:
         name = sysctl_name(key)
-        where = f"linux.sysctl: \"{key}\""
+        where, what = "linux.sysctl", f'"{key}"'
         if name in IPC_SYSCTLS or name.startswith("fs.mqueue."):
             if "ipc" not in namespaces:
-                raise _fail(where, "needs a private ipc namespace (it would change the host's)")
+                raise _fail(where, f"{what} needs a private ipc namespace (it would change the host's)")
         elif name.startswith("net."):
             if "network" not in namespaces:
-                raise _fail(where, "needs a private network namespace (it would change the host's)")
+                raise _fail(where, f"{what} needs a private network namespace (it would change the host's)")
             if namespaces["network"] and _same_namespace(namespaces["network"], "net"):
-                raise _fail(where, "is not allowed in the host's network namespace (linux.namespaces joins it)")
+                raise _fail(where, f"{what} is not allowed in the host's network namespace (linux.namespaces joins it)")
         elif name == "kernel.domainname" and "uts" in namespaces:
             pass
         elif name == "kernel.hostname" and "uts" in namespaces:
-            raise _fail(where, 'conflicts with the "hostname" field: set that instead')
+            raise _fail(where, f'{what} conflicts with the "hostname" field: set that instead')
         elif name in ("kernel.hostname", "kernel.domainname"):
-            raise _fail(where, "needs a private uts namespace (it would change the host's)")
+            raise _fail(where, f"{what} needs a private uts namespace (it would change the host's)")
         else:
-            raise _fail(where, "is not in a namespace of the container (it would change the host's)")
+            raise _fail(where, f"{what} is not in a namespace of the container (it would change the host's)")

@@ -340,6 +340,10 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
             join_gofer_mounts(gofer_pid)
         libc.unshare(libc.CLONE_NEWNS)
         cgroup_trees = rootfs_mod.clone_cgroup_dirs(cgroup_binds) if cgroup_binds else None
+        mount_ns = next((ns for ns in linux.get("namespaces") or [] if ns["type"] == "mount"), None)
+        if mount_ns is not None and mount_ns.get("path"):
+            # as runc: the container's root is set up (and pivoted into) there
+            rootfs_mod.carry_root_into(rootfs, mount_ns["path"])
 
         _import_for_hooks(config)
         # createContainer: in the container's namespaces, before pivot_root,

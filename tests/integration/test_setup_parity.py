@@ -357,3 +357,51 @@ def test_cgroup_v1_view_is_the_containers_own_cgroup(zentry, runc, busybox_bundl
     # what the issue found: the host's root, release_agent, other cgroups, a writable pids.max
     assert not any("release_agent" in line for line in seen["zentry"])
     assert ("write-ok" in seen["zentry"]) == (case == "cgroupns-rw")
+
+
+# --- namespaces -------------------------------------------------------------------------------------
+def test_namespace_path_of_the_wrong_type_is_refused(zentry, runc, busybox_bundle):
+    path = f"/proc/{os.getpid()}/ns/ipc"
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")] + [{"type": "network", "path": path}]
+    bundle = busybox_bundle(["true"], linux={"namespaces": namespaces})
+    z = zentry("create", "--bundle", bundle, new_id("z"))
+    r = runc("create", "--bundle", str(bundle), new_id("r"))
+    assert r.returncode != 0 and z.returncode != 0
+    assert z.stderr.strip() == f'zentry: invalid config.json: linux.namespaces[4].path: "{path}" is not a network namespace (it is ipc)'
+    assert zentry("list", "-q").stdout.strip() == ""
+
+
+@pytest.fixture
+def mount_ns_holder():
+    """Start processes that each sit in a mount namespace of their own (a copy of ours)."""
+    holders = []
+
+    def start() -> int:
+        p = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "120"])
+        holders.append(p)
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{p.pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            assert time.monotonic() < deadline, "unshare did not make a mount namespace"
+            time.sleep(0.01)
+        return p.pid
+
+    yield start
+    for p in holders:
+        p.kill()
+        p.wait()
+
+
+def test_mount_namespace_given_by_path_is_joined(zentry, runc, open_bundle, mount_ns_holder):
+    if not shutil.which("unshare"):
+        pytest.skip("needs util-linux unshare")
+    seen = {}
+    for name, run in (("zentry", zentry), ("runc", runc)):
+        holder = mount_ns_holder()
+        namespaces = [{"type": t} for t in ("pid", "network", "ipc", "uts")] + [{"type": "mount", "path": f"/proc/{holder}/ns/mnt"}]
+        cid = new_id(name[0])
+        bundle = open_bundle(["sh", "-c", "readlink /proc/self/ns/mnt; cat /etc/hostname"], f"b-{cid}", linux={"namespaces": namespaces})
+        res = run("run", "--bundle", str(bundle), cid)
+        assert res.returncode == 0, f"{name}: {res.stderr}"
+        seen[name] = res.stdout.split()
+        assert seen[name][0] == os.readlink(f"/proc/{holder}/ns/mnt"), name
+    assert seen["zentry"][1:] == seen["runc"][1:] == ["zentry-test"]
