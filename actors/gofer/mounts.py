@@ -213,7 +213,7 @@ def plan_in_container(mounts: list[dict]) -> list[bool]:
     """
     inside: list[str] = []
     plan = []
-    for entry in mounts:
+    for i, entry in enumerate(mounts):
         dest = destination(entry)
         opts = parse_options(entry.get("options"))
         bind = is_bind(entry, opts)
@@ -227,6 +227,14 @@ def plan_in_container(mounts: list[dict]) -> list[bool]:
             inside.append(dest)
             plan.append(True)
         else:
+            # Listed later but mounted first, it would end up below the
+            # earlier entry instead of covering it: refused, not reordered.
+            covered = next((top for top in inside if _under(top, dest)), None)
+            if covered is not None:
+                raise ConfigError(
+                    f'mounts[{i}] on "{dest}" would cover the earlier mount on "{covered}", which zentry mounts '
+                    "inside the container after the others: list it before (unsupported order)"
+                )
             plan.append(False)
     return plan
 

@@ -405,3 +405,18 @@ def test_mount_namespace_given_by_path_is_joined(zentry, runc, open_bundle, moun
         seen[name] = res.stdout.split()
         assert seen[name][0] == os.readlink(f"/proc/{holder}/ns/mnt"), name
     assert seen["zentry"][1:] == seen["runc"][1:] == ["zentry-test"]
+
+
+def test_exec_gets_home_too(zentry, runc, busybox_bundle):
+    bundle = busybox_bundle(["sleep", "60"], process={"env": ["PATH=/bin"]})
+    seen = {}
+    for name, run in (("zentry", zentry), ("runc", runc)):
+        cid = new_id(name[0])
+        assert run("run", "-d", "--bundle", str(bundle), cid).returncode == 0
+        try:
+            res = run("exec", "--user", "65534:65534", cid, "sh", "-c", "echo $HOME")
+            assert res.returncode == 0, f"{name}: {res.stderr}"
+            seen[name] = res.stdout
+        finally:
+            run("delete", "--force", cid)
+    assert seen["zentry"] == seen["runc"] == "/nonexistent\n"

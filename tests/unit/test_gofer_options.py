@@ -84,6 +84,14 @@ def test_a_bind_below_an_in_container_mount_is_refused():
                            {"destination": "/proc/driver", "type": "bind", "source": "/tmp"}])
 
 
+def test_a_later_mount_covering_an_in_container_mount_is_refused():
+    # under runc the later /dev tmpfs would hide /dev/mqueue; mounted first, it would not
+    with pytest.raises(ConfigError, match=r'mounts\[1\] on "/dev" would cover the earlier mount on "/dev/mqueue"'):
+        plan_in_container([{"destination": "/dev/mqueue", "type": "mqueue"}, {"destination": "/dev", "type": "tmpfs"}])
+    # the same destination goes inside, after it, in order
+    assert plan_in_container([{"destination": "/proc", "type": "proc"}, {"destination": "/proc", "type": "tmpfs"}]) == [True, True]
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"type": "c", "major": 1, "minor": 3}, "no path"),
     ({"path": "/dev/x", "type": "q", "major": 1, "minor": 3}, "type"),
