@@ -1,19 +1,20 @@
 """The container's root filesystem view: built by the gofer, entered by the container init.
 
-Three steps, in three processes (design.md §2, §6; notes pitfalls 9-11):
+Three steps, in two processes (design.md §2, §6; notes pitfalls 9-11):
 
 1. ``prepare_rootfs`` runs in the gofer, a single-threaded process that has
-   already unshared its mount namespace. It makes the mounts private, binds
-   the bundle's rootfs onto ``mountpoint`` and mounts every ``mounts`` entry
-   and the default devices below it. proc, sysfs, mqueue and cgroup mounts
-   (and anything below them) wait for step 3: they depend on the namespaces
-   of the process that mounts them.
-2. ``enter_rootfs`` runs in the container init after it has joined the
-   gofer's mount namespace and unshared a copy of it: pivot_root into the
-   view, so the gofer's own namespace is not changed.
-3. ``finish_in_container`` runs as PID 1 of the container's pid namespace:
-   the deferred mounts, the /dev links, maskedPaths, readonlyPaths and a
-   read-only root.
+   already unshared its mount namespace: it makes the mounts private and
+   binds the bundle's rootfs (or an overlay on it) onto ``mountpoint``.
+2. ``mount_entries`` runs in the container init, in its own copy of the
+   gofer's mount namespace and in the container's other namespaces (proc,
+   sysfs, mqueue and cgroup show the mounter's), before pivot_root: every
+   ``mounts`` entry in the order listed, then the devices, as runc does.
+   Bind sources are cloned (open_tree) with the host's rights beforehand
+   (``clone_bind_sources``; before a user namespace, ``keep_bind_sources``),
+   and so are the container's own cgroup directories (``clone_cgroup_dirs``).
+3. ``enter_rootfs`` pivots into the view (the gofer's namespace is not
+   changed); ``finish_in_container`` and ``lock_down`` run as PID 1 after
+   it: the /dev links, then maskedPaths, readonlyPaths and a read-only root.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import stat
 
 from zentry.actors.gofer import devices, mounts
 from zentry.actors.gofer.mounts import current_flags, parse_options
-from zentry.actors.oci.userns import mount_for_host
 from zentry.bus.errors import ConfigError, SystemFailure
 from zentry.sentry.abi import libc
 
@@ -129,18 +129,18 @@ def _mount_root(rootfs: str, mountpoint: str, size: str | None) -> None:
 
 
 def prepare_rootfs(config: dict, bundle_dir: str, mountpoint: str) -> None:
-    """Build the container's filesystem view at ``mountpoint`` (gofer side).
+    """Build the container's root at ``mountpoint`` (gofer side): a bind of the
+    bundle's rootfs (or an overlay on it), with linux.rootfsPropagation.
 
     The caller is alone in a mount namespace of its own: every mount made
-    here stays in it. Raises ConfigError for a bad config, SystemFailure when
-    a mount fails (the message names what, where and the rootfs).
+    here stays in it. The ``mounts`` entries are made later, in the order
+    listed, by the container's init (``mount_entries``), as runc makes them.
+    Raises ConfigError for a bad config, SystemFailure when a mount fails.
     """
     rootfs = _rootfs_path(config, bundle_dir)
     overlay = overlay_size(config)
-    entries = _mount_list(config)
-    plan = mounts.plan_in_container(entries)
+    mounts.check_destinations(_mount_list(config))
     propagation = _propagation(config)
-    label = (config.get("linux") or {}).get("mountLabel") or None
     try:
         # Nothing we mount may leak to the host; a slave "/" still lets host
         # mounts appear in a slave or shared rootfs, as the spec describes.
@@ -151,22 +151,112 @@ def prepare_rootfs(config: dict, bundle_dir: str, mountpoint: str) -> None:
     except OSError as err:
         what = "mount an overlay of" if overlay is not None else "bind"
         raise SystemFailure(f'cannot {what} rootfs "{rootfs}" on "{mountpoint}": {err}') from err
-
-    root_fd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for entry, inside in zip(entries, plan):
-            if not inside:
-                mounts.mount_in_root(root_fd, mount_for_host(config, entry), bundle_dir, rootfs, label)
-        if _wants_devices(config, entries):
-            devices.create_devices(root_fd, config, rootfs)
-    finally:
-        os.close(root_fd)
-
     if propagation is not None:
         try:
             L.mount(None, mountpoint, None, L.MS_REC | propagation, None)
         except OSError as err:
             raise SystemFailure(f"cannot set rootfs propagation on {mountpoint}: {err}") from err
+
+
+def clone_bind_sources(config: dict, bundle_dir: str) -> list[int | None]:
+    """Per ``mounts`` entry, a detached copy of a bind's source (else None).
+
+    Run while the host's paths are reachable with the host's rights: by the
+    init before it enters the container's mount namespace or, with a user
+    namespace, before that (``keep_bind_sources``).
+    """
+    rootfs = _rootfs_path(config, bundle_dir)
+    trees: list[int | None] = []
+    try:
+        for entry in _mount_list(config):
+            trees.append(mounts.clone_source(entry, bundle_dir, rootfs))
+    except BaseException:
+        close_trees(trees)
+        raise
+    return trees
+
+
+def close_trees(trees: list | None) -> None:
+    for item in trees or []:
+        fd = item[1] if isinstance(item, tuple) else item
+        if fd is not None:
+            os.close(fd)
+
+
+#: bind sources cloned before entering a user namespace (the init inherits them)
+_kept_sources: list[int | None] | None = None
+
+
+def keep_bind_sources(config: dict, bundle_dir: str, mountpoint: str) -> None:
+    """Before entering a user namespace: ``clone_bind_sources`` now, for
+    ``take_bind_sources`` in a forked child, and the mount points that lie in
+    the bundle's rootfs made with the host's rights (the container's root
+    may not be allowed to write there); those below an earlier entry are
+    made in the container, on what that entry mounted."""
+    global _kept_sources
+    from zentry.actors.gofer.resolve import ensure_in_root
+
+    sources = clone_bind_sources(config, bundle_dir)
+    try:
+        root_fd = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            earlier: list[str] = []
+            for entry, tree in zip(_mount_list(config), sources):
+                dest = mounts.destination(entry)
+                if not any(dest == top or dest.startswith(top.rstrip("/") + "/") for top in earlier):
+                    is_dir = tree is None or stat.S_ISDIR(os.fstat(tree).st_mode)
+                    os.close(ensure_in_root(root_fd, dest, directory=is_dir))
+                earlier.append(dest)
+        finally:
+            os.close(root_fd)
+    except OSError as err:
+        close_trees(sources)
+        raise SystemFailure(f"cannot make the mount points in rootfs {mountpoint}: {err}") from err
+    _kept_sources = sources
+
+
+def take_bind_sources(config: dict, bundle_dir: str) -> list[int | None]:
+    """The sources ``keep_bind_sources`` cloned, else clones made now."""
+    global _kept_sources
+    kept, _kept_sources = _kept_sources, None
+    return kept if kept is not None else clone_bind_sources(config, bundle_dir)
+
+
+def mount_entries(config: dict, root: str, sources: list[int | None], cgroups: list[tuple[str, int]] | None) -> None:
+    """Every ``mounts`` entry in the order listed, then the devices, below ``root``
+    (the container's root, before pivot_root), as runc makes them.
+
+    Run by the container's init, in the container's namespaces (proc, sysfs,
+    mqueue and cgroup show the mounter's). ``sources``: from
+    ``clone_bind_sources``; ``cgroups``: ``clone_cgroup_dirs(cgroup_binds())``.
+    Both are closed here.
+    """
+    rootfs = (config.get("root") or {}).get("path") or root
+    label = (config.get("linux") or {}).get("mountLabel") or None
+    entries = _mount_list(config)
+    # A shared root (rootfsPropagation) is a peer of the gofer's: made private
+    # while we mount, so nothing propagates back, then shared again (a new
+    # peer group, as after runc's pivot).
+    where = os.path.realpath(root)
+    tops = [optional for point, optional in _mountinfo() if point == where]
+    shared = bool(tops) and any(o.startswith("shared:") for o in tops[-1])
+    if shared:
+        L.mount(None, root, None, L.MS_PRIVATE, None)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for entry, tree in zip(entries, sources):
+            if entry.get("type") in ("cgroup", "cgroup2") and not mounts.is_bind(entry, mounts.parse_options(entry.get("options"))):
+                _mount_cgroup(root_fd, entry, cgroups)
+            else:
+                mounts.mount_in_root(root_fd, entry, tree, rootfs, label)
+        if _wants_devices(config, entries):
+            devices.create_devices(root_fd, config, rootfs)
+    finally:
+        os.close(root_fd)
+        close_trees(sources)
+        close_trees(cgroups)
+    if shared:
+        L.mount(None, root, None, L.MS_SHARED, None)
 
 
 def _unescape(field: str) -> str:
@@ -355,44 +445,50 @@ def _has_v1_hierarchies() -> bool:
         return any(not line.startswith("0:") for line in f if line.strip())
 
 
-def _mount_cgroup(dest: str, fstype: str, opts: mounts.MountOptions, trees: list[tuple[str, int]] | None) -> None:
+def _mount_cgroup(root_fd: int, entry: dict, trees: list[tuple[str, int]] | None) -> None:
     """cgroup v2 as is; on a v1 (or hybrid) host, as runc: a tmpfs holding a bind of
     the container's own cgroup in each hierarchy (read-only unless the entry says
     rw), and a link per controller of a co-mounted hierarchy (cpu -> cpu,cpuacct)."""
-    if trees is None and fstype == "cgroup" and _has_v1_hierarchies():
-        raise SystemFailure("the container's cgroups were not bound before pivot_root (clone_cgroup_dirs)")
-    if fstype == "cgroup2" or trees is None:
-        L.mount("cgroup2", dest, "cgroup2", opts.flags, opts.data_string)
-        return
-    L.mount("tmpfs", dest, "tmpfs", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC, "mode=755")
-    for name, tree in trees:
-        sub = os.path.join(dest, name)
-        os.mkdir(sub, 0o755)
-        L.raw_syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, sub.encode(), MOVE_MOUNT_F_EMPTY_PATH)
-        mounts.remount_bind(sub, opts.flags & mounts.PER_MOUNT_FLAGS, opts.clear)
-    for name, _ in trees:
-        if "," in name:
-            for alias in name.split(","):
-                if not os.path.lexists(os.path.join(dest, alias)):
-                    os.symlink(name, os.path.join(dest, alias))
-    os.chmod(dest, 0o555)  # what runc's containers see
+    from zentry.actors.gofer.resolve import ensure_in_root, open_in_root
 
-
-def _mount_inside(entry: dict, label: str | None, cgroups: list[tuple[str, int]] | None) -> None:
     dest = mounts.destination(entry)
-    fstype = entry.get("type") or None
-    opts = parse_options(entry.get("options"))
+    fstype = entry.get("type")
+    opts = mounts.parse_options(entry.get("options"))
+    fds: list[int] = []
     try:
-        os.makedirs(dest, exist_ok=True)
-        if fstype in ("cgroup", "cgroup2"):
-            _mount_cgroup(dest, fstype, opts, cgroups)
-        else:
-            data = mounts.tmpfs_data(fstype, opts, stat.S_IMODE(os.stat(dest).st_mode))
-            data = mounts.selinux_data(data, label) if fstype not in ("proc", "sysfs") else data
-            L.mount(entry.get("source") or fstype, dest, fstype, opts.flags, data)
-        mounts.finish_mount(dest, opts)
+        fds.append(ensure_in_root(root_fd, dest, directory=True))
+        if trees is None and fstype == "cgroup" and _has_v1_hierarchies():
+            raise SystemFailure("the container's cgroups were not cloned before its mounts (clone_cgroup_dirs)")
+        if fstype == "cgroup2" or trees is None:
+            L.mount("cgroup2", mounts.fd_path(fds[0]), "cgroup2", opts.flags, opts.data_string)
+            return
+        L.mount("tmpfs", mounts.fd_path(fds[0]), "tmpfs", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC, "mode=755")
+        fds.append(open_in_root(root_fd, dest, os.O_RDONLY | os.O_DIRECTORY))
+        top = fds[-1]
+        for name, tree in trees:
+            os.mkdir(name, 0o755, dir_fd=top)
+            sub = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=top)
+            try:
+                mounts.attach(tree, sub)
+            finally:
+                os.close(sub)
+            sub = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=top)  # the bind, not the directory below it
+            try:
+                mounts.remount_bind(mounts.fd_path(sub), opts.flags & mounts.PER_MOUNT_FLAGS, opts.clear)
+            finally:
+                os.close(sub)
+        for name, _ in trees:
+            for alias in name.split(",") if "," in name else []:
+                try:
+                    os.symlink(name, alias, dir_fd=top)
+                except FileExistsError:
+                    pass
+        os.chmod(mounts.fd_path(top), 0o555)  # what runc's containers see
     except OSError as err:
         raise SystemFailure(f'cannot mount "{fstype}" on "{dest}" in the container: {err}') from err
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def mask_path(path: str) -> None:
@@ -424,24 +520,12 @@ def readonly_path(path: str) -> None:
         raise SystemFailure(f'cannot make "{path}" read-only: {err}') from err
 
 
-def finish_in_container(config: dict, cgroups: list[tuple[str, int]] | None = None) -> None:
-    """The container-side mounts: run as PID 1, root already pivoted.
-
-    ``cgroups``: ``clone_cgroup_dirs(cgroup_binds(config))``, made before the
-    pivot (None without one); the fds are closed here.
+def finish_in_container(config: dict) -> None:
+    """After the pivot: the /dev links into the container's /proc (runtime-linux.md).
 
     What runc does between its mounts and its lock-down (the console,
     hostname, sysctls, the cwd) comes next; then ``lock_down``.
     """
-    entries = _mount_list(config)
-    label = (config.get("linux") or {}).get("mountLabel") or None
-    try:
-        for entry, inside in zip(entries, mounts.plan_in_container(entries)):
-            if inside:
-                _mount_inside(entry, label, cgroups)
-    finally:
-        for _, fd in cgroups or []:
-            os.close(fd)
     devices.create_dev_symlinks()
 
 

@@ -63,6 +63,12 @@ def load_bundle(bundle_dir: str, *, require_process: bool = True) -> dict:
     for warning in check_config(config, bundle, require_process=require_process):
         warn_user(f"config.json: {warning}")
     config["root"]["path"] = resolve_root(config, bundle)
+    # a bind's relative source is relative to the bundle (the actors never see it)
+    for mount in config.get("mounts") or []:
+        source = mount.get("source")
+        binds = mount.get("type") == "bind" or any(o in ("bind", "rbind") for o in mount.get("options") or [])
+        if binds and isinstance(source, str) and source and not os.path.isabs(source):
+            mount["source"] = os.path.join(bundle, source)
     # a user namespace joined by path: its mappings, for the gofer and the sandbox
     from .userns import complete_mappings
 

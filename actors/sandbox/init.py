@@ -7,7 +7,9 @@ sandbox over a SOCK_SEQPACKET pair (``chan``):
 
 1. wait for ``go`` (the sandbox has put us in the container's cgroup);
 2. join or create namespaces; join a *copy* of the gofer's mount namespace
-   (the root the gofer prepared), pivot into it, the mounts made inside;
+   (the root the gofer prepared), make every ``mounts`` entry in the order
+   listed and the devices (bind sources cloned with the host's rights),
+   pivot into it;
 3. in runc's order: the terminal (and /dev/console), hostname, sysctls
    (before /proc/sys turns read-only), the cwd, then the lock-down (masked
    and read-only paths, read-only root); rlimits, oom score, HOME; resolve
@@ -167,6 +169,9 @@ def enter_user_namespace(chan: socket.socket, config: dict, gofer_pid: int, root
     ns = next(ns for ns in config["linux"]["namespaces"] if ns["type"] == "user")
     _import_for_hooks(config)
     join_gofer_mounts(gofer_pid)
+    # bind sources, with the host's rights (the container's root may not reach
+    # them); load_bundle made relative ones absolute
+    rootfs_mod.keep_bind_sources(config, "", rootfs)
     os.chdir(rootfs)
     if ns.get("path"):
         join_namespace("user", ns["path"], libc.CLONE_NEWUSER)
@@ -338,12 +343,16 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         join_namespaces(config, skip={"mount", "pid", "user"})
         if not user_ns:
             join_gofer_mounts(gofer_pid)
+        sources = rootfs_mod.take_bind_sources(config, state.get("bundle") or "")
         libc.unshare(libc.CLONE_NEWNS)
         cgroup_trees = rootfs_mod.clone_cgroup_dirs(cgroup_binds) if cgroup_binds else None
         mount_ns = next((ns for ns in linux.get("namespaces") or [] if ns["type"] == "mount"), None)
         if mount_ns is not None and mount_ns.get("path"):
             # as runc: the container's root is set up (and pivoted into) there
             rootfs_mod.carry_root_into(rootfs, mount_ns["path"])
+        # Every mounts entry in the order listed, then the devices (with a
+        # user namespace our cwd is the root: its path may not be searchable).
+        rootfs_mod.mount_entries(config, "." if user_ns else rootfs, sources, cgroup_trees)
 
         _import_for_hooks(config)
         # createContainer: in the container's namespaces, before pivot_root,
@@ -351,9 +360,9 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         hooks.run_hooks("createContainer", config, state)
 
         rootfs_mod.enter_rootfs(rootfs, user_ns=user_ns)
-        rootfs_mod.finish_in_container(config, cgroup_trees)
         if user_ns:
             rootfs_mod.detach_old_root()
+        rootfs_mod.finish_in_container(config)
 
         # runc's order: mounts, console, names, sysctls, the cwd, then the
         # lock-down (masks, read-only /proc/sys and root).

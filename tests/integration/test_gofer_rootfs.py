@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import pytest
 
-from zentry.actors.gofer import cleanup, enter_rootfs, finish_in_container, lock_down, prepare_rootfs, rootfs
+from zentry.actors.gofer import cleanup, enter_rootfs, finish_in_container, lock_down, prepare_rootfs
+from zentry.actors.gofer import rootfs as rootfs_mod
 from zentry.sentry.abi import libc
 
 pytestmark = pytest.mark.root
@@ -86,10 +87,11 @@ def as_container(config: dict, bundle: str, mountpoint: str, check: Callable[[],
         if pid == 0:
             os.close(r)
             def container_side():
-                binds = rootfs.cgroup_binds(config)
-                trees = rootfs.clone_cgroup_dirs(binds) if binds else None
+                binds = rootfs_mod.cgroup_binds(config)
+                trees = rootfs_mod.clone_cgroup_dirs(binds) if binds else None
+                rootfs_mod.mount_entries(config, mountpoint, rootfs_mod.clone_bind_sources(config, bundle), trees)
                 enter_rootfs(mountpoint)
-                finish_in_container(config, trees)
+                finish_in_container(config)
                 lock_down(config)
                 return check()
 
@@ -98,6 +100,12 @@ def as_container(config: dict, bundle: str, mountpoint: str, check: Callable[[],
         return _collect(pid, r)
 
     return ok(ok(in_namespace(gofer_side, libc.CLONE_NEWNS | libc.CLONE_NEWPID)))
+
+
+def build(cfg: dict, bundle: str, mountpoint: str) -> None:
+    """The gofer's root, then every mounts entry and the devices, as the init makes them."""
+    prepare_rootfs(cfg, bundle, mountpoint)
+    rootfs_mod.mount_entries(cfg, mountpoint, rootfs_mod.clone_bind_sources(cfg, bundle), None)
 
 
 def mount_points() -> list[str]:
@@ -160,7 +168,7 @@ def test_bind_mounts_read_only_file_and_read_write(bundle):
     )
 
     def scenario():
-        prepare_rootfs(cfg, str(tmp), str(mp))
+        build(cfg, str(tmp), str(mp))
         flags = os.statvfs(mp / "data").f_flag
         with open(mp / "rw" / "written", "w") as f:
             f.write("through the bind")
@@ -188,7 +196,7 @@ def test_recursive_read_only_reaches_submounts(bundle):
 
     def scenario():
         libc.mount("tmpfs", str(src / "sub"), "tmpfs", 0, "size=64k")  # a submount of the source
-        prepare_rootfs(cfg, str(tmp), str(mp))
+        build(cfg, str(tmp), str(mp))
         return {
             "ro_top": write_error(str(mp / "tree" / "x")),
             "ro_sub": write_error(str(mp / "tree" / "sub" / "x")),  # plain ro: the top mount only
@@ -204,7 +212,7 @@ def test_tmpfs_size_mode_and_tmpcopyup(bundle):
     cfg = config(rootfs, TMP, {"destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup", "mode=755"]})
 
     def scenario():
-        prepare_rootfs(cfg, str(tmp), str(mp))
+        build(cfg, str(tmp), str(mp))
         st = os.statvfs(mp / "tmp")
         (mp / "etc" / "new-in-tmpfs").write_text("x")
         return {
@@ -231,7 +239,7 @@ def test_dev_default_devices_devpts_and_linux_devices(bundle):
     cfg = config(rootfs, DEV, DEVPTS, devices=devices)
 
     def scenario():
-        prepare_rootfs(cfg, str(tmp), str(mp))
+        build(cfg, str(tmp), str(mp))
         dev = mp / "dev"
         out = {}
         for name in ("null", "zero", "full", "random", "urandom", "tty"):
@@ -269,7 +277,7 @@ def test_device_over_a_different_file_is_an_error(bundle):
     tmp, rootfs, mp = bundle
     (rootfs / "etc" / "notadev").write_text("")
     cfg = config(rootfs, devices=[{"path": "/etc/notadev", "type": "c", "major": 1, "minor": 3}])
-    got = in_namespace(lambda: prepare_rootfs(cfg, str(tmp), str(mp)))
+    got = in_namespace(lambda: build(cfg, str(tmp), str(mp)))
     assert got["error"] == "ConfigError" and "/etc/notadev" in got["message"], got
 
 
@@ -292,7 +300,7 @@ def test_symlink_and_dotdot_escapes_stay_inside_the_rootfs(bundle):
     )
 
     def scenario():
-        prepare_rootfs(cfg, str(tmp), str(mp))
+        build(cfg, str(tmp), str(mp))
         points = mount_points()
         return {
             "outside": [p for p in points if p.startswith(str(victim))],
@@ -310,17 +318,17 @@ def test_symlink_and_dotdot_escapes_stay_inside_the_rootfs(bundle):
     assert (victim / "keep.txt").read_text() == "original" and sorted(os.listdir(victim)) == ["keep.txt"]
 
     loop = config(rootfs, {"destination": "/loop/a", "type": "tmpfs", "source": "tmpfs"})
-    err = in_namespace(lambda: prepare_rootfs(loop, str(tmp), str(mp)))
+    err = in_namespace(lambda: build(loop, str(tmp), str(mp)))
     assert err["error"] == "SystemFailure" and "too many levels of symbolic links" in err["message"], err
 
 
 def test_errors_name_the_mount_and_the_rootfs(bundle):
     tmp, rootfs, mp = bundle
     missing = config(rootfs, {"destination": "/m", "source": "nope", "options": ["bind"]})
-    got = in_namespace(lambda: prepare_rootfs(missing, str(tmp), str(mp)))
+    got = in_namespace(lambda: build(missing, str(tmp), str(mp)))
     assert got["error"] == "ConfigError" and f'"{tmp}/nope"' in got["message"], got
     bad = config(rootfs, {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["size=lots"]})
-    got = in_namespace(lambda: prepare_rootfs(bad, str(tmp), str(mp)))
+    got = in_namespace(lambda: build(bad, str(tmp), str(mp)))
     assert got["error"] == "SystemFailure", got
     assert got["message"].startswith(f'cannot mount "tmpfs" on "/tmp" (rootfs {rootfs}): [Errno 22]'), got
     prop = config(rootfs, rootfsPropagation="sideways")
@@ -333,7 +341,7 @@ def test_cleanup_detaches_the_whole_view(bundle):
     cfg = config(rootfs, DEV, DEVPTS, TMP)
 
     def scenario():
-        prepare_rootfs(cfg, str(tmp), str(mp))
+        build(cfg, str(tmp), str(mp))
         before = [p for p in mount_points() if p.startswith(str(mp))]
         cleanup(str(mp))
         cleanup(str(mp))  # idempotent
@@ -441,6 +449,7 @@ def test_full_flow_gofer_holds_namespace_init_joins_and_execs(bundle, propagatio
                 child = os.fork()
                 if child == 0:
                     try:
+                        rootfs_mod.mount_entries(cfg, str(mp), rootfs_mod.clone_bind_sources(cfg, str(tmp)), None)
                         enter_rootfs(str(mp))
                         finish_in_container(cfg)
                         lock_down(cfg)

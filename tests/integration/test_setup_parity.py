@@ -307,7 +307,7 @@ cd /sys/fs/cgroup && stat -c 'mode %a' . && for f in *; do if [ -L "$f" ]; then 
 echo "pids.max $(cat pids/pids.max)"; ls pids | tr '\n' ' '; echo
 (echo 5 > pids/pids.max) 2>/dev/null && echo write-ok || echo write-refused
 cat /proc/self/cgroup
-awk '$5 ~ "^/sys/fs/cgroup" { for (i = 7; $i != "-"; i++) ; print $3, $4, $5, $6, $(i+1), $(i+3) }' /proc/self/mountinfo | sort
+awk '$5 ~ "^/sys/fs/cgroup" { for (i = 7; $i != "-"; i++) ; print $3, $4, $5, $6, $(i+1), $(i+3) }' /proc/self/mountinfo
 """
 MAPPING = [{"containerID": 0, "hostID": 100000, "size": 65536}]
 CGROUP_CASES = {
@@ -349,7 +349,9 @@ def test_cgroup_v1_view_is_the_containers_own_cgroup(zentry, runc, busybox_bundl
         res = run("run", "--bundle", str(bundle), cid)
         assert res.returncode == 0, f"{name}: {res.stderr}"
         # a fresh tmpfs's device number is the one thing that must differ
-        seen[name] = [line.split(" ", 1)[1] if " tmpfs " in line else line for line in res.stdout.replace(cid, "ID").splitlines()]
+        lines = [line.split(" ", 1)[1] if " tmpfs " in line else line for line in res.stdout.replace(cid, "ID").splitlines()]
+        end = lines.index("0::/ID" if case == "ro" else "0::/") + 1  # the mountinfo lines follow /proc/self/cgroup
+        seen[name] = lines[:end] + sorted(lines[end:])
         if case != "ro":
             # runc mounts name=systemd afresh in a cgroup namespace, with "systemd" as its source
             seen[name] = [line.replace(" cgroup systemd rw,name=systemd", " cgroup cgroup rw,name=systemd") for line in seen[name]]
@@ -420,3 +422,28 @@ def test_exec_gets_home_too(zentry, runc, busybox_bundle):
         finally:
             run("delete", "--force", cid)
     assert seen["zentry"] == seen["runc"] == "/nonexistent\n"
+
+
+# --- mounts in the order listed ----------------------------------------------------------------------
+def test_mounts_are_made_in_the_order_listed(zentry, runc, busybox_bundle, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("bound\n")
+    base = [m for m in spec_mounts(busybox_bundle) if m["destination"] != "/dev/mqueue"]
+    mounts = [
+        {"destination": "/data", "type": "bind", "source": str(src), "options": ["rbind", "ro"]},
+        # listed before /dev, so /dev's tmpfs covers it (runc) instead of it landing on top
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+        *base,
+        {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]},
+        {"destination": "/sys/kernel/debug", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]},
+    ]
+    wanted = " ".join(sorted({m["destination"] for m in mounts}))
+    script = ("awk -v want=' " + wanted + " ' 'index(want, \" \" $5 \" \") { print $5, $9 }' /proc/self/mountinfo; "
+              "cat /data/f; ls /dev/mqueue 2>&1 | head -1")
+    bundle = busybox_bundle(["sh", "-c", script], mounts=mounts)
+    z, r = both(zentry, runc, bundle)
+    assert r.returncode == 0, r.stderr
+    assert (z.returncode, z.stdout) == (0, r.stdout), z.stderr
+    order = [line.split()[0] for line in r.stdout.splitlines()[:len(mounts)]]
+    assert order[:2] == ["/data", "/dev/mqueue"] and "No such file" in r.stdout
