@@ -295,9 +295,8 @@ def clone_source(entry: dict, bundle_dir: str, rootfs: str) -> int | None:
     if not is_bind(entry, opts):
         return None
     source = bind_source(entry, bundle_dir)
-    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | (L.AT_RECURSIVE if opts.recursive else 0)
     try:
-        return L.raw_syscall(SYS_OPEN_TREE, AT_FDCWD, source.encode(), flags)
+        return clone_tree(source, recursive=opts.recursive)
     except FileNotFoundError as err:
         raise ConfigError(f'cannot bind-mount "{source}" on "{destination(entry)}" (rootfs {rootfs}): source does not exist') from err
     except OSError as err:
@@ -309,6 +308,17 @@ SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429
 OPEN_TREE_CLONE = 1
 MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
 AT_FDCWD = -100
+
+
+def clone_tree(path: str, *, recursive: bool = True) -> int:
+    """A detached copy of the mount (tree) at ``path``: open_tree(OPEN_TREE_CLONE), close-on-exec."""
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | (L.AT_RECURSIVE if recursive else 0)
+    return L.raw_syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(path), flags)
+
+
+def attach_at(tree: int, path: str) -> None:
+    """Attach the detached mount ``tree`` at ``path`` (not a /proc/self/fd link: see ``attach``)."""
+    L.raw_syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, os.fsencode(path), MOVE_MOUNT_F_EMPTY_PATH)
 
 
 def attach(tree: int, target_fd: int) -> None:

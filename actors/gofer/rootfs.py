@@ -319,22 +319,15 @@ def enter_rootfs(mountpoint: str, *, user_ns: bool = False) -> None:
         raise SystemFailure(f'cannot enter rootfs "{mountpoint}": {err}') from err
 
 
-#: <linux/mount.h>, <asm/unistd_64.h>: open_tree(2) and move_mount(2)
-SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429
-OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC = 1, os.O_CLOEXEC
-MOVE_MOUNT_F_EMPTY_PATH = 0x4
-AT_FDCWD = -100
-
-
 def _bind_cwd_onto_itself() -> None:
     """Recursively bind the current directory onto itself and move into the new mount.
 
     open_tree + move_mount rather than mount(".", "."): the new mount is
     reached through the tree's fd, without a path walk from a parent.
     """
-    tree = L.raw_syscall(SYS_OPEN_TREE, AT_FDCWD, b".", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | L.AT_RECURSIVE)
+    tree = mounts.clone_tree(".")
     try:
-        L.raw_syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, b".", MOVE_MOUNT_F_EMPTY_PATH)
+        mounts.attach_at(tree, ".")
         os.fchdir(tree)
     finally:
         os.close(tree)
@@ -347,7 +340,7 @@ def carry_root_into(mountpoint: str, ns_path: str) -> None:
     as runc does (its other processes whose root was the old one follow the
     pivot: the kernel's rule). The path must exist in that namespace."""
     try:
-        tree = L.raw_syscall(SYS_OPEN_TREE, AT_FDCWD, mountpoint.encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | L.AT_RECURSIVE)
+        tree = mounts.clone_tree(mountpoint)
     except OSError as err:
         raise SystemFailure(f'cannot copy the container\'s root "{mountpoint}": {err}') from err
     try:
@@ -358,7 +351,7 @@ def carry_root_into(mountpoint: str, ns_path: str) -> None:
             os.close(fd)
         if not os.path.isdir(mountpoint):
             raise SystemFailure(f'cannot use mount namespace "{ns_path}": the container\'s root "{mountpoint}" is not in it')
-        L.raw_syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, mountpoint.encode(), MOVE_MOUNT_F_EMPTY_PATH)
+        mounts.attach_at(tree, mountpoint)
     except OSError as err:
         raise SystemFailure(f'cannot join mount namespace "{ns_path}": {err}') from err
     finally:
@@ -423,8 +416,7 @@ def clone_cgroup_dirs(dirs: list[tuple[str, str]]) -> list[tuple[str, int]]:
     trees: list[tuple[str, int]] = []
     try:
         for name, path in dirs:
-            flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | L.AT_RECURSIVE
-            trees.append((name, L.raw_syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), flags)))
+            trees.append((name, mounts.clone_tree(path)))
     except OSError as err:
         for _, fd in trees:
             os.close(fd)

@@ -163,8 +163,10 @@ def enter_user_namespace(chan: socket.socket, config: dict, gofer_pid: int, root
     ``chan``. Then we become the namespace's root, so the pid namespace and
     every namespace the init creates belong to it, and files it creates are
     owned by the mapped root. We also step into the container's root while
-    its path is still searchable (see ``rootfs.enter_rootfs``), and import
-    what the hooks need while the host's Python files are still readable.
+    its path is still searchable (see ``rootfs.enter_rootfs``), clone the
+    bind sources and make the mount points in the bundle's rootfs while we
+    have the host's rights (``rootfs.keep_bind_sources``), and import what
+    the hooks need while the host's Python files are still readable.
     """
     ns = next(ns for ns in config["linux"]["namespaces"] if ns["type"] == "user")
     _import_for_hooks(config)
