@@ -9,9 +9,9 @@ Three steps, in two processes (design.md §2, §6; notes pitfalls 9-11):
    gofer's mount namespace and in the container's other namespaces (proc,
    sysfs, mqueue and cgroup show the mounter's), before pivot_root: every
    ``mounts`` entry in the order listed, then the devices, as runc does.
-   Bind sources are cloned (open_tree) with the host's rights beforehand
-   (``clone_bind_sources``; before a user namespace, ``keep_bind_sources``),
-   and so are the container's own cgroup directories (``clone_cgroup_dirs``).
+   Bind sources are cloned (open_tree) as they are mounted or, with a user
+   namespace, beforehand with the host's rights (``keep_bind_sources``); the
+   cgroup mount binds the container's own cgroup directories (``cgroup_binds``).
 3. ``enter_rootfs`` pivots into the view (the gofer's namespace is not
    changed); ``finish_in_container`` and ``lock_down`` run as PID 1 after
    it: the /dev links, then maskedPaths, readonlyPaths and a read-only root.
@@ -161,9 +161,8 @@ def prepare_rootfs(config: dict, bundle_dir: str, mountpoint: str) -> None:
 def clone_bind_sources(config: dict, bundle_dir: str) -> list[int | None]:
     """Per ``mounts`` entry, a detached copy of a bind's source (else None).
 
-    Run while the host's paths are reachable with the host's rights: by the
-    init before it enters the container's mount namespace or, with a user
-    namespace, before that (``keep_bind_sources``).
+    Run while the host's paths are reachable with the host's rights, before
+    a user namespace is entered (``keep_bind_sources``).
     """
     rootfs = _rootfs_path(config, bundle_dir)
     trees: list[int | None] = []
@@ -176,9 +175,8 @@ def clone_bind_sources(config: dict, bundle_dir: str) -> list[int | None]:
     return trees
 
 
-def close_trees(trees: list | None) -> None:
-    for item in trees or []:
-        fd = item[1] if isinstance(item, tuple) else item
+def close_trees(trees: list[int | None] | None) -> None:
+    for fd in trees or []:
         if fd is not None:
             os.close(fd)
 
@@ -215,21 +213,23 @@ def keep_bind_sources(config: dict, bundle_dir: str, mountpoint: str) -> None:
     _kept_sources = sources
 
 
-def take_bind_sources(config: dict, bundle_dir: str) -> list[int | None]:
-    """The sources ``keep_bind_sources`` cloned, else clones made now."""
+def take_bind_sources() -> list[int | None] | None:
+    """The sources ``keep_bind_sources`` cloned in this process (or a parent), else None."""
     global _kept_sources
     kept, _kept_sources = _kept_sources, None
-    return kept if kept is not None else clone_bind_sources(config, bundle_dir)
+    return kept
 
 
-def mount_entries(config: dict, root: str, sources: list[int | None], cgroups: list[tuple[str, int]] | None) -> None:
+def mount_entries(config: dict, bundle_dir: str, root: str, sources: list[int | None] | None,
+                  cgroups: list[tuple[str, str]] | None) -> None:
     """Every ``mounts`` entry in the order listed, then the devices, below ``root``
     (the container's root, before pivot_root), as runc makes them.
 
     Run by the container's init, in the container's namespaces (proc, sysfs,
-    mqueue and cgroup show the mounter's). ``sources``: from
-    ``clone_bind_sources``; ``cgroups``: ``clone_cgroup_dirs(cgroup_binds())``.
-    Both are closed here.
+    mqueue and cgroup show the mounter's). ``sources``: ``take_bind_sources()``;
+    None: each bind's source is cloned as it is mounted (the mount ids, and
+    so /proc/self/mountinfo, then follow the order listed). ``cgroups``:
+    ``cgroup_binds(config)``, read before a cgroup namespace.
     """
     rootfs = (config.get("root") or {}).get("path") or root
     label = (config.get("linux") or {}).get("mountLabel") or None
@@ -244,17 +244,24 @@ def mount_entries(config: dict, root: str, sources: list[int | None], cgroups: l
         L.mount(None, root, None, L.MS_PRIVATE, None)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for entry, tree in zip(entries, sources):
+        for i, entry in enumerate(entries):
             if entry.get("type") in ("cgroup", "cgroup2") and not mounts.is_bind(entry, mounts.parse_options(entry.get("options"))):
                 _mount_cgroup(root_fd, entry, cgroups)
+                continue
+            if sources is not None:
+                tree, sources[i] = sources[i], None
             else:
+                tree = mounts.clone_source(entry, bundle_dir, rootfs)
+            try:
                 mounts.mount_in_root(root_fd, entry, tree, rootfs, label)
+            finally:
+                if tree is not None:
+                    os.close(tree)
         if _wants_devices(config, entries):
             devices.create_devices(root_fd, config, rootfs)
     finally:
         os.close(root_fd)
         close_trees(sources)
-        close_trees(cgroups)
     if shared:
         L.mount(None, root, None, L.MS_SHARED, None)
 
@@ -407,26 +414,10 @@ def own_cgroup_dirs() -> list[tuple[str, str]]:
     return out
 
 
-def clone_cgroup_dirs(dirs: list[tuple[str, str]]) -> list[tuple[str, int]]:
-    """Detached bind mounts (open_tree clones) of ``dirs``, to be attached after the pivot.
-
-    Run in the container's mount namespace before pivot_root, while the
-    host's hierarchies are still reachable; the fds are close-on-exec.
-    """
-    trees: list[tuple[str, int]] = []
-    try:
-        for name, path in dirs:
-            trees.append((name, mounts.clone_tree(path)))
-    except OSError as err:
-        for _, fd in trees:
-            os.close(fd)
-        raise SystemFailure(f"cannot bind the container's cgroup {path}: {err}") from err
-    return trees
-
-
 def cgroup_binds(config: dict) -> list[tuple[str, str]] | None:
     """``own_cgroup_dirs`` when the config mounts cgroups on a v1 (or hybrid)
-    host, else None (nothing to bind: no cgroup mount, or a cgroup2 host)."""
+    host, else None (nothing to bind: no cgroup mount, or a cgroup2 host).
+    ``mount_entries`` binds them (a clone of each, made as it is mounted)."""
     if not any(entry.get("type") == "cgroup" for entry in _mount_list(config)):
         return None
     return own_cgroup_dirs() or None
@@ -437,7 +428,7 @@ def _has_v1_hierarchies() -> bool:
         return any(not line.startswith("0:") for line in f if line.strip())
 
 
-def _mount_cgroup(root_fd: int, entry: dict, trees: list[tuple[str, int]] | None) -> None:
+def _mount_cgroup(root_fd: int, entry: dict, dirs: list[tuple[str, str]] | None) -> None:
     """cgroup v2 as is; on a v1 (or hybrid) host, as runc: a tmpfs holding a bind of
     the container's own cgroup in each hierarchy (read-only unless the entry says
     rw), and a link per controller of a co-mounted hierarchy (cpu -> cpu,cpuacct)."""
@@ -449,27 +440,31 @@ def _mount_cgroup(root_fd: int, entry: dict, trees: list[tuple[str, int]] | None
     fds: list[int] = []
     try:
         fds.append(ensure_in_root(root_fd, dest, directory=True))
-        if trees is None and fstype == "cgroup" and _has_v1_hierarchies():
-            raise SystemFailure("the container's cgroups were not cloned before its mounts (clone_cgroup_dirs)")
-        if fstype == "cgroup2" or trees is None:
+        if dirs is None and fstype == "cgroup" and _has_v1_hierarchies():
+            raise SystemFailure("the container's cgroups were not found before its mounts (cgroup_binds)")
+        if fstype == "cgroup2" or dirs is None:
             L.mount("cgroup2", mounts.fd_path(fds[0]), "cgroup2", opts.flags, opts.data_string)
             return
         L.mount("tmpfs", mounts.fd_path(fds[0]), "tmpfs", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC, "mode=755")
         fds.append(open_in_root(root_fd, dest, os.O_RDONLY | os.O_DIRECTORY))
         top = fds[-1]
-        for name, tree in trees:
+        for name, path in dirs:
             os.mkdir(name, 0o755, dir_fd=top)
+            # a bind of our own cgroup, cloned by path (a cgroup namespace
+            # changes what /proc shows, not what paths reach)
+            tree = mounts.clone_tree(path)
             sub = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=top)
             try:
                 mounts.attach(tree, sub)
             finally:
                 os.close(sub)
+                os.close(tree)
             sub = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=top)  # the bind, not the directory below it
             try:
                 mounts.remount_bind(mounts.fd_path(sub), opts.flags & mounts.PER_MOUNT_FLAGS, opts.clear)
             finally:
                 os.close(sub)
-        for name, _ in trees:
+        for name, _ in dirs:
             for alias in name.split(",") if "," in name else []:
                 try:
                     os.symlink(name, alias, dir_fd=top)

@@ -345,16 +345,15 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         join_namespaces(config, skip={"mount", "pid", "user"})
         if not user_ns:
             join_gofer_mounts(gofer_pid)
-        sources = rootfs_mod.take_bind_sources(config, state.get("bundle") or "")
         libc.unshare(libc.CLONE_NEWNS)
-        cgroup_trees = rootfs_mod.clone_cgroup_dirs(cgroup_binds) if cgroup_binds else None
         mount_ns = next((ns for ns in linux.get("namespaces") or [] if ns["type"] == "mount"), None)
         if mount_ns is not None and mount_ns.get("path"):
             # as runc: the container's root is set up (and pivoted into) there
             rootfs_mod.carry_root_into(rootfs, mount_ns["path"])
         # Every mounts entry in the order listed, then the devices (with a
         # user namespace our cwd is the root: its path may not be searchable).
-        rootfs_mod.mount_entries(config, "." if user_ns else rootfs, sources, cgroup_trees)
+        rootfs_mod.mount_entries(config, state.get("bundle") or "", "." if user_ns else rootfs,
+                                 rootfs_mod.take_bind_sources(), cgroup_binds)
 
         _import_for_hooks(config)
         # createContainer: in the container's namespaces, before pivot_root,

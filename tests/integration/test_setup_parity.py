@@ -429,24 +429,26 @@ def test_mounts_are_made_in_the_order_listed(zentry, runc, busybox_bundle, tmp_p
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_text("bound\n")
+    (tmp_path / "hosts").write_text("127.0.0.1 parity\n")
     base = [m for m in spec_mounts(busybox_bundle) if m["destination"] != "/dev/mqueue"]
     mounts = [
         {"destination": "/data", "type": "bind", "source": str(src), "options": ["rbind", "ro"]},
         # listed before /dev, so /dev's tmpfs covers it (runc) instead of it landing on top
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-        *base,
+        *base[:2],
+        {"destination": "/etc/hosts", "type": "bind", "source": str(tmp_path / "hosts"), "options": ["bind"]},
+        *base[2:],
         {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]},
         {"destination": "/sys/kernel/debug", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]},
     ]
-    wanted = " ".join(sorted({m["destination"] for m in mounts}))
-    script = ("awk -v want=' " + wanted + " ' 'index(want, \" \" $5 \" \") { print $5, $9 }' /proc/self/mountinfo; "
-              "cat /data/f; ls /dev/mqueue 2>&1 | head -1")
-    bundle = busybox_bundle(["sh", "-c", script], mounts=mounts)
+    # every mount point, in /proc/self/mountinfo's order (the order they were made)
+    script = "awk '{ print $5 }' /proc/self/mountinfo | tr '\\n' ' '; echo; cat /data/f /etc/hosts; ls /dev/mqueue 2>&1 | head -1"
+    bundle = busybox_bundle(["sh", "-c", script], mounts=mounts, linux={"maskedPaths": [], "readonlyPaths": []})
     z, r = both(zentry, runc, bundle)
     assert r.returncode == 0, r.stderr
     assert (z.returncode, z.stdout) == (0, r.stdout), z.stderr
-    order = [line.split()[0] for line in r.stdout.splitlines()[:len(mounts)]]
-    assert order[:2] == ["/data", "/dev/mqueue"] and "No such file" in r.stdout
+    order = r.stdout.splitlines()[0].split()
+    assert order[:4] == ["/", "/data", "/dev/mqueue", "/proc"] and "No such file" in r.stdout, r.stdout
 
 
 def test_without_a_mount_namespace_nothing_is_left_on_the_host(zentry, runc, busybox_bundle):
