@@ -525,12 +525,12 @@ def make_cwd(cwd: str) -> None:
 
 
 def lock_down(config: dict) -> None:
-    """maskedPaths, readonlyPaths and a read-only root: the last rootfs step, as with runc."""
+    """readonlyPaths, maskedPaths and a read-only root: the last rootfs step, in runc's order."""
     linux = config.get("linux") or {}
-    for path in linux.get("maskedPaths") or []:
-        mask_path(path)
     for path in linux.get("readonlyPaths") or []:
         readonly_path(path)
+    for path in linux.get("maskedPaths") or []:
+        mask_path(path)
     if (config.get("root") or {}).get("readonly"):
         try:
             L.mount(None, "/", None, L.MS_REMOUNT | L.MS_BIND | L.MS_RDONLY | current_flags("/"), None)

@@ -11,8 +11,8 @@ sandbox over a SOCK_SEQPACKET pair (``chan``):
    listed and the devices (bind sources cloned with the host's rights),
    pivot into it;
 3. in runc's order: the terminal (and /dev/console), hostname, sysctls
-   (before /proc/sys turns read-only), the cwd, then the lock-down (masked
-   and read-only paths, read-only root); rlimits, oom score, HOME; resolve
+   (before /proc/sys turns read-only), the cwd, then the lock-down (read-only
+   and masked paths, read-only root); rlimits, oom score, HOME; resolve
    the executable (a missing one is reported now, at create, as runc does);
 4. drop to the process's user and capabilities, no_new_privs;
 5. load the sentry's seccomp filter and hand its listener to the sandbox;
@@ -366,7 +366,7 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         rootfs_mod.finish_in_container(config)
 
         # runc's order: mounts, console, names, sysctls, the cwd, then the
-        # lock-down (masks, read-only /proc/sys and root).
+        # lock-down (read-only /proc/sys and other paths, masks, read-only root).
         if console is not None:
             devices.bind_console(setup_terminal(console))
         if any(ns["type"] == "uts" and not ns.get("path") for ns in linux.get("namespaces") or []):
