@@ -328,7 +328,8 @@ def _exec_child(chan: socket.socket, init_pid: int, cgroup_procs: list[str], con
             initmod.setup_terminal(console)
         cwd = process.get("cwd") or "/"
         os.chdir(cwd)
-        env = [e for e in process.get("env") or [] if "=" in e]
+        envp = initmod.environment(process)
+        env = [f"{k}={v}" for k, v in envp.items()]
         args = process.get("args") or []
         path = initmod.find_executable(args[0], env, cwd)
         libc.cloexec_from(3 + preserve_fds)  # stdio and --preserve-fds only, as runc exec
@@ -342,7 +343,6 @@ def _exec_child(chan: socket.socket, init_pid: int, cgroup_procs: list[str], con
         chan.send(b"ready")
         if chan.recv(16) != b"start":
             return 1
-        envp = dict(e.split("=", 1) for e in env)
         try:
             os.execve(path, args, envp)
         except OSError as err:

@@ -24,6 +24,8 @@ import sys
 
 #: (log_file, log_format, debug) from configure(), applied at the first message
 _pending: tuple[str | None, str, bool] | None = None
+#: the --log file configure() was given, if any
+_log_file: str | None = None
 
 
 class Logger:
@@ -64,10 +66,20 @@ def get_logger(name: str) -> Logger:
 def configure(log_file: str | None, log_format: str = "text", debug: bool = False) -> None:
     """Record the CLI's logging flags; they take effect at the first message
     (at once if ``logging`` is already in use)."""
-    global _pending
+    global _pending, _log_file
     _pending = (log_file, log_format, debug)
+    _log_file = log_file
     if "logging" in sys.modules:
         _apply()
+
+
+def warn_user(msg: str) -> None:
+    """A warning for the person at the CLI, as runc gives one: into the --log
+    file when there is one, else one line on stderr. Only the CLI process
+    calls this (an actor's stderr may be the container's)."""
+    get_logger("zentry").warning("%s", msg)
+    if _log_file is None:
+        sys.stderr.write(f"zentry: warning: {msg}\n")
 
 
 def shutdown() -> None:

@@ -11,6 +11,7 @@ passed as argv[0] (sh cannot), the hook's path is.
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import NamedTuple
 
@@ -58,7 +59,12 @@ def _die_with_runner() -> None:
 def run_one(kind: str, hook: dict, state: dict) -> HookResult:
     path = hook["path"]
     args = list(hook.get("args") or [path])[1:]
-    env = dict(e.split("=", 1) for e in hook.get("env") or [] if "=" in e)
+    # No "env": the runtime's own environment, as runc (Go's exec with a nil Env)
+    # gives; an "env" list, even an empty one, is the whole environment.
+    if hook.get("env") is None:
+        env = dict(os.environ)
+    else:
+        env = dict(e.split("=", 1) for e in hook["env"] if "=" in e)
     timeout = hook.get("timeout") or DEFAULT_TIMEOUT
     import sh  # only when there is a hook: it costs ~40 ms to import
 

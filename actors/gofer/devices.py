@@ -1,9 +1,9 @@
 """The container's /dev: default devices, linux.devices, and the /dev links.
 
-Default devices (runtime-linux.md) are the host's own nodes bind-mounted onto
-empty files, which works even where mknod is refused (user namespaces, nodev
-filesystems). ``linux.devices`` entries are made with mknod and fall back to
-a bind mount of the host node at the same path.
+Default devices (runtime-linux.md) and ``linux.devices`` entries are made
+with mknod, as runc makes them, and fall back to a bind mount of the host's
+node at the same path where mknod is refused; with a user namespace the
+host's nodes are bound (as runc does there).
 """
 
 from __future__ import annotations
@@ -106,20 +106,35 @@ def make_device(root_fd: int, dev: dict, *, bind_only: bool = False) -> None:
         os.close(dir_fd)
 
 
+def _make_default_device(root_fd: int, path: str) -> None:
+    """A default device as runc makes it outside a user namespace: a node (mknod,
+    0666, root's) with the host's numbers; over a file that is something else,
+    or where mknod is refused, the host's node bound."""
+    rdev = os.stat(path).st_rdev
+    dev = {"path": path, "type": "c", "major": os.major(rdev), "minor": os.minor(rdev), "fileMode": 0o666, "uid": 0, "gid": 0}
+    try:
+        make_device(root_fd, dev)
+    except ConfigError:
+        _bind_host_node(root_fd, path, path)
+
+
 def create_devices(root_fd: int, config: dict, rootfs: str) -> None:
     """Default devices, linux.devices and /dev/ptmx inside the root at ``root_fd``."""
     devices = (config.get("linux") or {}).get("devices") or []
     if not isinstance(devices, list):
         raise ConfigError("linux.devices is not a list")
     listed = {container_path(d["path"]) for d in devices if isinstance(d, dict) and isinstance(d.get("path"), str)}
+    bind_only = any(isinstance(ns, dict) and ns.get("type") == "user" for ns in (config.get("linux") or {}).get("namespaces") or [])
     for path in DEFAULT_DEVICES:
         if path in listed:
             continue
         try:
-            _bind_host_node(root_fd, path, path)
+            if bind_only:
+                _bind_host_node(root_fd, path, path)
+            else:
+                _make_default_device(root_fd, path)
         except OSError as err:
-            raise SystemFailure(f'cannot bind-mount device "{path}" (rootfs {rootfs}): {err}') from err
-    bind_only = any(isinstance(ns, dict) and ns.get("type") == "user" for ns in (config.get("linux") or {}).get("namespaces") or [])
+            raise SystemFailure(f'cannot create device "{path}" (rootfs {rootfs}): {err}') from err
     for dev in devices:
         try:
             make_device(root_fd, dev, bind_only=bind_only)
@@ -148,3 +163,14 @@ def create_dev_symlinks() -> None:
             os.symlink(target, link)
         except OSError as err:
             raise SystemFailure(f'cannot link "{link}" to "{target}": {err}') from err
+
+
+def bind_console(pty: str) -> None:
+    """/dev/console: the container's terminal (a pty slave of its devpts) bound
+    over an empty file, as runtime-linux.md asks when process.terminal is set."""
+    try:
+        if not os.path.lexists("/dev/console"):
+            os.close(os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+        libc.mount(pty, "/dev/console", None, libc.MS_BIND, None)
+    except OSError as err:
+        raise SystemFailure(f'cannot bind the terminal "{pty}" on "/dev/console": {err}') from err

@@ -111,12 +111,6 @@ _ST_TO_MS = {
     0x100: L.MS_NOSYMFOLLOW,  # ST_NOSYMFOLLOW
 }
 
-#: filesystems that must be mounted from inside the container's namespaces
-#: (proc shows the mounter's pid namespace, sysfs its network namespace,
-#: mqueue its IPC namespace, cgroup its cgroup namespace).
-IN_CONTAINER_TYPES = frozenset({"proc", "sysfs", "mqueue", "cgroup", "cgroup2"})
-
-
 class MountOptions(NamedTuple):
     """The OCI ``options`` of one mount, sorted by how they reach the kernel."""
 
@@ -204,31 +198,22 @@ def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
-def plan_in_container(mounts: list[dict]) -> list[bool]:
-    """For each entry, whether it is mounted inside the container (True) or by the gofer.
+#: what may be mounted below /proc (as runc allows: lxcfs-style files)
+PROC_FILES = frozenset({
+    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps", "/proc/uptime",
+    "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev", "/proc/sys/kernel/ns_last_pid",
+})
 
-    proc, sysfs, mqueue and cgroup are, and so is everything mounted below one
-    of them (it would be hidden otherwise). A bind mount there is refused: its
-    host source is out of reach once the container has pivoted.
-    """
-    inside: list[str] = []
-    plan = []
-    for entry in mounts:
+
+def check_destinations(entries: list[dict]) -> None:
+    """runc's rule for /proc: only a proc file system on /proc itself, and below it
+    only the files of ``PROC_FILES`` (what lxcfs provides)."""
+    for i, entry in enumerate(entries):
         dest = destination(entry)
-        opts = parse_options(entry.get("options"))
-        bind = is_bind(entry, opts)
-        parent = next((top for top in inside if _under(dest, top)), None)
-        if (entry.get("type") in IN_CONTAINER_TYPES and not bind) or parent is not None:
-            if bind:
-                raise ConfigError(
-                    f'cannot bind-mount "{entry.get("source")}" on "{dest}": it lies under "{parent}", '
-                    "which is mounted inside the container (unsupported)"
-                )
-            inside.append(dest)
-            plan.append(True)
-        else:
-            plan.append(False)
-    return plan
+        if dest == "/proc" and entry.get("type") != "proc":
+            raise ConfigError(f'mounts[{i}]: only a proc file system may be mounted on "/proc"')
+        if _under(dest, "/proc") and dest != "/proc" and dest not in PROC_FILES:
+            raise ConfigError(f'mounts[{i}]: "{dest}" cannot be mounted because it is inside /proc')
 
 
 def selinux_data(data: str | None, label: str | None) -> str | None:
@@ -282,6 +267,16 @@ def finish_mount(target: str, opts: MountOptions) -> None:
             os.close(fd)
 
 
+def tmpfs_data(fstype: str | None, opts: MountOptions, mount_point_mode: int) -> str | None:
+    """The data string; a tmpfs without ``mode=`` takes the mode of its mount
+    point (made 0755 when missing), as with runc, not tmpfs's own 1777."""
+    data = opts.data_string
+    if fstype != "tmpfs" or any(d.startswith("mode=") for d in opts.data):
+        return data
+    mode = f"mode={mount_point_mode:04o}"
+    return f"{mode},{data}" if data else mode
+
+
 def bind_source(entry: dict, bundle_dir: str) -> str:
     source = entry.get("source")
     if not isinstance(source, str) or not source:
@@ -289,33 +284,83 @@ def bind_source(entry: dict, bundle_dir: str) -> str:
     return source if os.path.isabs(source) else os.path.join(bundle_dir, source)
 
 
-def mount_in_root(root_fd: int, entry: dict, bundle_dir: str, rootfs: str, label: str | None = None) -> None:
-    """Perform one gofer-side mount entry below ``root_fd`` (the container's "/")."""
+def clone_source(entry: dict, bundle_dir: str, rootfs: str) -> int | None:
+    """A detached copy (open_tree) of a bind entry's source, None for other entries.
+
+    Made where the host's paths are reachable with the host's rights (in a
+    user namespace the container's root may not be able to reach them), and
+    attached by ``mount_in_root`` later, in the container's mount namespace.
+    """
+    opts = parse_options(entry.get("options"))
+    if not is_bind(entry, opts):
+        return None
+    source = bind_source(entry, bundle_dir)
+    try:
+        return clone_tree(source, recursive=opts.recursive)
+    except FileNotFoundError as err:
+        raise ConfigError(f'cannot bind-mount "{source}" on "{destination(entry)}" (rootfs {rootfs}): source does not exist') from err
+    except OSError as err:
+        raise SystemFailure(f'cannot bind-mount "{source}" on "{destination(entry)}" (rootfs {rootfs}): {err}') from err
+
+
+#: <asm/unistd_64.h>, <linux/mount.h>: open_tree(2) and move_mount(2)
+SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
+AT_FDCWD = -100
+
+
+def clone_tree(path: str, *, recursive: bool = True) -> int:
+    """A detached copy of the mount (tree) at ``path``: open_tree(OPEN_TREE_CLONE), close-on-exec."""
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | (L.AT_RECURSIVE if recursive else 0)
+    return L.raw_syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(path), flags)
+
+
+def attach_at(tree: int, path: str) -> None:
+    """Attach the detached mount ``tree`` at ``path`` (not a /proc/self/fd link: see ``attach``)."""
+    L.raw_syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, os.fsencode(path), MOVE_MOUNT_F_EMPTY_PATH)
+
+
+def attach(tree: int, target_fd: int) -> None:
+    """Attach the detached mount ``tree`` (open_tree) on the file ``target_fd`` names
+    (the fd itself: move_mount does not follow a /proc/self/fd link)."""
+    L.raw_syscall(SYS_MOVE_MOUNT, tree, b"", target_fd, b"", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)
+
+
+def mount_in_root(root_fd: int, entry: dict, source_tree: int | None, rootfs: str, label: str | None = None) -> None:
+    """Perform one mount entry below ``root_fd`` (the container's "/", not yet pivoted).
+
+    ``source_tree``: a bind's source from ``clone_source``. proc, sysfs and
+    mqueue show the namespaces of the process that mounts them: the caller
+    is in the container's.
+    """
     from zentry.actors.gofer.resolve import ensure_in_root, open_in_root
 
     dest = destination(entry)
     fstype = entry.get("type") or None
     opts = parse_options(entry.get("options"))
     bind = is_bind(entry, opts)
-    source = bind_source(entry, bundle_dir) if bind else (entry.get("source") or fstype)
+    source = entry.get("source") or fstype
     what = source if bind else fstype or source
     fds: list[int] = []
     try:
         if bind:
-            try:
-                is_dir = stat.S_ISDIR(os.stat(source).st_mode)
-            except FileNotFoundError as err:
-                raise ConfigError(f'cannot bind-mount "{source}" on "{dest}" (rootfs {rootfs}): source does not exist') from err
+            if source_tree is None:
+                raise SystemFailure(f'bind mount on "{dest}": its source was not prepared (clone_source)')
+            is_dir = stat.S_ISDIR(os.fstat(source_tree).st_mode)
         else:
             is_dir = True
         fds.append(ensure_in_root(root_fd, dest, directory=is_dir))
+        mount_point_mode = stat.S_IMODE(os.fstat(fds[-1]).st_mode)
         target = fd_path(fds[-1])
         if bind:
-            L.mount(source, target, None, L.MS_BIND | (L.MS_REC if opts.recursive else 0), None)
+            attach(source_tree, fds[-1])
+        elif fstype in ("proc", "sysfs"):
+            L.mount(source, target, fstype, opts.flags, opts.data_string)  # no SELinux label there
         else:
             if opts.tmpcopyup:
                 fds.append(os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-            data = selinux_data(opts.data_string, label)
+            data = selinux_data(tmpfs_data(fstype, opts, mount_point_mode), label)
             L.mount(source, target, fstype, opts.flags, data)
         fds.append(open_in_root(root_fd, dest, os.O_PATH))
         target = fd_path(fds[-1])

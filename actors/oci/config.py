@@ -17,12 +17,11 @@ import re
 import stat
 
 from zentry.bus.errors import ConfigError
-from zentry.bus.log import get_logger
+from zentry.bus.log import warn_user
 
 from .limits import MAX_CONFIG_BYTES, MAX_INT_DIGITS, bus_limit_error, device_error, env_error, range_error
 from .schema import first_config_error
 
-log = get_logger(__name__)
 
 #: the ociVersion range zentry accepts (see features.py)
 OCI_VERSION_MIN = (1, 0, 0)
@@ -56,8 +55,15 @@ def load_bundle(bundle_dir: str, *, require_process: bool = True) -> dict:
     """
     bundle = os.path.abspath(bundle_dir)
     config = parse_config(read_config_file(bundle))
-    check_config(config, bundle, require_process=require_process)
+    for warning in check_config(config, bundle, require_process=require_process):
+        warn_user(f"config.json: {warning}")
     config["root"]["path"] = resolve_root(config, bundle)
+    # a bind's relative source is relative to the bundle (the actors never see it)
+    for mount in config.get("mounts") or []:
+        source = mount.get("source")
+        binds = mount.get("type") == "bind" or any(o in ("bind", "rbind") for o in mount.get("options") or [])
+        if binds and isinstance(source, str) and source and not os.path.isabs(source):
+            mount["source"] = os.path.join(bundle, source)
     # a user namespace joined by path: its mappings, for the gofer and the sandbox
     from .userns import complete_mappings
 
@@ -117,7 +123,7 @@ def parse_config(raw: bytes | str) -> dict:
         raise ConfigError(f"invalid config.json: not valid JSON: {reason}{where}") from err
     except RecursionError:
         raise ConfigError("invalid config.json: not valid JSON: nested too deeply") from None
-    error = bus_limit_error(config) or first_config_error(config)
+    error = bus_limit_error(config) or first_config_error(_as_the_schema_spells_it(config))
     if error is not None:
         raise ConfigError(f"invalid config.json: {error}")
     return config
@@ -132,6 +138,21 @@ def _utf8_text(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"invalid config.json: not valid JSON: not UTF-8 text (byte {err.start})") from None
+
+
+#: linux.rootfsPropagation values runc and crun accept beside the spec's four
+#: (the propagation is applied recursively either way)
+RECURSIVE_PROPAGATION = {"rprivate": "private", "rshared": "shared", "rslave": "slave", "runbindable": "unbindable"}
+
+
+def _as_the_schema_spells_it(config: object) -> object:
+    """``config`` with what runc accepts beyond the schema spelled the schema's way
+    (for the schema check only: the document itself is kept as written)."""
+    linux = config.get("linux") if isinstance(config, dict) else None
+    if isinstance(linux, dict) and linux.get("rootfsPropagation") in RECURSIVE_PROPAGATION:
+        linux = dict(linux, rootfsPropagation=RECURSIVE_PROPAGATION[linux["rootfsPropagation"]])
+        return dict(config, linux=linux)
+    return config
 
 
 def _no_constant(name: str) -> None:
@@ -167,17 +188,18 @@ def _fail(where: str, what: str) -> ConfigError:
 def check_config(config: dict, bundle: str, *, require_process: bool = True) -> list[str]:
     """The semantic rules; raises ``ConfigError`` on the first broken one.
 
-    ``config`` must already be schema-valid. Returns warnings (also logged)
-    for settings that are suspicious but allowed.
+    ``config`` must already be schema-valid. Returns warnings for settings
+    that are ignored or suspicious but allowed (``load_bundle`` shows them).
     """
     warnings: list[str] = []
     _check_version(config["ociVersion"])
     _check_root(config, bundle)
-    _check_process(config, require_process)
+    _check_process(config, require_process, warnings)
     bad_value = env_error(config) or device_error(config) or range_error(config)
     if bad_value:
         raise ConfigError(f"invalid config.json: {bad_value}")
     _check_namespaces(config, warnings)
+    _check_sysctls(config)
     for i, mount in enumerate(config.get("mounts", [])):
         dest = mount["destination"]
         if not os.path.isabs(dest):
@@ -186,8 +208,6 @@ def check_config(config: dict, bundle: str, *, require_process: bool = True) -> 
         for i, hook in enumerate(config.get("hooks", {}).get(kind, [])):
             if not os.path.isabs(hook["path"]):
                 raise _fail(f"hooks.{kind}[{i}].path", f'"{hook["path"]}" must be an absolute path')
-    for warning in warnings:
-        log.warning("config.json: %s", warning)
     return warnings
 
 
@@ -211,7 +231,7 @@ def _check_root(config: dict, bundle: str) -> None:
         raise _fail("root.path", f'"{root}" is not a directory')
 
 
-def _check_process(config: dict, require_process: bool) -> None:
+def _check_process(config: dict, require_process: bool, warnings: list[str]) -> None:
     process = config.get("process")
     if process is None:
         if require_process:
@@ -221,6 +241,12 @@ def _check_process(config: dict, require_process: bool) -> None:
         raise _fail("process.args", "must be a non-empty array")
     if not os.path.isabs(process["cwd"]):
         raise _fail("process.cwd", f'"{process["cwd"]}" must be an absolute path')
+    if process.get("capabilities"):
+        from zentry.actors.sandbox import caps
+
+        ignored = caps.unknown(process["capabilities"])
+        if ignored:
+            warnings.append(f"process.capabilities: ignoring unknown or unavailable capabilities: {', '.join(ignored)}")
     seen: set[str] = set()
     for i, rlimit in enumerate(process.get("rlimits", [])):
         if rlimit["type"] in seen:
@@ -243,9 +269,12 @@ def _check_namespaces(config: dict, warnings: list[str]) -> None:
         if path:
             if not os.path.isabs(path):
                 raise _fail(f"linux.namespaces[{i}].path", f'"{path}" must be an absolute path')
+            _check_namespace_file(f"linux.namespaces[{i}].path", kind, path)
         else:
             new.add(kind)
 
+    if "mount" in seen and "mount" not in new and "user" in seen:
+        raise _fail("linux.namespaces", "a mount namespace joined by path together with a user namespace is not supported by zentry")
     has_uid, has_gid = bool(linux.get("uidMappings")), bool(linux.get("gidMappings"))
     if "user" in new and not (has_uid and has_gid):
         raise _fail("linux", "a new user namespace needs both uidMappings and gidMappings")
@@ -262,3 +291,87 @@ def _check_namespaces(config: dict, warnings: list[str]) -> None:
         raise _fail("domainname", "setting a domainname needs a private uts namespace")
     if linux.get("timeOffsets") and "time" not in new:
         raise _fail("linux.timeOffsets", "time offsets need a new time namespace")
+
+
+#: IPC sysctls that are not under fs.mqueue. (namespaced with the ipc namespace)
+IPC_SYSCTLS = frozenset({
+    "kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+    "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced",
+})
+
+
+def sysctl_name(key: str) -> str:
+    """``key`` in dotted form: ``net/ipv4/conf/eth0.100/rp_filter`` (sysctl.d's
+    slash form, first separator "/") becomes ``net.ipv4.conf.eth0/100.rp_filter``."""
+    first = min((i for i in (key.find("."), key.find("/")) if i >= 0), default=-1)
+    if first < 0 or key[first] == ".":
+        return key
+    return key.translate(str.maketrans("./", "/."))
+
+
+def sysctl_path(key: str) -> str:
+    """The file under /proc/sys of a sysctl given in either form."""
+    return "/proc/sys/" + sysctl_name(key).translate(str.maketrans("./", "/."))
+
+
+def _same_namespace(path: str, kind: str) -> bool:
+    """Whether the namespace at ``path`` is this process's own ``kind`` namespace."""
+    try:
+        there, here = os.stat(path), os.stat(f"/proc/self/ns/{kind}")
+    except OSError:
+        return False  # a bad path is reported when the container joins it
+    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
+
+
+#: <linux/nsfs.h>: _IO(0xb7, 0x3), the CLONE_NEW* type of a namespace file
+NS_GET_NSTYPE = 0xB703
+
+
+def _check_namespace_file(where: str, kind: str, path: str) -> None:
+    """``path`` must be a namespace of type ``kind`` (the spec: anything else is an error)."""
+    import fcntl
+
+    from zentry.sentry.abi.libc import NAMESPACES
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise _fail(where, f'cannot open "{path}": {os.strerror(err.errno or 0).lower()}') from err
+    try:
+        actual = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError as err:
+        raise _fail(where, f'"{path}" is not a namespace') from err
+    finally:
+        os.close(fd)
+    if actual != NAMESPACES[kind][0]:
+        found = next((name for name, (flag, _) in NAMESPACES.items() if flag == actual), hex(actual))
+        raise _fail(where, f'"{path}" is not a {kind} namespace (it is {found})')
+
+
+def _check_sysctls(config: dict) -> None:
+    """linux.sysctl may only name sysctls of namespaces the container does not share
+    with the host (as runc's validator): anything else would change the host's value."""
+    linux = config.get("linux", {})
+    sysctls = linux.get("sysctl") or {}
+    if not sysctls:
+        return
+    namespaces = {ns["type"]: ns.get("path") or "" for ns in linux.get("namespaces", [])}
+    for key in sysctls:
+        name = sysctl_name(key)
+        where, what = "linux.sysctl", f'"{key}"'
+        if name in IPC_SYSCTLS or name.startswith("fs.mqueue."):
+            if "ipc" not in namespaces:
+                raise _fail(where, f"{what} needs a private ipc namespace (it would change the host's)")
+        elif name.startswith("net."):
+            if "network" not in namespaces:
+                raise _fail(where, f"{what} needs a private network namespace (it would change the host's)")
+            if namespaces["network"] and _same_namespace(namespaces["network"], "net"):
+                raise _fail(where, f"{what} is not allowed in the host's network namespace (linux.namespaces joins it)")
+        elif name == "kernel.domainname" and "uts" in namespaces:
+            pass
+        elif name == "kernel.hostname" and "uts" in namespaces:
+            raise _fail(where, f'{what} conflicts with the "hostname" field: set that instead')
+        elif name in ("kernel.hostname", "kernel.domainname"):
+            raise _fail(where, f"{what} needs a private uts namespace (it would change the host's)")
+        else:
+            raise _fail(where, f"{what} is not in a namespace of the container (it would change the host's)")

@@ -11,10 +11,7 @@ and ``linux.gidMappings``. This module owns what every actor needs of them:
   process that has just made a new user namespace. As runc does when it is
   privileged, ``/proc/PID/setgroups`` is left at "allow" (``process.user
   .additionalGids`` need setgroups(2) inside); the kernel only forces
-  "deny" on unprivileged writers;
-- ``to_host`` turns a container id into the host id it stands for (the
-  gofer, which works in the initial user namespace, uses it for tmpfs and
-  devpts ``uid=``/``gid=`` and for device owners).
+  "deny" on unprivileged writers.
 """
 
 from __future__ import annotations
@@ -51,25 +48,6 @@ def parse_map(text: str) -> list[dict]:
             inside, outside, size = map(int, fields)
             out.append({"containerID": inside, "hostID": outside, "size": size})
     return out
-
-
-def to_host(mappings: list[dict] | None, container_id: int) -> int | None:
-    """The host id that ``container_id`` maps to, or None when it is not mapped."""
-    for m in mappings or []:
-        start, size = int(m["containerID"]), int(m["size"])
-        if start <= container_id < start + size:
-            return int(m["hostID"]) + container_id - start
-    return None
-
-
-def host_id(config: dict, kind: str, container_id: int) -> int:
-    """``container_id`` (a ``uid`` or ``gid``) as the host sees it; unchanged without a user namespace."""
-    if user_namespace(config) is None:
-        return container_id
-    mapped = to_host((config.get("linux") or {}).get(f"{kind}Mappings"), container_id)
-    if mapped is None:
-        raise ConfigError(f"{kind} {container_id} is not mapped in the container's user namespace (linux.{kind}Mappings)")
-    return mapped
 
 
 def write_mappings(pid: int, config: dict) -> None:
@@ -153,33 +131,3 @@ def complete_mappings(config: dict) -> None:
 
 def _normal(mappings: list[dict]) -> list[tuple[int, int, int]]:
     return sorted((int(m["containerID"]), int(m["hostID"]), int(m["size"])) for m in mappings)
-
-
-#: filesystems the gofer mounts whose ``uid=``/``gid=`` options name owners
-_ID_OPTION_TYPES = frozenset({"tmpfs", "devpts"})
-
-
-def mount_for_host(config: dict, entry: dict) -> dict:
-    """A ``mounts`` entry as the gofer must perform it, from the initial user namespace.
-
-    Inside a user namespace (as runc mounts them) a tmpfs belongs to the
-    container's root, and ``uid=``/``gid=`` name container ids. The gofer
-    mounts from outside, so these become host ids, and a tmpfs without an
-    owner gets the container root's. Other entries come back unchanged.
-    """
-    if user_namespace(config) is None or entry.get("type") not in _ID_OPTION_TYPES:
-        return entry
-    options = list(entry.get("options") or [])
-    if "bind" in options or "rbind" in options:
-        return entry
-    out = []
-    for opt in options:
-        key, eq, value = opt.partition("=")
-        if eq and key in ("uid", "gid") and value.isdigit():
-            opt = f"{key}={host_id(config, key, int(value))}"
-        out.append(opt)
-    if entry["type"] == "tmpfs":
-        for key in ("uid", "gid"):
-            if not any(o.startswith(key + "=") for o in out):
-                out.append(f"{key}={host_id(config, key, 0)}")
-    return dict(entry, options=out)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 
-from zentry.bus.errors import ConfigError
 from zentry.sentry.abi import libc
 
 #: CAP_* name -> number, <linux/capability.h>
@@ -23,6 +23,7 @@ CAPS: dict[str, int] = {
     )
 }
 
+@lru_cache(maxsize=1)
 def last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
@@ -31,13 +32,31 @@ def last_cap() -> int:
         return max(CAPS.values())
 
 
+def _number(name: str) -> int | None:
+    """The capability's number if this kernel has it, else None."""
+    upper = name.upper()
+    number = CAPS.get(upper if upper.startswith("CAP_") else "CAP_" + upper)
+    return number if number is not None and number <= last_cap() else None
+
+
+def unknown(capabilities: dict | None) -> list[str]:
+    """Names in process.capabilities that are unknown or that this kernel lacks."""
+    out: list[str] = []
+    for names in (capabilities or {}).values():
+        for name in names or []:
+            if _number(name) is None and name not in out:
+                out.append(name)
+    return out
+
+
 def mask(names: list[str] | None) -> int:
+    """The bit mask of ``names``; unknown or unavailable ones are ignored, as runc
+    does (config.check_config warns about them at create)."""
     bits = 0
     for name in names or []:
-        number = CAPS.get(name.upper() if name.upper().startswith("CAP_") else "CAP_" + name.upper())
-        if number is None:
-            raise ConfigError(f"unknown capability {name!r}")
-        bits |= 1 << number
+        number = _number(name)
+        if number is not None:
+            bits |= 1 << number
     return bits
 
 

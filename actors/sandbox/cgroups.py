@@ -39,6 +39,8 @@ V1_CONTROLLERS = (
     "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices",
     "hugetlb", "net_cls", "net_prio",
 )
+#: the key of a hybrid host's cgroup2 hierarchy among the v1 ``mounts``
+HYBRID_UNIFIED = "unified"
 #: v2 controllers enabled for a container's subtree, when the host offers them
 V2_CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids", "hugetlb")
 
@@ -81,12 +83,21 @@ class Hierarchy(Value):
             if fstype != "cgroup":
                 continue
             for opt in options.split(","):
-                if opt in V1_CONTROLLERS:
+                # named hierarchies (name=systemd) too: runc puts a container in
+                # each, and its view of /sys/fs/cgroup binds its own cgroup there
+                if opt in V1_CONTROLLERS or opt.startswith("name="):
                     by_controller.setdefault(opt, point)
         if not by_controller:
             raise Unsupported("no cgroup file system is mounted on this host")
-        return cls(version=1, root=CGROUP_ROOT, mounts=by_controller,
-                   own={c: own.get(c, "/") for c in by_controller})
+        owned = {c: own.get(c, "/") for c in by_controller}
+        # A hybrid host's cgroup2 (no controllers of its own): a container is
+        # placed there too, as runc does (its /proc/self/cgroup "0::" line).
+        for point, fstype, _ in mounts:
+            if fstype == "cgroup2":
+                by_controller[HYBRID_UNIFIED] = point
+                owned[HYBRID_UNIFIED] = own.get("", "/")
+                break
+        return cls(version=1, root=CGROUP_ROOT, mounts=by_controller, own=owned)
 
     @classmethod
     def unified(cls, root: str, own: str = "/") -> "Hierarchy":
@@ -265,13 +276,15 @@ class Cgroup:
                 try:
                     _makedirs(mount, where, cpuset=(ctrl == "cpuset"))
                     break
-                except FileNotFoundError:
-                    # the shared default parent was removed by a concurrent
-                    # destroy (see destroy()): make it again
+                except OSError as err:
+                    # ENOENT, or ENODEV while the kernel still tears it down: the
+                    # shared default parent was removed by a concurrent destroy
+                    # (see destroy()): make it again
+                    if err.errno not in (errno.ENOENT, errno.ENODEV):
+                        raise SystemFailure(f"cannot create cgroup {where}: {err.strerror}") from err
                     if attempt == 2:
                         raise SystemFailure(f"cannot create cgroup {where}: its parent keeps disappearing") from None
-                except OSError as err:
-                    raise SystemFailure(f"cannot create cgroup {where}: {err.strerror}") from err
+                    time.sleep(0.01)
 
     def _create_v2(self) -> None:
         root, where = self.hierarchy.root, self._dirs[""]
@@ -663,6 +676,7 @@ def _apply_v1(cg: Cgroup, res: dict) -> None:
         if cpu.get("realtimePeriod"):
             _write(where, "cpu.rt_period_us", cpu["realtimePeriod"])
         if cpu.get("realtimeRuntime"):
+            _reserve_rt_runtime(cg.hierarchy.mounts["cpu"], where, cpu["realtimeRuntime"])
             _write(where, "cpu.rt_runtime_us", cpu["realtimeRuntime"])
         if "idle" in cpu:
             _write(where, "cpu.idle", cpu["idle"])
@@ -729,6 +743,38 @@ def _apply_v1_memory(where: str, mem: dict) -> None:
         _write(where, "memory.kmem.tcp.limit_in_bytes", mem["kernelTCP"])
     if mem.get("disableOOMKiller"):
         _write(where, "memory.oom_control", "1")
+
+
+def _reserve_rt_runtime(mount: str, where: str, runtime: int) -> None:
+    """Give the ancestors of ``where`` the realtime runtime it asks for.
+
+    A cgroup's children share its cpu.rt_runtime_us, and a new cgroup has
+    none: a container under zentry's parent (or any parent made for it)
+    could never get realtime time. runc puts a container directly below the
+    root, whose runtime is the system's; we raise each ancestor below the
+    root, top down, to what its children hold plus ``runtime`` (never
+    lowering one). The root's own budget (the kernel's sched_rt_runtime_us)
+    is the limit, as with runc.
+    """
+    if runtime <= 0:
+        return
+    rel = os.path.relpath(os.path.dirname(where), mount)
+    node = mount
+    for part in [] if rel == "." else rel.split("/"):
+        node = os.path.join(node, part)
+        held = 0
+        for entry in os.scandir(node):
+            if entry.is_dir(follow_symlinks=False):
+                try:
+                    held += max(0, _read_int(os.path.join(entry.path, "cpu.rt_runtime_us")))
+                except (OSError, ValueError):
+                    pass
+        try:
+            have = _read_int(os.path.join(node, "cpu.rt_runtime_us"))
+        except (OSError, ValueError):
+            continue
+        if 0 <= have < held + runtime:
+            _write(node, "cpu.rt_runtime_us", held + runtime)
 
 
 def _set_v1_cfs(where: str, period: int | None, quota: int | None) -> None:

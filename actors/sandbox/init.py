@@ -7,10 +7,13 @@ sandbox over a SOCK_SEQPACKET pair (``chan``):
 
 1. wait for ``go`` (the sandbox has put us in the container's cgroup);
 2. join or create namespaces; join a *copy* of the gofer's mount namespace
-   (the root the gofer prepared), pivot into it, finish /proc, masked and
-   read-only paths;
-3. hostname, sysctls, rlimits, oom score, terminal, cwd, resolve the
-   executable (a missing one is reported now, at create, as runc does);
+   (the root the gofer prepared), make every ``mounts`` entry in the order
+   listed and the devices (bind sources cloned with the host's rights),
+   pivot into it;
+3. in runc's order: the terminal (and /dev/console), hostname, sysctls
+   (before /proc/sys turns read-only), the cwd, then the lock-down (read-only
+   and masked paths, read-only root); rlimits, oom score, HOME; resolve
+   the executable (a missing one is reported now, at create, as runc does);
 4. drop to the process's user and capabilities, no_new_privs;
 5. load the sentry's seccomp filter and hand its listener to the sandbox;
 6. say ``ready``; wait for ``start``; execve.
@@ -33,8 +36,10 @@ from zentry.actors.controller import hooks
 from zentry.actors.sandbox import caps
 from zentry.bus import fdpass
 from zentry.bus.errors import ConfigError, ExecNotFound, ExecPermission, SystemFailure, ZentryError, to_wire
+from zentry.actors.gofer import devices
 from zentry.actors.gofer import rootfs as rootfs_mod
 from zentry.actors.oci import PRESERVE_FDS_ANNOTATION
+from zentry.actors.oci.config import sysctl_path
 from zentry.sentry import filter as sentry_filter
 from zentry.sentry.abi import libc
 
@@ -158,12 +163,17 @@ def enter_user_namespace(chan: socket.socket, config: dict, gofer_pid: int, root
     ``chan``. Then we become the namespace's root, so the pid namespace and
     every namespace the init creates belong to it, and files it creates are
     owned by the mapped root. We also step into the container's root while
-    its path is still searchable (see ``rootfs.enter_rootfs``), and import
-    what the hooks need while the host's Python files are still readable.
+    its path is still searchable (see ``rootfs.enter_rootfs``), clone the
+    bind sources and make the mount points in the bundle's rootfs while we
+    have the host's rights (``rootfs.keep_bind_sources``), and import what
+    the hooks need while the host's Python files are still readable.
     """
     ns = next(ns for ns in config["linux"]["namespaces"] if ns["type"] == "user")
     _import_for_hooks(config)
     join_gofer_mounts(gofer_pid)
+    # bind sources, with the host's rights (the container's root may not reach
+    # them); load_bundle made relative ones absolute
+    rootfs_mod.keep_bind_sources(config, "", rootfs)
     os.chdir(rootfs)
     if ns.get("path"):
         join_namespace("user", ns["path"], libc.CLONE_NEWUSER)
@@ -203,6 +213,16 @@ def _setgroups_denied() -> bool:
         return False
 
 
+def apply_sysctls(sysctls: dict) -> None:
+    """Write linux.sysctl (config.check_config has refused the host's own)."""
+    for key, value in sysctls.items():
+        try:
+            with open(sysctl_path(key), "w") as f:
+                f.write(str(value))
+        except OSError as err:
+            raise ConfigError(f"cannot set sysctl {key}={value}: {err.strerror}") from err
+
+
 def apply_rlimits(process: dict) -> None:
     for rl in process.get("rlimits") or []:
         number = RLIMITS.get(rl["type"])
@@ -228,8 +248,10 @@ def apply_user(process: dict) -> None:
     libc.prctl(libc.PR_SET_KEEPCAPS, 0)
 
 
-def setup_terminal(console: socket.socket) -> None:
-    """Open a pty in the container's devpts, send the master, make the slave our tty."""
+def setup_terminal(console: socket.socket) -> str:
+    """Open a pty in the container's devpts, send the master, make the slave our tty.
+
+    Returns the slave's path (for /dev/console)."""
     master, slave = os.openpty()
     try:
         socket.send_fds(console, [b"/dev/ptmx"], [master])
@@ -238,10 +260,39 @@ def setup_terminal(console: socket.socket) -> None:
         console.close()
     os.setsid()
     fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    path = os.ttyname(slave)
     for fd in (0, 1, 2):
         os.dup2(slave, fd)
     if slave > 2:
         os.close(slave)
+    return path
+
+
+def environment(process: dict) -> dict[str, str]:
+    """process.env as execve's environment. Without a HOME (or with an empty one),
+    HOME is the home of process.user.uid in the container's /etc/passwd, else "/",
+    as with runc. Read inside the container's root."""
+    envp: dict[str, str] = {}
+    for e in process.get("env") or []:
+        if "=" in e:
+            k, _, v = e.partition("=")
+            envp[k] = v
+    if not envp.get("HOME"):
+        envp["HOME"] = passwd_home(int((process.get("user") or {}).get("uid", 0))) or "/"
+    return envp
+
+
+def passwd_home(uid: int) -> str | None:
+    """The home directory of ``uid`` in /etc/passwd, or None."""
+    try:
+        with open("/etc/passwd", errors="replace") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 6 and fields[2].strip() == str(uid):
+                    return fields[5] or None
+    except OSError:
+        pass
+    return None
 
 
 def preserved_fds(config: dict) -> int:
@@ -274,6 +325,8 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
             raise SystemFailure(f"container init: the sandbox (pid {sandbox_pid}) is not our parent (pid {os.getppid()})")
         process = config.get("process") or {}
         linux = config.get("linux") or {}
+        # Our cgroups, as the host names them: read before a cgroup namespace.
+        cgroup_binds = rootfs_mod.cgroup_binds(config)
 
         console = None
         if process.get("terminal"):
@@ -293,6 +346,14 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         if not user_ns:
             join_gofer_mounts(gofer_pid)
         libc.unshare(libc.CLONE_NEWNS)
+        mount_ns = next((ns for ns in linux.get("namespaces") or [] if ns["type"] == "mount"), None)
+        if mount_ns is not None and mount_ns.get("path"):
+            # as runc: the container's root is set up (and pivoted into) there
+            rootfs_mod.carry_root_into(rootfs, mount_ns["path"])
+        # Every mounts entry in the order listed, then the devices (with a
+        # user namespace our cwd is the root: its path may not be searchable).
+        rootfs_mod.mount_entries(config, state.get("bundle") or "", "." if user_ns else rootfs,
+                                 rootfs_mod.take_bind_sources(), cgroup_binds)
 
         _import_for_hooks(config)
         # createContainer: in the container's namespaces, before pivot_root,
@@ -300,33 +361,31 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         hooks.run_hooks("createContainer", config, state)
 
         rootfs_mod.enter_rootfs(rootfs, user_ns=user_ns)
-        rootfs_mod.finish_in_container(config)
         if user_ns:
             rootfs_mod.detach_old_root()
+        rootfs_mod.finish_in_container(config)
 
+        # runc's order: mounts, console, names, sysctls, the cwd, then the
+        # lock-down (read-only /proc/sys and other paths, masks, read-only root).
+        if console is not None:
+            devices.bind_console(setup_terminal(console))
         if any(ns["type"] == "uts" and not ns.get("path") for ns in linux.get("namespaces") or []):
             if config.get("hostname"):
                 libc.sethostname(config["hostname"])
             if config.get("domainname"):
                 libc.setdomainname(config["domainname"])
-        for key, value in (linux.get("sysctl") or {}).items():
-            path = "/proc/sys/" + key.replace(".", "/")
-            try:
-                with open(path, "w") as f:
-                    f.write(str(value))
-            except OSError as err:
-                raise ConfigError(f"cannot set sysctl {key}={value}: {err.strerror}") from err
+        apply_sysctls(linux.get("sysctl") or {})
+        cwd = process.get("cwd") or "/"
+        rootfs_mod.make_cwd(cwd)
+        rootfs_mod.lock_down(config)
         apply_rlimits(process)
         if "oomScoreAdj" in process:
             with open("/proc/self/oom_score_adj", "w") as f:
                 f.write(str(process["oomScoreAdj"]))
 
-        if console is not None:
-            setup_terminal(console)
-        cwd = process.get("cwd") or "/"
-        os.makedirs(cwd, exist_ok=True)
         os.chdir(cwd)
-        env = [e for e in process.get("env") or [] if "=" in e]
+        envp = environment(process)
+        env = [f"{k}={v}" for k, v in envp.items()]
         args = process.get("args") or []
         path = find_executable(args[0], env, cwd)
         # Nothing but stdio (and --preserve-fds' fds) reaches the container:
@@ -356,10 +415,6 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
             return 1  # the sandbox went away or changed its mind
         # startContainer: in the container, just before the user process.
         hooks.run_hooks("startContainer", config, dict(state, status="created"))
-        envp = {}
-        for e in env:
-            k, _, v = e.partition("=")
-            envp[k] = v
         try:
             os.execve(path, args, envp)
         except OSError as err:

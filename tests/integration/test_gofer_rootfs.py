@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import pytest
 
-from zentry.actors.gofer import cleanup, enter_rootfs, finish_in_container, prepare_rootfs
+from zentry.actors.gofer import cleanup, enter_rootfs, finish_in_container, lock_down, prepare_rootfs
+from zentry.actors.gofer import rootfs as rootfs_mod
 from zentry.sentry.abi import libc
 
 pytestmark = pytest.mark.root
@@ -85,11 +86,24 @@ def as_container(config: dict, bundle: str, mountpoint: str, check: Callable[[],
         pid = os.fork()
         if pid == 0:
             os.close(r)
-            _report(w, lambda: (enter_rootfs(mountpoint), finish_in_container(config), check())[2])
+            def container_side():
+                rootfs_mod.mount_entries(config, bundle, mountpoint, None, rootfs_mod.cgroup_binds(config))
+                enter_rootfs(mountpoint)
+                finish_in_container(config)
+                lock_down(config)
+                return check()
+
+            _report(w, container_side)
         os.close(w)
         return _collect(pid, r)
 
     return ok(ok(in_namespace(gofer_side, libc.CLONE_NEWNS | libc.CLONE_NEWPID)))
+
+
+def build(cfg: dict, bundle: str, mountpoint: str) -> None:
+    """The gofer's root, then every mounts entry and the devices, as the init makes them."""
+    prepare_rootfs(cfg, bundle, mountpoint)
+    rootfs_mod.mount_entries(cfg, bundle, mountpoint, None, None)
 
 
 def mount_points() -> list[str]:
@@ -152,7 +166,7 @@ def test_bind_mounts_read_only_file_and_read_write(bundle):
     )
 
     def scenario():
-        prepare_rootfs(cfg, str(tmp), str(mp))
+        build(cfg, str(tmp), str(mp))
         flags = os.statvfs(mp / "data").f_flag
         with open(mp / "rw" / "written", "w") as f:
             f.write("through the bind")
@@ -180,7 +194,7 @@ def test_recursive_read_only_reaches_submounts(bundle):
 
     def scenario():
         libc.mount("tmpfs", str(src / "sub"), "tmpfs", 0, "size=64k")  # a submount of the source
-        prepare_rootfs(cfg, str(tmp), str(mp))
+        build(cfg, str(tmp), str(mp))
         return {
             "ro_top": write_error(str(mp / "tree" / "x")),
             "ro_sub": write_error(str(mp / "tree" / "sub" / "x")),  # plain ro: the top mount only
@@ -196,7 +210,7 @@ def test_tmpfs_size_mode_and_tmpcopyup(bundle):
     cfg = config(rootfs, TMP, {"destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup", "mode=755"]})
 
     def scenario():
-        prepare_rootfs(cfg, str(tmp), str(mp))
+        build(cfg, str(tmp), str(mp))
         st = os.statvfs(mp / "tmp")
         (mp / "etc" / "new-in-tmpfs").write_text("x")
         return {
@@ -223,7 +237,7 @@ def test_dev_default_devices_devpts_and_linux_devices(bundle):
     cfg = config(rootfs, DEV, DEVPTS, devices=devices)
 
     def scenario():
-        prepare_rootfs(cfg, str(tmp), str(mp))
+        build(cfg, str(tmp), str(mp))
         dev = mp / "dev"
         out = {}
         for name in ("null", "zero", "full", "random", "urandom", "tty"):
@@ -261,7 +275,7 @@ def test_device_over_a_different_file_is_an_error(bundle):
     tmp, rootfs, mp = bundle
     (rootfs / "etc" / "notadev").write_text("")
     cfg = config(rootfs, devices=[{"path": "/etc/notadev", "type": "c", "major": 1, "minor": 3}])
-    got = in_namespace(lambda: prepare_rootfs(cfg, str(tmp), str(mp)))
+    got = in_namespace(lambda: build(cfg, str(tmp), str(mp)))
     assert got["error"] == "ConfigError" and "/etc/notadev" in got["message"], got
 
 
@@ -284,7 +298,7 @@ def test_symlink_and_dotdot_escapes_stay_inside_the_rootfs(bundle):
     )
 
     def scenario():
-        prepare_rootfs(cfg, str(tmp), str(mp))
+        build(cfg, str(tmp), str(mp))
         points = mount_points()
         return {
             "outside": [p for p in points if p.startswith(str(victim))],
@@ -302,17 +316,17 @@ def test_symlink_and_dotdot_escapes_stay_inside_the_rootfs(bundle):
     assert (victim / "keep.txt").read_text() == "original" and sorted(os.listdir(victim)) == ["keep.txt"]
 
     loop = config(rootfs, {"destination": "/loop/a", "type": "tmpfs", "source": "tmpfs"})
-    err = in_namespace(lambda: prepare_rootfs(loop, str(tmp), str(mp)))
+    err = in_namespace(lambda: build(loop, str(tmp), str(mp)))
     assert err["error"] == "SystemFailure" and "too many levels of symbolic links" in err["message"], err
 
 
 def test_errors_name_the_mount_and_the_rootfs(bundle):
     tmp, rootfs, mp = bundle
     missing = config(rootfs, {"destination": "/m", "source": "nope", "options": ["bind"]})
-    got = in_namespace(lambda: prepare_rootfs(missing, str(tmp), str(mp)))
+    got = in_namespace(lambda: build(missing, str(tmp), str(mp)))
     assert got["error"] == "ConfigError" and f'"{tmp}/nope"' in got["message"], got
     bad = config(rootfs, {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["size=lots"]})
-    got = in_namespace(lambda: prepare_rootfs(bad, str(tmp), str(mp)))
+    got = in_namespace(lambda: build(bad, str(tmp), str(mp)))
     assert got["error"] == "SystemFailure", got
     assert got["message"].startswith(f'cannot mount "tmpfs" on "/tmp" (rootfs {rootfs}): [Errno 22]'), got
     prop = config(rootfs, rootfsPropagation="sideways")
@@ -325,14 +339,14 @@ def test_cleanup_detaches_the_whole_view(bundle):
     cfg = config(rootfs, DEV, DEVPTS, TMP)
 
     def scenario():
-        prepare_rootfs(cfg, str(tmp), str(mp))
+        build(cfg, str(tmp), str(mp))
         before = [p for p in mount_points() if p.startswith(str(mp))]
         cleanup(str(mp))
         cleanup(str(mp))  # idempotent
         return {"before": len(before), "after": [p for p in mount_points() if p.startswith(str(mp))]}
 
     got = ok(in_namespace(scenario))
-    assert got["before"] >= 10 and got["after"] == []
+    assert got["before"] >= 4 and got["after"] == []  # root, /dev, /dev/pts, /tmp
 
 
 # --- container side ----------------------------------------------------------------
@@ -367,7 +381,8 @@ def test_in_container_mounts_masks_readonly_paths_and_readonly_root(bundle):
         out["mqueue_mounted"] = os.stat("/dev/mqueue").st_dev != os.stat("/dev").st_dev
         out["sys_write"] = write_error("/sys/kernel/x")
         out["cgroups"] = sorted(os.listdir("/sys/fs/cgroup"))
-        out["cgroup_write"] = write_error("/sys/fs/cgroup/x")
+        # as runc: the tmpfs stays read-write, each hierarchy's bind is read-only
+        out["cgroup_write"] = write_error("/sys/fs/cgroup/pids/pids.max")
         with open("/proc/self/mountinfo") as f:
             out["mount_points"] = [line.split()[4] for line in f]
         return out
@@ -432,8 +447,10 @@ def test_full_flow_gofer_holds_namespace_init_joins_and_execs(bundle, propagatio
                 child = os.fork()
                 if child == 0:
                     try:
+                        rootfs_mod.mount_entries(cfg, str(tmp), str(mp), None, None)
                         enter_rootfs(str(mp))
                         finish_in_container(cfg)
+                        lock_down(cfg)
                         os.dup2(out_w, 1)
                         os.dup2(out_w, 2)
                         os.execv("/bin/busybox", ["sh", "-c", "head -1 /proc/1/status; echo pid=$$; ls /dev; awk '$5 == \"/\"' /proc/self/mountinfo; touch /x"])

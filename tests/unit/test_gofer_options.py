@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zentry.actors.gofer import devices, mounts
-from zentry.actors.gofer.mounts import parse_options, plan_in_container
+from zentry.actors.gofer.mounts import check_destinations, parse_options
 from zentry.bus.errors import ConfigError, Unsupported
 from zentry.sentry.abi import libc as L
 
@@ -64,24 +64,16 @@ def test_destinations_are_normalised_absolute_paths():
         mounts.destination({"type": "tmpfs"})
 
 
-def test_kernel_namespace_mounts_and_what_lies_below_them_go_inside():
-    entries = [
-        {"destination": "/proc", "type": "proc"},
-        {"destination": "/dev", "type": "tmpfs"},
-        {"destination": "/dev/mqueue", "type": "mqueue"},
-        {"destination": "/sys", "type": "sysfs"},
-        {"destination": "/sys/fs/cgroup", "type": "cgroup"},
-        {"destination": "/sys/fs/cgroup/extra", "type": "tmpfs"},
-        {"destination": "/system", "type": "tmpfs"},  # a prefix of /sys as text, not as a path
-        {"destination": "/host-proc", "type": "proc", "source": "/proc", "options": ["rbind"]},
-    ]
-    assert plan_in_container(entries) == [True, False, True, True, True, True, False, False]
-
-
-def test_a_bind_below_an_in_container_mount_is_refused():
-    with pytest.raises(ConfigError, match='under "/proc"'):
-        plan_in_container([{"destination": "/proc", "type": "proc"},
-                           {"destination": "/proc/driver", "type": "bind", "source": "/tmp"}])
+def test_proc_destinations_follow_runcs_rule():
+    # only proc on /proc; below it, only what lxcfs provides
+    check_destinations([{"destination": "/proc", "type": "proc"},
+                        {"destination": "/proc/meminfo", "type": "bind", "source": "/var/lib/lxcfs/proc/meminfo"},
+                        {"destination": "/system", "type": "tmpfs"}])  # a prefix of /proc's sibling as text only
+    with pytest.raises(ConfigError, match='only a proc file system may be mounted on "/proc"'):
+        check_destinations([{"destination": "/proc", "type": "tmpfs"}])
+    with pytest.raises(ConfigError, match=r'mounts\[1\]: "/proc/driver" cannot be mounted because it is inside /proc'):
+        check_destinations([{"destination": "/proc", "type": "proc"},
+                            {"destination": "/proc/driver", "type": "bind", "source": "/tmp"}])
 
 
 @pytest.mark.parametrize("entry, message", [

@@ -319,7 +319,11 @@ def test_schema_error_line(bundle):
 def _mutated(**changes):
     spec = default_spec()
     for dotted, value in changes.items():
-        _set(tuple(int(p) if p.isdigit() else p for p in dotted.split("__")), value)(spec)
+        path = tuple(int(p) if p.isdigit() else p for p in dotted.split("__"))
+        if value is None:
+            _delete(path)(spec)
+        else:
+            _set(path, value)(spec)
     return spec
 
 
@@ -338,6 +342,24 @@ SEMANTIC_CASES = [
     (_mutated(linux__namespaces=[{"type": "uts"}, {"type": "net", "path": "/x"}]), "linux.namespaces[1].type:"),
     (_mutated(linux__namespaces=[{"type": "uts"}, {"type": "network", "path": "proc/1/ns/net"}]), 'linux.namespaces[1].path: "proc/1/ns/net" must be an absolute path'),
     (_mutated(process__rlimits=[{"type": "RLIMIT_NOFILE", "soft": 1, "hard": 1}] * 2), 'process.rlimits[1]: duplicate rlimit "RLIMIT_NOFILE"'),
+    # a namespace path must name a namespace of its type (runtime spec)
+    (_mutated(linux__namespaces=[{"type": "uts"}, {"type": "network", "path": "/proc/self/ns/ipc"}]),
+     'linux.namespaces[1].path: "/proc/self/ns/ipc" is not a network namespace (it is ipc)'),
+    (_mutated(linux__namespaces=[{"type": "uts"}, {"type": "mount", "path": "/proc/self/ns/uts"}]),
+     'linux.namespaces[1].path: "/proc/self/ns/uts" is not a mount namespace (it is uts)'),
+    (_mutated(linux__namespaces=[{"type": "uts"}, {"type": "ipc", "path": "/etc/hostname"}]),
+     'linux.namespaces[1].path: "/etc/hostname" is not a namespace'),
+    (_mutated(linux__namespaces=[{"type": "uts"}, {"type": "ipc", "path": "/nonexistent/ns"}]),
+     'linux.namespaces[1].path: cannot open "/nonexistent/ns": no such file or directory'),
+    # sysctls that would change the host's (runc's validator refuses the same)
+    (_mutated(linux__sysctl={"net.ipv4.ping_group_range": "0 0"}, linux__namespaces=[{"type": "uts"}]),
+     'linux.sysctl: "net.ipv4.ping_group_range" needs a private network namespace'),
+    (_mutated(linux__sysctl={"kernel.sem": "1 2 3 4"}, linux__namespaces=[{"type": "uts"}]),
+     'linux.sysctl: "kernel.sem" needs a private ipc namespace'),
+    (_mutated(linux__sysctl={"kernel.hostname": "x"}), 'linux.sysctl: "kernel.hostname" conflicts with the "hostname" field'),
+    (_mutated(linux__sysctl={"kernel.domainname": "x"}, hostname=None, linux__namespaces=[{"type": "ipc"}]),
+     'linux.sysctl: "kernel.domainname" needs a private uts namespace'),
+    (_mutated(linux__sysctl={"kernel.pid_max": "4096"}), 'linux.sysctl: "kernel.pid_max" is not in a namespace of the container'),
 ]
 
 
@@ -397,6 +419,32 @@ def test_mappings_without_user_namespace_warn(bundle, caplog):
     _write(bundle, spec)
     load_bundle(str(bundle))
     assert "ignored without a user namespace" in caplog.text
+
+
+def test_sysctl_names_in_either_form():
+    from zentry.actors.oci.config import sysctl_name, sysctl_path
+
+    assert sysctl_name("net/ipv4/conf/eth0.100/rp_filter") == "net.ipv4.conf.eth0/100.rp_filter"
+    assert sysctl_path("net/ipv4/conf/eth0.100/rp_filter") == "/proc/sys/net/ipv4/conf/eth0.100/rp_filter"
+    assert sysctl_path("net.ipv4.conf.eth0/100.rp_filter") == "/proc/sys/net/ipv4/conf/eth0.100/rp_filter"
+    assert sysctl_path("kernel.shm_rmid_forced") == "/proc/sys/kernel/shm_rmid_forced"
+
+
+def test_recursive_rootfs_propagation_passes_the_schema(bundle):
+    for value in ("rprivate", "rslave", "rshared", "runbindable"):
+        _write(bundle, _mutated(linux__rootfsPropagation=value))
+        assert load_bundle(str(bundle))["linux"]["rootfsPropagation"] == value
+    _write(bundle, _mutated(linux__rootfsPropagation="rbogus"))
+    with pytest.raises(ConfigError, match="rootfsPropagation"):
+        load_bundle(str(bundle))
+
+
+def test_unknown_capabilities_warn(bundle, caplog):
+    spec = default_spec()
+    spec["process"]["capabilities"]["bounding"].append("CAP_NOT_A_CAPABILITY")
+    _write(bundle, spec)
+    load_bundle(str(bundle))
+    assert "ignoring unknown or unavailable capabilities: CAP_NOT_A_CAPABILITY" in caplog.text
 
 
 def test_parse_config_accepts_text_and_bytes():
