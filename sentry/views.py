@@ -46,6 +46,7 @@ import errno
 import os
 import struct
 import threading
+import time
 
 from zentry.bus.log import get_logger
 
@@ -296,3 +297,25 @@ def attach(init_pid: int, view) -> Server:
             if fd >= 0:
                 os.close(fd)
     return server
+
+
+def enter_time_namespace() -> None:
+    """Make the children of the caller start a time namespace whose boot clock starts now.
+
+    For the process that forks the container init (the intermediate), before
+    the fork: ``unshare(CLONE_NEWTIME)`` applies to the children only, and the
+    offsets must be written before any process is in the namespace. Inside,
+    CLOCK_BOOTTIME (so ``/proc/uptime``) and the start times of
+    ``/proc/PID/stat`` both count from the container's start, consistently,
+    so procps ``ps`` computes right elapsed times (the uptime view cannot: the
+    kernel keeps start times from the host's boot). CLOCK_MONOTONIC is left
+    alone. Needs CAP_SYS_ADMIN and CAP_SYS_TIME in the caller's user
+    namespace (the container's root, with one). Not called yet: see
+    ``docs/syscalls.md``.
+    """
+    libc.unshare(libc.CLONE_NEWTIME)
+    # the offset may not make the clock negative: a second short of now
+    now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    seconds = max(0, int(now) - 1)
+    with open("/proc/self/timens_offsets", "w") as f:
+        f.write(f"boottime -{seconds} 0\n")

@@ -187,3 +187,36 @@ def test_the_views_fail_closed_when_their_server_dies():
     import errno
 
     assert r.stdout.split("\n")[:2] == [str(256 << 10), f"error {errno.ENOTCONN}"], r.stdout
+
+
+TIME_NS = """
+import os, time
+from zentry.sentry import views
+
+pid = os.fork()
+if pid == 0:  # the intermediate
+    views.enter_time_namespace()
+    init = os.fork()
+    if init == 0:
+        time.sleep(0.3)
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+        with open("/proc/self/stat") as f:
+            start = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        print(up, start)
+        os._exit(0)
+    os.waitpid(init, 0)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_time_namespace_starts_uptime_and_start_times_together():
+    # not called by zentry yet (the intermediate that would is being reworked): the function itself
+    r = subprocess.run([sys.executable, "-P", "-c", TIME_NS], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    up, start = (float(v) for v in r.stdout.split())
+    with open("/proc/uptime") as f:
+        host_up = float(f.read().split()[0])
+    assert up < 10 < host_up  # counts from the namespace's start
+    assert 0 <= start <= up  # and so does the process's start time: ps's elapsed = up - start >= 0
