@@ -4,7 +4,10 @@ The shape follows gVisor's ``linux64.go``: one row per syscall number. A row's
 ``disposition`` says where the call is decided:
 
 ``ALLOW``   in BPF, the kernel runs it (cost +0.07 µs);
-``TRAP``    in BPF -> USER_NOTIF -> the sentry runs ``handler`` (emulate, serve a view, or observe and CONTINUE);
+``TRAP``    in BPF -> USER_NOTIF -> the sentry runs ``handler`` (emulate, or refuse);
+``TRACE``   ALLOW, except in the filter of a container created with strace on
+            (``filter.install(trace=True)``), where it is a TRAP: the handler
+            observes the call and answers CONTINUE (the open family);
 ``ERRNO``   in BPF, refused with ``errno`` without entering the kernel proper;
 ``KILL``    in BPF, the whole process is killed.
 
@@ -228,7 +231,7 @@ for _n in "execve execveat".split():
 for _n in "fork vfork".split():
     _RULES[_n] = ALLOW("no namespace flags possible")
 _RULES["seccomp"] = ALLOW("a further filter can only restrict; a second listener is refused by the kernel (EBUSY)")
-_RULES["chroot"] = ALLOW("needs CAP_SYS_CHROOT, which the kernel checks (Docker allows it with that capability); the views keep answering for their absolute paths inside a chroot")
+_RULES["chroot"] = ALLOW("needs CAP_SYS_CHROOT, which the kernel checks (Docker allows it with that capability); the views are files bound at their paths in the container's root, so a chroot elsewhere does not show them (nor does it the real /proc unless mounted there)")
 for _n in "sethostname setdomainname".split():
     _RULES[_n] = ALLOW("acts on the container's UTS namespace and needs CAP_SYS_ADMIN there, which the kernel checks (Docker gates it on the same capability); uname keeps answering from the container's config")
 for _n in "mbind set_mempolicy get_mempolicy set_mempolicy_home_node".split():
