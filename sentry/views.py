@@ -255,6 +255,9 @@ def attach(init_pid: int, view) -> Server:
     Called by the sandbox (multi-threaded: the mounts are made by a forked helper,
     which alone can join another mount namespace). Raises OSError if the helper fails.
     """
+    if os.readlink(f"/proc/{init_pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+        # never on the host: the binds would cover the host's own /proc files
+        raise OSError(errno.EINVAL, "the container shares the sandbox's mount namespace: no views mounted")
     dev = open_device()
     server = Server(dev, view)
     root = mntns = r = w = -1
