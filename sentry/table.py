@@ -231,7 +231,7 @@ for _n in "execve execveat".split():
 for _n in "fork vfork".split():
     _RULES[_n] = ALLOW("no namespace flags possible")
 _RULES["seccomp"] = ALLOW("a further filter can only restrict; a second listener is refused by the kernel (EBUSY)")
-_RULES["chroot"] = ALLOW("needs CAP_SYS_CHROOT, which the kernel checks (Docker allows it with that capability); the views are files bound at their paths in the container's root, so a chroot elsewhere does not show them (nor does it the real /proc unless mounted there)")
+_RULES["chroot"] = ALLOW("needs CAP_SYS_CHROOT, which the kernel checks (Docker allows it with that capability); inside a chroot, /proc and the views are whatever that root holds")
 for _n in "sethostname setdomainname".split():
     _RULES[_n] = ALLOW("acts on the container's UTS namespace and needs CAP_SYS_ADMIN there, which the kernel checks (Docker gates it on the same capability); uname keeps answering from the container's config")
 for _n in "mbind set_mempolicy get_mempolicy set_mempolicy_home_node".split():
