@@ -366,7 +366,10 @@ class Sandbox(Actor):
                     # the live /proc and /sys views, bound into the container's mount namespace
                     from zentry.sentry import views
 
-                    views.attach(box.pid, view)
+                    try:
+                        views.attach(box.pid, view)
+                    except OSError as err:
+                        raise SystemFailure(f"container {box.container_id!r}: {err.strerror or err}") from err
                 return
             _raise_line(line, f"container {box.container_id!r} init exited during setup")
 
