@@ -5,8 +5,7 @@ Two sources:
 - :class:`TapMetrics` is fed every event of a :class:`zentry.bus.tap.Tap`
   that follows the whole root (a thread of ``zentry metrics-server``):
   counters of syscalls served by the sentry (by name; ``Syscall`` events
-  flow only while strace is on for a sandbox), refused syscalls, mediated
-  opens, a histogram of bus request latency (``RequestHandled``), events
+  flow only while strace is on for a sandbox), refused syscalls, a histogram of bus request latency (``RequestHandled``), events
   seen and events lost (seq gaps and ``Dropped`` reports).
 - :class:`StateCollector` is read at scrape time: containers by status
   (``state.json``, a record whose controller is dead counts as stopped) and,
@@ -27,8 +26,6 @@ from zentry.bus.tap import Filters, Gap, Tap, TapEvent
 
 log = get_logger("zentry.metrics")
 
-#: Syscalls whose success is a mediated open (the fd was injected by the sentry).
-OPEN_SYSCALLS = frozenset({"open", "openat", "openat2", "creat"})
 #: The errno a sentry answers for a trapped syscall it has no handler for.
 REFUSED_ERRNO = errno_mod.errorcode[errno_mod.ENOSYS]
 #: Bus latency buckets (seconds): a ZeroMQ round trip is ~110 us, a create ~100 ms.
@@ -44,7 +41,6 @@ class TapMetrics:
         self.syscalls = Counter("zentry_syscalls_trapped", "Syscalls served by the sentry (seen on the tap while strace is on)", ["syscall"], registry=registry)
         self.syscall_errors = Counter("zentry_syscall_errors", "Trapped syscalls answered with an errno", ["syscall", "errno"], registry=registry)
         self.refused = Counter("zentry_syscalls_refused", "Trapped syscalls refused (no handler: ENOSYS)", ["syscall"], registry=registry)
-        self.mediated_opens = Counter("zentry_mediated_opens", "Opens of views the sentry served (fd injected)", registry=registry)
         self.requests = Histogram("zentry_bus_request_duration_seconds", "Time an actor spent answering a bus request", ["actor", "request"], buckets=LATENCY_BUCKETS, registry=registry)
         self.request_errors = Counter("zentry_bus_request_errors", "Bus requests answered with an error", ["actor", "request", "code"], registry=registry)
         self.events = Counter("zentry_events", "Events seen on the sandboxes' streams", ["actor", "kind"], registry=registry)
@@ -63,8 +59,6 @@ class TapMetrics:
                 self.refused.labels(body.syscall).inc()
             elif body.errno:
                 self.syscall_errors.labels(body.syscall, body.errno).inc()
-            elif body.syscall in OPEN_SYSCALLS and not getattr(body, "continued", False) and body.result >= 0:
-                self.mediated_opens.inc()
         elif kind == "request":
             self.requests.labels(item.actor, body.request).observe(body.duration_ns / 1e9)
             if body.error:

@@ -20,16 +20,20 @@ For run in range(N), for workload, for runtime in (zentry, runc): one
 measurement. The table prints medians and the zentry/runc ratio (the median
 of per-run ratios). Target: <= 1.3x runc each.
 
-``--designs`` measures the two ways of serving the views, on the same
-workloads without a container: busybox pivoted into the same rootfs by
-``zentry.sentry.harness`` (a mount namespace, zentry's filter and a Sentry
-thread in this process, the C loop), interleaved:
+``--compare NAME=PATH`` (repeatable) adds another zentry launcher to the
+interleaving (e.g. a checkout of an earlier version), reported against runc
+like zentry.
+
+``--designs`` measures zentry's two filters on the same workloads without a
+container: busybox pivoted into the same rootfs by ``zentry.sentry.harness``
+(a mount namespace, zentry's filter and a Sentry thread in this process, the
+C loop), interleaved:
 
   native      no filter
-  trapped     zentry's filter: opens trapped, read and continued (this design)
-  allowed     zentry's filter with the open rows allowed in BPF: what opens
-              cost when the views are files mounted over /proc (LXCFS-like)
-              instead of answered by the sentry
+  zentry      zentry's filter: opens allowed in BPF (the views are a FUSE
+              filesystem bound over /proc, no open reaches the sentry)
+  traced      the filter of a container created with strace on: opens
+              trapped, read for the tap and continued
 """
 
 from __future__ import annotations
@@ -108,17 +112,11 @@ def measure(argv: list[str], cid: str, bundle: str, root: str) -> float:
 
 
 def designs(bundle: str, runs: int) -> None:
-    """The workloads under the harness: no filter, opens trapped and continued, opens allowed in BPF."""
-    from zentry.sentry import filter as zfilter
+    """The workloads under the harness: no filter, zentry's filter, and its filter under strace."""
     from zentry.sentry.harness import run as hrun
     from zentry.sentry.kernel import Sentry
-    from zentry.sentry.table import ALLOW, TABLE, SyscallRow, SyscallTable
 
     rootfs = os.path.join(bundle, "rootfs")
-    trapped_bpf = zfilter.zentry_bpf()
-    rows = {nr: (SyscallRow(nr, r.name, ALLOW("bench")) if r.name in ("open", "openat", "openat2", "creat") else r)
-            for nr, r in TABLE.rows.items()}
-    allowed_bpf = zfilter.compile_policy(zfilter.policy_from_table(SyscallTable(rows)))
     sentry = Sentry()
     sentry.start()
     samples: dict[tuple[str, str], list[float]] = {}
@@ -126,25 +124,23 @@ def designs(bundle: str, runs: int) -> None:
         for run in range(runs + 1):
             for name, script in WORKLOADS:
                 argv = ["/bin/sh", "-c", script.replace("/tmp/x", "/tmp/x$$") + " >/dev/null"]
-                for design, bpf in (("native", None), ("trapped", trapped_bpf), ("allowed", allowed_bpf)):
-                    zfilter._zentry_bpf = bpf or trapped_bpf  # the harness's child loads the cached program
+                for design in ("native", "zentry", "traced"):
                     t0 = time.perf_counter()
-                    r = hrun(argv, sentry=sentry if bpf else None, root=rootfs, timeout=300)
+                    r = hrun(argv, sentry=sentry if design != "native" else None, root=rootfs, timeout=300, trace=design == "traced")
                     secs = time.perf_counter() - t0
                     if r.returncode != 0:
                         raise RuntimeError(f"{name} ({design}) exited {r.returncode}: {r.stderr[-300:]!r}")
                     if run:
                         samples.setdefault((name, design), []).append(secs)
     finally:
-        zfilter._zentry_bpf = trapped_bpf
         sentry.stop()
-    print(f"{'workload':<14} {'native ms':>10} {'trapped ms':>11} {'allowed ms':>11} {'trapped/native':>15} {'allowed/native':>15}")
+    print(f"{'workload':<14} {'native ms':>10} {'zentry ms':>10} {'traced ms':>10} {'zentry/native':>14} {'traced/native':>14}")
     for name, _ in WORKLOADS:
-        n, t, a = (samples[(name, d)] for d in ("native", "trapped", "allowed"))
+        n, z, t = (samples[(name, d)] for d in ("native", "zentry", "traced"))
+        rz = statistics.median(x / y for x, y in zip(z, n))
         rt = statistics.median(x / y for x, y in zip(t, n))
-        ra = statistics.median(x / y for x, y in zip(a, n))
-        print(f"{name:<14} {statistics.median(n) * 1000:>10.1f} {statistics.median(t) * 1000:>11.1f} {statistics.median(a) * 1000:>11.1f} "
-              f"{rt:>14.2f}x {ra:>14.2f}x")
+        print(f"{name:<14} {statistics.median(n) * 1000:>10.1f} {statistics.median(z) * 1000:>10.1f} {statistics.median(t) * 1000:>10.1f} "
+              f"{rz:>13.2f}x {rt:>13.2f}x")
     print(f"(harness, no container: fork+pivot+exec included in every row; median of {runs} interleaved runs after one warm-up)")
 
 
@@ -152,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--files", type=int, default=20000)
-    ap.add_argument("--designs", action="store_true", help="compare trapping opens with allowing them in BPF (harness, no container)")
+    ap.add_argument("--designs", action="store_true", help="compare zentry's filter with its filter under strace (harness, no container)")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=PATH", help="another zentry launcher to interleave")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/workloads.py needs root", file=sys.stderr)
@@ -162,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/workloads.py needs the zentry CLI and runc", file=sys.stderr)
         return 2
     runtimes = {"zentry": za, "runc": [runc]}
+    for spec in args.compare:
+        name, _, path = spec.partition("=")
+        runtimes[name] = [path]
     samples: dict[tuple[str, str], list[float]] = {}
     work = tempfile.mkdtemp(prefix="zentry-bench-workloads-")
     try:
@@ -183,12 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"{'workload':<14} {'zentry ms':>10} {'runc ms':>9} {'ratio':>7} {'target':>7}  ok")
+    print(f"{'workload':<14} {'runtime':<16} {'ms':>9} {'runc ms':>9} {'ratio':>7} {'target':>7}  ok")
     for name, _ in WORKLOADS:
-        z, r = samples[(name, "zentry")], samples[(name, "runc")]
-        ratio = statistics.median(a / b for a, b in zip(z, r))
-        print(f"{name:<14} {statistics.median(z) * 1000:>10.1f} {statistics.median(r) * 1000:>9.1f} {ratio:>6.2f}x "
-              f"{'<=' + str(TARGET) + 'x':>7}  {'yes' if ratio <= TARGET else 'NO'}")
+        r = samples[(name, "runc")]
+        for rt in runtimes:
+            if rt == "runc":
+                continue
+            z = samples[(name, rt)]
+            ratio = statistics.median(a / b for a, b in zip(z, r))
+            print(f"{name:<14} {rt:<16} {statistics.median(z) * 1000:>9.1f} {statistics.median(r) * 1000:>9.1f} {ratio:>6.2f}x "
+                  f"{'<=' + str(TARGET) + 'x':>7}  {'yes' if ratio <= TARGET else 'NO'}")
     print(f"(median of {args.runs} interleaved runs after one warm-up; ratio: median of per-run ratios; "
           f"{args.files} files in /data/tree, 2000 in /data/small; time between the container's marker lines)")
     return 0

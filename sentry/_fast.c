@@ -7,12 +7,10 @@
  *
  *   WRITE  write N precomputed bytes to the address in argument K, return V
  *          (uname): ID_VALID, then process_vm_writev, then SEND;
- *   OPEN   the open family (open, openat, openat2, creat): read the path from
- *          tracee memory; when it is exactly one of the views the sentry
- *          makes (the Loop's `views`, from handlers.procfs.VIEWS) hand the
- *          notification to Python, else answer CONTINUE: the kernel opens the
- *          file as the tracee (handlers/fs.py says why that is safe). An
- *          unreadable path is continued too: the kernel answers EFAULT.
+ *   OPEN   the open family (open, openat, openat2, creat; trapped only in a
+ *          container created with strace on): answer CONTINUE, the kernel
+ *          opens the file as the tracee (handlers/fs.py says why that is
+ *          safe). With strace on, every notification goes to Python anyway.
  *
  * Everything else, and everything while the table is switched off (strace),
  * is handed back to Python: next() copies the notification into the caller's
@@ -41,7 +39,7 @@
 #include <unistd.h>
 
 /* bump when the Python <-> C interface changes: kernel.py refuses a stale build */
-#define FAST_ABI 5  /* 5: opens are continued, views handed to Python; no identity switching */
+#define FAST_ABI 6  /* 6: opens are continued, no views (they are a FUSE filesystem) */
 
 #define KIND_NONE 0
 #define KIND_WRITE 1
@@ -50,9 +48,6 @@
 #define HANDLED 0
 #define HANDOFF 1
 
-#define PAGE 4096
-#define PATH_MAX_ 4096
-#define MAX_VIEWS 16
 
 typedef struct {
     uint8_t kind;
@@ -77,12 +72,7 @@ typedef struct {
     listener_t **ls;
     struct pollfd *pfds;
     uint64_t *trapped, *errors, *continued;
-    int n_views;
-    size_t max_view;  /* the longest view path */
-    size_t view_len[MAX_VIEWS];
-    char *views[MAX_VIEWS];
     struct seccomp_notif notif;
-    char path[PATH_MAX_ + 1];
 } Loop;
 
 /* ---- helpers (no Python objects, called without the GIL) ------------------------ */
@@ -119,56 +109,19 @@ static int do_write(Loop *self, listener_t *l, entry_t *e) {
     return respond(self, l, n->data.nr, e->ret, 0);
 }
 
-/* up to `limit` bytes at addr into self->path (two iovecs: up to the page end, then the rest, so an
- * unmapped next page only shortens the read): how many were read, or -1; the buffer is zeroed first */
-static ssize_t read_bytes(Loop *self, int pid, uint64_t addr, size_t limit) {
-    if (addr == 0) return -1;
-    size_t first = PAGE - (addr % PAGE);
-    if (first > limit) first = limit;
-    memset(self->path, 0, limit + 1);
-    struct iovec local = {self->path, limit};
-    struct iovec remote[2] = {{(void *)(uintptr_t)addr, first}, {(void *)(uintptr_t)(addr + first), limit - first}};
-    return process_vm_readv(pid, &local, 1, remote, limit > first ? 2 : 1, 0);
-}
-
-/* an open: a view goes to Python, everything else is the kernel's (CONTINUE). Only as many
- * bytes as the longest view (and its NUL) are read: a longer path is not a view. */
-static int do_open(Loop *self, listener_t *l, entry_t *e) {
-    struct seccomp_notif *n = &self->notif;
-    if (read_bytes(self, n->pid, n->data.args[e->arg], self->max_view + 1) > 0 && memchr(self->path, 0, self->max_view + 1)) {
-        size_t len = strlen(self->path);
-        for (int i = 0; i < self->n_views; i++)
-            if (len == self->view_len[i] && !memcmp(self->path, self->views[i], len)) return HANDOFF;
-    }
-    return send_resp(self, l, n->data.nr, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
+/* an open: the kernel's (CONTINUE) */
+static int do_open(Loop *self, listener_t *l) {
+    return send_resp(self, l, self->notif.data.nr, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
 }
 
 /* ---- the Loop type ------------------------------------------------------------------- */
 
 static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
-    static char *names[] = {"wake_fd", "max_nr", "views", NULL};
-    PyObject *views;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiO!", names, &self->wake_fd, &self->max_nr, &PyList_Type, &views)) return -1;
+    static char *names[] = {"wake_fd", "max_nr", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ii", names, &self->wake_fd, &self->max_nr)) return -1;
     if (self->max_nr < 0 || self->max_nr > 4096) {
         PyErr_SetString(PyExc_ValueError, "max_nr out of range");
         return -1;
-    }
-    if (PyList_GET_SIZE(views) > MAX_VIEWS) {
-        PyErr_SetString(PyExc_ValueError, "too many views");
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(views); i++) {
-        char *data;
-        Py_ssize_t len;
-        if (PyBytes_AsStringAndSize(PyList_GET_ITEM(views, i), &data, &len) < 0) return -1;
-        if (len <= 0 || len > PATH_MAX_ || !(self->views[i] = PyMem_Malloc(len))) {
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad view path");
-            return -1;
-        }
-        memcpy(self->views[i], data, len);
-        self->view_len[i] = (size_t)len;
-        if ((size_t)len > self->max_view) self->max_view = (size_t)len;
-        self->n_views = (int)i + 1;
     }
     self->fast = 1;
     self->cap = 8;
@@ -196,7 +149,6 @@ static void free_listener(Loop *self, listener_t *l) {
 
 static void Loop_dealloc(Loop *self) {
     for (int i = 0; i < self->n; i++) free_listener(self, self->ls[i]);
-    for (int i = 0; i < self->n_views; i++) PyMem_Free(self->views[i]);
     PyMem_Free(self->ls);
     PyMem_Free(self->pfds);
     PyMem_Free(self->trapped);
@@ -353,7 +305,7 @@ static PyObject *Loop_next(Loop *self, PyObject *arg) {
                 self->notif.data.arch == AUDIT_ARCH_X86_64) {
                 entry_t *e = &l->table[nr];
                 if (e->kind == KIND_WRITE) r = do_write(self, l, e);
-                else if (e->kind == KIND_OPEN) r = do_open(self, l, e);
+                else if (e->kind == KIND_OPEN) r = do_open(self, l);
             }
             if (r == HANDLED) continue;
             rfd = l->fd;

@@ -21,8 +21,11 @@ kernel keeps the strictest verdict. Dispositions:
 
 - **allow**: the kernel runs the call (decided in BPF, ~+0.1 µs);
 - **trap**: the call is sent to the sentry (seccomp user notification) and
-  answered by the named handler: `emulate.*` from the sentry's state, `fs.*`
-  by serving a view or letting the kernel run it (below);
+  answered by the named handler: `emulate.*` from the sentry's state;
+- **allow; with strace at create: trap**: the open family. Allowed in BPF,
+  except in a container created with strace on (`zentry --strace
+  create|run`, annotation `dev.zentry.strace`), where `fs.*` reads the path
+  for the tap and lets the kernel run the call (below);
 - **errno E**: refused in BPF with E; with a condition, only when it matches;
 - **kill**: the process is killed.
 
@@ -39,11 +42,35 @@ the process.
 
 ## What the sentry does with a trapped call
 
-**Virtualized** (answered by the sentry, never run on the host):
-`uname` (nodename and domainname from the container, release and machine
-from the host, version `#1 zentry sentry`), `sysinfo` (RAM clamped to the
-container's memory limit), and read-only opens of the views, rendered from
-the container's own limits when opened:
+**Virtualized** (answered by the sentry, never run on the host): `uname`
+(nodename and domainname from the container, release and machine from the
+host, version `#1 zentry sentry`) and `sysinfo` (RAM clamped to the
+container's memory limit).
+
+**Observed and continued**, only in a container created with strace on:
+`open`, `openat`, `openat2` and `creat`. The sentry reads the path for the
+tap and answers `SECCOMP_USER_NOTIF_FLAG_CONTINUE`: the kernel opens the file
+as the container, with its credentials, capabilities, namespaces, device
+cgroup and umask, exactly as without zentry. The tap reports these calls
+with the path **as read**, marked `continued` and without a result: a racing
+thread of the container can make the logged path differ from the one the
+kernel opened, and the result is the kernel's. No decision rests on that
+path, and the sentry never continues a call it refuses or changes.
+
+Whether opens are trapped is fixed when the container's processes load the
+filter (a loaded seccomp filter never changes): `zentry debug --strace on`
+on a container created without strace shows its trapped calls (`uname`,
+`sysinfo`) from then on, but never its opens, nor those of processes exec'd
+into it later (they load the container's filter).
+
+**Refused**: in BPF, from the syscall number and register arguments only
+(errno rows below); nothing is refused because of tracee memory.
+
+## The views: /proc and /sys as the container's limits see them
+
+What programs size themselves from describes the host inside a container.
+zentry shows these files rendered from the container's own limits, read
+afresh at every open:
 
 | path | what it shows |
 |---|---|
@@ -54,43 +81,29 @@ the container's own limits when opened:
 | `/proc/uptime` | seconds since the container started; idle is the host's idle share of that |
 | `/proc/loadavg` | the host's load averages, then `1/N` and the highest pid of the container's own pid namespace (never a host pid) |
 
-A view is matched on the absolute path exactly as the program passes it (the
-C fast path compares strings): `/proc/./meminfo`, or `meminfo` opened from a
-cwd of `/proc`, get the kernel's file. Writes, `O_PATH`, `O_CREAT`, `O_TRUNC`
-and `openat2` with resolve flags are never a view.
+They are files of a FUSE filesystem the sandbox serves (`sentry/views.py`),
+as LXCFS serves its own: when the container init is ready, a helper forked
+from the sandbox joins the container's mount namespace, mounts the
+filesystem detached (the new mount API: no directory is needed, even on a
+read-only root) and binds each file read-only, nosuid, nodev, noexec over its
+path. Nothing is mounted on the host; exec'd processes join the container's
+mount namespace and see the same files; when the namespace goes, the kernel
+ends the connection. If the sandbox dies, reads fail (ENOTCONN) rather than
+show the host's values (and the container dies with its sandbox anyway).
+The kernel opens these files like any other (no open is trapped), so every
+path form reaches them (`/proc/./meminfo`, `meminfo` from a cwd of `/proc`).
 
-**Observed and continued**: every other `open`, `openat`, `openat2` and
-`creat`. The sentry reads the path (to tell a view apart, and for the tap) and
-answers `SECCOMP_USER_NOTIF_FLAG_CONTINUE`: the kernel opens the file as the
-container, with its credentials, capabilities, namespaces, device cgroup and
-umask, exactly as without zentry (FIFOs block, `/proc/N/fd/M` and
-`/dev/stdout` work, `O_TMPFILE` files can be linked, `openat2`'s resolve
-flags are the kernel's). With strace on, the tap reports these calls with the
-path **as read**, marked `continued` and without a result: a racing thread of
-the container can make the logged path differ from the one the kernel opened,
-and the result is the kernel's. This is safe because no decision rests on
-that path (a racing thread gets the file it named, with its own rights; at
-worst the host's `/proc/meminfo` instead of the view), and the sentry never
-continues a call it refuses or changes.
+### Why opens are not trapped
 
-**Refused**: in BPF, from the syscall number and register arguments only
-(errno rows below); nothing is refused because of tracee memory.
-
-### Why opens are trapped at all
-
-Only the views need them: BPF cannot see a path. Measured on the 2-core
-development host (`bench/syscalls.py`, `bench/workloads.py`): open+read+close
-costs ~3 µs natively, ~12-16 µs trapped and continued by the C loop (the
-trap's round trip is the floor), and the same as native under a filter that
-allows opens in BPF. The alternative — bind-mounting files the sandbox keeps
-current over `/proc/meminfo` and friends, as LXCFS does with FUSE, and
-allowing opens in BPF — would run opens at native speed, but needs a live
-file system (a periodic rewrite is stale or torn while read), must be set up
-by the container init before the filter is loaded, and would take opens off
-the tap for good: the filter cannot change after it is loaded, while strace
-is switched at run time. The open-heavy busybox workloads of
-`bench/workloads.py` stay above the 1.3x-runc target with trapping (see
-`bench/README.md`), so the bind-mounted views are the next step for speed.
+Only the views needed them, and a trapped open costs a round trip to the
+sentry however little it does. Measured on the 2-core development host
+(`bench/syscalls.py`, `bench/workloads.py`, figures in `bench/README.md`):
+open+read+close costs ~4 µs natively, the same under zentry's filter (opens
+allowed in BPF), and 3-6x that trapped and continued by the C loop; the
+open-heavy busybox workloads ran 1.4-4x runc with opens trapped, within
+1.3x with the views as a filesystem. The price: opening a view goes through
+the FUSE server (a few hundred µs, rendered in Python), and opens are on the
+tap only for containers created with strace on.
 
 ## Compared with Docker's default seccomp profile and gVisor
 
@@ -110,8 +123,8 @@ processes talk to the host kernel directly, so its surface is Docker's shape
 the model for a filter on the sentry thread itself (not loaded yet): since the
 sentry no longer opens files for containers, that thread needs no `openat2`,
 `setfsuid`, `setfsgid`, `setgroups` nor `capset` — only poll, the listener
-ioctls, `process_vm_readv`/`writev`, `pidfd_*`, `memfd_create` and the reads
-of procfs its views need.
+ioctls, `process_vm_readv`/`writev` and `pidfd_*` (the views are served by
+another thread).
 
 ## Remaining differences from Linux
 
@@ -125,10 +138,14 @@ of procfs its views need.
   negative (huge ELAPSED, %CPU 0.0). A time namespace with a boottime offset
   (OCI `linux.timeOffsets`, CLONE_NEWTIME) would shift both consistently in
   the kernel, without a view.
+- A view's size is that of the content the caller's open gets (procfs
+  reports 0), so that `sendfile`/`splice` readers (busybox `cat`) see it all;
+  two processes reading one view at the same instant share the kernel's page
+  cache of it and may see parts of each other's rendering.
 - `uname` reports version `#1 zentry sentry`.
 - Refused syscalls fail with the errno of their row, as under Docker's profile.
-- A trapped call costs a round trip to the sentry (~10 µs here) before the
-  kernel runs it.
+- A trapped call (`uname`, `sysinfo`; opens under strace) costs a round trip
+  to the sentry (~10 µs here).
 
 ## Table
 

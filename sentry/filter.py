@@ -80,14 +80,15 @@ class Policy(Value):
         self.flags = flags
 
 
-def policy_from_table(table: SyscallTable = TABLE) -> Policy:
-    """zentry's policy: default ALLOW, every non-ALLOW row becomes rules."""
+def policy_from_table(table: SyscallTable = TABLE, *, trace: bool = False) -> Policy:
+    """zentry's policy: default ALLOW, every non-ALLOW row becomes rules; TRACE rows
+    (the open family) are trapped only with ``trace`` (a container created with strace on)."""
     rules: list[Rule] = []
     for row in table:
         d = row.disposition
-        if d.action is Action.ALLOW:
+        if d.action is Action.ALLOW or (d.action is Action.TRACE and not trace):
             continue
-        if d.action is Action.TRAP:
+        if d.action in (Action.TRAP, Action.TRACE):
             action = pyseccomp.NOTIFY
         elif d.action is Action.ERRNO:
             action = pyseccomp.ERRNO(d.errno)
@@ -160,17 +161,22 @@ class LoadedProgram:
 
 
 _zentry_bpf: bytes | None = None
+_traced_bpf: bytes | None = None
 
 
-def zentry_bpf() -> bytes:
-    """zentry's compiled filter (cached: the table is static)."""
-    global _zentry_bpf
+def zentry_bpf(*, trace: bool = False) -> bytes:
+    """zentry's compiled filter (cached: the table is static); ``trace``: the one that traps opens too."""
+    global _zentry_bpf, _traced_bpf
+    if trace:
+        if _traced_bpf is None:
+            _traced_bpf = compile_policy(policy_from_table(TABLE, trace=True))
+        return _traced_bpf
     if _zentry_bpf is None:
         _zentry_bpf = compile_policy(policy_from_table(TABLE))
     return _zentry_bpf
 
 
-def install(oci_seccomp: dict | None, *, no_new_privs: bool) -> int:
+def install(oci_seccomp: dict | None, *, no_new_privs: bool, trace: bool = False) -> int:
     """Load the OCI profile's filter (if any), then zentry's; return zentry's listener fd.
 
     Called in the container init: single-threaded, forked, still root, after
@@ -187,6 +193,10 @@ def install(oci_seccomp: dict | None, *, no_new_privs: bool) -> int:
        must make no trapped call before the listener fd has been sent
        (``socket.send_fds`` uses only sendmsg, which is allowed) and closed.
 
+    ``trace``: the container was created with strace on: its opens are trapped
+    (observed and continued), which a filter loaded without it cannot start
+    doing later (a loaded filter never changes).
+
     An OCI profile that uses SCMP_ACT_NOTIFY is refused by ``oci.translate``
     when stacked under the sentry: the kernel allows one listener per filter
     chain (a second NEW_LISTENER fails with EBUSY).
@@ -197,7 +207,7 @@ def install(oci_seccomp: dict | None, *, no_new_privs: bool) -> int:
         translated = oci.translate(oci_seccomp, stacked=True)
         oci_prog = LoadedProgram(compile_policy(translated))
         oci_flags = translated.flags
-    ours = LoadedProgram(zentry_bpf())
+    ours = LoadedProgram(zentry_bpf(trace=trace))
     if no_new_privs:
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
     if oci_prog is not None:

@@ -88,9 +88,11 @@ def spawn(
     env: dict[str, str] | None = None,
     oci: dict | None = None,
     stdin: int | None = None,
+    trace: bool = False,
 ) -> Traced:
-    """Start ``argv`` under the filter; its listener goes to ``sentry`` (None: run with no filter)."""
-    zentry_bpf()  # compile in the parent, once
+    """Start ``argv`` under the filter; its listener goes to ``sentry`` (None: run with no filter).
+    ``trace``: the filter of a container created with strace on (opens trapped too)."""
+    zentry_bpf(trace=trace)  # compile in the parent, once
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -110,7 +112,7 @@ def spawn(
             if cwd:
                 os.chdir(cwd)
             if sentry is not None:
-                fd = install(oci, no_new_privs=True)
+                fd = install(oci, no_new_privs=True, trace=trace)
                 # from here on: no trapped syscall until the fd is handed over
                 socket.send_fds(child_sock, [b"L"], [fd])
                 os.close(fd)

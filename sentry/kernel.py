@@ -4,25 +4,25 @@ One ``Sentry`` runs in a dedicated thread of the sandbox actor and serves any
 number of listener fds (one per container init, plus exec'd processes),
 multiplexed with ``poll``. For each notification it runs the handler the
 syscall table names (``handlers.HANDLERS``) and answers with
-``SECCOMP_IOCTL_NOTIF_SEND`` (or ``ADDFD|SEND``). It answers CONTINUE (the kernel
-runs the call as the tracee) for every open of a file the sentry does not make
-itself (``handlers.fs``), and never for a call it refuses or changes
+``SECCOMP_IOCTL_NOTIF_SEND``. It answers CONTINUE (the kernel
+runs the call as the tracee) for every open it observes (``handlers.fs``;
+opens are trapped only in containers created with strace on), and never for a call it refuses or changes
 (pitfall 6): a race on the memory it read can then only get the tracee the
 real file with its own rights.
 
 The hot loop follows docs/notes "seccomp-notify": preallocated buffers,
 ``fcntl.ioctl`` on them, ``SET_FLAGS(SYNC_WAKE_UP)`` on every listener, the
 receive buffer zeroed before every RECV (pitfall 3), ``ID_VALID`` after every
-tracee-memory read, ENOENT from RECV/SEND/ADDFD taken as "the thread is gone"
+tracee-memory read, ENOENT from RECV/SEND taken as "the thread is gone"
 (pitfall 5), several pending notifications served one by one (level-triggered
 poll), per-call strace cost when off: one bool test.
 
 Native fast path (``_fast.c``, built at install): when the extension is
 there, the loop itself runs in C with the GIL released: it polls, RECVs and
 answers from per-listener tables Python builds from ``handlers.NATIVE``
-(uname: write precomputed bytes; the open family: read the path and CONTINUE
-unless it is one of ``procfs.VIEWS``, as ``handlers.fs``). Every other
-notification -- a view, and all of them while strace is on -- is copied into
+(uname: write precomputed bytes; the open family, trapped only in a container
+created with strace on: CONTINUE). Every other notification -- all of them
+while strace is on -- is copied into
 ``self._notif`` and handled here exactly as without the extension. Python
 keeps the policy, the slow path and the fail-closed handling.
 
@@ -58,11 +58,8 @@ from zentry.bus.value import Value
 
 from .abi import libc
 from .abi.seccomp import (
-    ADDFD,
     NOTIF,
     RESP,
-    SECCOMP_ADDFD_FLAG_SEND,
-    SECCOMP_IOCTL_NOTIF_ADDFD,
     SECCOMP_IOCTL_NOTIF_RECV,
     SECCOMP_IOCTL_NOTIF_SEND,
     SECCOMP_IOCTL_NOTIF_SET_FLAGS,
@@ -72,7 +69,6 @@ from .abi.seccomp import (
 from .abi.syscalls import MAX_NR, name as syscall_name
 from .handlers import HANDLERS, NATIVE
 from .handlers.emulate import utsname_bytes
-from .handlers.procfs import VIEWS
 from .table import TABLE, SyscallTable
 from .tracee import Memory, Tracees
 
@@ -83,7 +79,7 @@ try:
 except ImportError:  # not built: the pure-Python loop serves everything
     _fast = None
 #: the interface version of _fast.c this file speaks (a stale build is not used)
-NATIVE_ABI = 5
+NATIVE_ABI = 6
 
 
 def native_available() -> bool:
@@ -169,7 +165,7 @@ class Sentry:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         if native and not native_available():
             raise RuntimeError("the native sentry loop (zentry.sentry._fast) is not built or is stale")
-        self._native = _fast.Loop(self._wake_r, MAX_NR, list(VIEWS)) if native_available() and native is not False else None
+        self._native = _fast.Loop(self._wake_r, MAX_NR) if native_available() and native is not False else None
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -177,16 +173,13 @@ class Sentry:
         self.mem = Memory()
         self.tracees = Tracees()
         self.decoded: tuple | None = None
-        self.result_fd = -1
         self._notif = bytearray(NOTIF.size)
         self._resp = bytearray(RESP.size)
-        self._addfd = bytearray(ADDFD.size)
         # statistics, indexed by syscall number
         self._n_trapped = [0] * (MAX_NR + 1)
         self._n_errors = [0] * (MAX_NR + 1)
         self._n_refused = [0] * (MAX_NR + 1)
         self._n_continued = [0] * (MAX_NR + 1)
-        self.counts_served = 0
         self._n_unknown = 0
 
     # --- control (any thread) -----------------------------------------------------------
@@ -244,7 +237,7 @@ class Sentry:
 
     def stats(self) -> dict:
         """Counts by syscall name: trapped, refused (no handler), errors (answered with an errno), continued
-        (run by the kernel as the tracee), the opens of views served, and which of the trapped calls the
+        (run by the kernel as the tracee), and which of the trapped calls the
         native fast path answered."""
 
         def by_name(counts: list[int], extra: list[int] | None = None) -> dict[str, int]:
@@ -260,7 +253,6 @@ class Sentry:
             "refused": by_name(self._n_refused),
             "errors": by_name(self._n_errors, n_errors),
             "continued": by_name(self._n_continued, n_continued),
-            "views_served": self.counts_served,
             #: of "trapped", the calls the native fast path answered without Python
             "native": by_name(n_trapped) if n_trapped is not None else {},
             "listeners": len(self._listeners) + len(self._pending),
@@ -402,7 +394,6 @@ class Sentry:
         if strace:
             t0 = time.perf_counter_ns()
             self.decoded = None
-            self.result_fd = -1
         if handler is None:
             res = (0, errno.ENOSYS)
             if 0 <= nr <= MAX_NR:
@@ -433,7 +424,7 @@ class Sentry:
                     self._listeners.pop(lst.fd, None)
                     self._fail(lst, e)
                     return
-        if strace:
+        if strace and res is not None:  # None: the thread is gone
             self._emit(lst, tid, nr, res, time.perf_counter_ns() - t0)
 
     def _emit(self, lst: _Listener, tid: int, nr: int, res, duration: int) -> None:
@@ -442,9 +433,7 @@ class Sentry:
         except OSError:
             pid = tid
         event = {"container": lst.view.container_id, "pid": pid, "tid": tid, "syscall": syscall_name(nr), "args": list(self.decoded or ()), "duration_ns": duration}
-        if res is None:
-            event["result"] = self.result_fd
-        elif len(res) == 3 and res[2]:
+        if len(res) == 3 and res[2]:
             event["continued"] = True  # the kernel ran it as the tracee: its result is not the sentry's to know
         elif res[1]:
             event["errno"] = errno.errorcode.get(res[1], res[1])
@@ -465,17 +454,6 @@ class Sentry:
         if not self.id_valid(lst, nid):
             raise OSError(errno.ESRCH, "the trapped thread is gone")
         self.mem.write(tid, addr, data)
-
-    def addfd(self, lst: _Listener, nid: int, srcfd: int, cloexec: int):
-        """Install ``srcfd`` in the tracee and complete the call with its number (ADDFD|SEND)."""
-        ADDFD.pack_into(self._addfd, 0, nid, SECCOMP_ADDFD_FLAG_SEND, srcfd, 0, os.O_CLOEXEC if cloexec else 0)
-        try:
-            self.result_fd = fcntl.ioctl(lst.fd, SECCOMP_IOCTL_NOTIF_ADDFD, self._addfd, True)
-        except OSError as err:
-            if err.errno == errno.ENOENT:
-                return None
-            return 0, err.errno  # e.g. EMFILE in the tracee: the call fails with it
-        return None
 
     # --- fail closed --------------------------------------------------------------------
     def _kill(self, lst: _Listener) -> None:

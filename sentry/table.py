@@ -4,7 +4,10 @@ The shape follows gVisor's ``linux64.go``: one row per syscall number. A row's
 ``disposition`` says where the call is decided:
 
 ``ALLOW``   in BPF, the kernel runs it (cost +0.07 µs);
-``TRAP``    in BPF -> USER_NOTIF -> the sentry runs ``handler`` (emulate, serve a view, or observe and CONTINUE);
+``TRAP``    in BPF -> USER_NOTIF -> the sentry runs ``handler`` (emulate, or refuse);
+``TRACE``   ALLOW, except in the filter of a container created with strace on
+            (``filter.install(trace=True)``), where it is a TRAP: the handler
+            observes the call and answers CONTINUE (the open family);
 ``ERRNO``   in BPF, refused with ``errno`` without entering the kernel proper;
 ``KILL``    in BPF, the whole process is killed.
 
@@ -28,6 +31,8 @@ from .abi.syscalls import MAX_NR, SYSCALLS
 class Action(enum.Enum):
     ALLOW = "allow"
     TRAP = "trap"
+    #: allowed in BPF, trapped (and observed) only in containers created with strace on
+    TRACE = "trace"
     ERRNO = "errno"
     KILL = "kill"
 
@@ -67,6 +72,8 @@ class Disposition(Value):
     def describe(self) -> str:
         if self.action is Action.TRAP:
             text = f"trap → `{self.handler}`"
+        elif self.action is Action.TRACE:
+            text = f"allow; with strace at create: trap → `{self.handler}`"
         elif self.action is Action.ERRNO:
             text = f"errno {E.errorcode.get(self.errno, self.errno)}"
         else:
@@ -84,6 +91,10 @@ def ALLOW(note: str = "") -> Disposition:
 
 def TRAP(handler: str, note: str = "", when: tuple[ArgCond, ...] = ()) -> Disposition:
     return Disposition(action=Action.TRAP, handler=handler, note=note, when=when)
+
+
+def TRACE(handler: str, note: str = "") -> Disposition:
+    return Disposition(action=Action.TRACE, handler=handler, note=note)
 
 
 def ERRNO(err: int, note: str = "", when: tuple[ArgCond, ...] = ()) -> Disposition:
@@ -117,15 +128,16 @@ def _rule(names: str, disposition: Disposition) -> None:
         _RULES[n] = disposition
 
 
-# --- observed: the kernel opens as the container; the sentry serves only its views -------
-_OPEN_NOTE = ("the path is read (for the tap and to find a view); a read-only open of a view the sentry makes "
-              "(/proc/{meminfo,cpuinfo,stat,loadavg,uptime}, /sys/devices/system/cpu/online) is served from a memfd "
-              "with ADDFD|SEND; every other open is answered CONTINUE: the kernel opens the file as the container "
-              "(its credentials, capabilities, namespaces, device cgroup and umask)")
-_rule("open", TRAP("fs.open", _OPEN_NOTE))
-_rule("openat", TRAP("fs.openat", _OPEN_NOTE))
-_rule("openat2", TRAP("fs.openat2", _OPEN_NOTE + "; with resolve flags always continued"))
-_rule("creat", TRAP("fs.creat", "open(path, O_CREAT|O_WRONLY|O_TRUNC, mode): never a view, always continued"))
+# --- the kernel opens as the container; observed only for strace -----------------------
+_OPEN_NOTE = ("the kernel opens the file as the container (its credentials, capabilities, namespaces, device "
+              "cgroup and umask); the views (/proc/{meminfo,cpuinfo,stat,loadavg,uptime}, "
+              "/sys/devices/system/cpu/online) are files of a FUSE filesystem the sandbox serves, bound over "
+              "those paths in the container's mount namespace. Trapped only when the container was created with "
+              "strace on: the path is read for the tap and the call answered CONTINUE")
+_rule("open", TRACE("fs.open", _OPEN_NOTE))
+_rule("openat", TRACE("fs.openat", _OPEN_NOTE))
+_rule("openat2", TRACE("fs.openat2", _OPEN_NOTE))
+_rule("creat", TRACE("fs.creat", "open(path, O_CREAT|O_WRONLY|O_TRUNC, mode): as open"))
 
 # --- emulated: answered from sentry state ----------------------------------------
 _rule("uname", TRAP("emulate.uname", "nodename/domainname from the container, release from the host, version names zentry"))
@@ -219,7 +231,7 @@ for _n in "execve execveat".split():
 for _n in "fork vfork".split():
     _RULES[_n] = ALLOW("no namespace flags possible")
 _RULES["seccomp"] = ALLOW("a further filter can only restrict; a second listener is refused by the kernel (EBUSY)")
-_RULES["chroot"] = ALLOW("needs CAP_SYS_CHROOT, which the kernel checks (Docker allows it with that capability); the views keep answering for their absolute paths inside a chroot")
+_RULES["chroot"] = ALLOW("needs CAP_SYS_CHROOT, which the kernel checks (Docker allows it with that capability); inside a chroot, /proc and the views are whatever that root holds")
 for _n in "sethostname setdomainname".split():
     _RULES[_n] = ALLOW("acts on the container's UTS namespace and needs CAP_SYS_ADMIN there, which the kernel checks (Docker gates it on the same capability); uname keeps answering from the container's config")
 for _n in "mbind set_mempolicy get_mempolicy set_mempolicy_home_node".split():
@@ -265,8 +277,8 @@ class SyscallTable(Value):
         return len(self.rows)
 
     def trapped(self) -> dict[int, str]:
-        """nr -> handler name, for every TRAP row."""
-        return {r.nr: r.disposition.handler for r in self if r.disposition.action is Action.TRAP}
+        """nr -> handler name, for every row the filter may trap (TRAP, and TRACE under strace)."""
+        return {r.nr: r.disposition.handler for r in self if r.disposition.action in (Action.TRAP, Action.TRACE)}
 
     def by_action(self, action: Action) -> list[SyscallRow]:
         return [r for r in self if r.disposition.action is action]

@@ -168,10 +168,11 @@ class Sandbox(Actor):
                 except Exception:
                     pass
 
-    def _add_listener(self, container_id: str, fd: int, config: dict, names: dict | None = None) -> None:
+    def _add_listener(self, container_id: str, fd: int, config: dict, names: dict | None = None):
+        """Hand a listener to the sentry; returns the container's view (None without a sentry)."""
         if self.sentry is None:
             os.close(fd)
-            return
+            return None
         from zentry.sentry.kernel import ContainerView
 
         box = self.boxes.get(container_id)
@@ -191,6 +192,7 @@ class Sandbox(Actor):
             memory_usage_bytes=(lambda cg=cg: _memory_usage(cg)) if cg is not None else None,
         )
         self.sentry.add_listener(fd, view)
+        return view
 
     # --- listener handover for exec'd processes ---------------------------------
     def _on_fd_connection(self, _fd: int) -> None:
@@ -231,8 +233,12 @@ class Sandbox(Actor):
         if msg.container_id in self.boxes:
             raise WrongState(f"container {msg.container_id!r} already has an init")
         if (msg.config.get("annotations") or {}).get(STRACE_ANNOTATION) == "true" and self.sentry is not None:
-            # `zentry --strace create|run`: traced from the init's first call
+            # `zentry --strace create|run`: traced from the init's first call,
+            # its opens trapped too (the filter the init inherits, compiled here)
             self.sentry.set_strace(True)
+            from zentry.sentry import filter as sentry_filter
+
+            sentry_filter.zentry_bpf(trace=True)
         linux = msg.config.get("linux") or {}
         cgroup = Cgroup.for_container(linux.get("cgroupsPath"), msg.container_id)
         # The kernel's first-migration wait (see prime_attach) runs while the
@@ -337,6 +343,7 @@ class Sandbox(Actor):
     def _await_ready(self, box: Box) -> None:
         deadline = time.monotonic() + SPAWN_TIMEOUT
         chan = box.chan
+        view = None
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -346,7 +353,7 @@ class Sandbox(Actor):
             if fds:
                 header = codec.unpack(data)
                 if header.get("kind") == "listener":
-                    self._add_listener(box.container_id, fds[0], box.config, header)
+                    view = self._add_listener(box.container_id, fds[0], box.config, header)
                     for extra in fds[1:]:
                         os.close(extra)
                 else:
@@ -355,6 +362,14 @@ class Sandbox(Actor):
                 continue
             line = data.decode(errors="replace")
             if line == "ready":
+                if view is not None:
+                    # the live /proc and /sys views, bound into the container's mount namespace
+                    from zentry.sentry import views
+
+                    try:
+                        views.attach(box.pid, view)
+                    except OSError as err:
+                        raise SystemFailure(f"container {box.container_id!r}: {err.strerror or err}") from err
                 return
             _raise_line(line, f"container {box.container_id!r} init exited during setup")
 

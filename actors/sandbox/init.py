@@ -38,7 +38,7 @@ from zentry.bus import fdpass
 from zentry.bus.errors import ConfigError, ExecNotFound, ExecPermission, SystemFailure, ZentryError, to_wire
 from zentry.actors.gofer import devices
 from zentry.actors.gofer import rootfs as rootfs_mod
-from zentry.actors.oci import PRESERVE_FDS_ANNOTATION
+from zentry.actors.oci import PRESERVE_FDS_ANNOTATION, STRACE_ANNOTATION
 from zentry.actors.oci.config import sysctl_path
 from zentry.sentry import filter as sentry_filter
 from zentry.sentry.abi import libc
@@ -450,4 +450,5 @@ def install_sentry(config: dict, no_new_privs: bool) -> int:
     sentry.
     """
     seccomp = (config.get("linux") or {}).get("seccomp")
-    return sentry_filter.install(seccomp, no_new_privs=no_new_privs)
+    trace = (config.get("annotations") or {}).get(STRACE_ANNOTATION) == "true"
+    return sentry_filter.install(seccomp, no_new_privs=no_new_privs, trace=trace)

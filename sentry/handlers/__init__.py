@@ -3,16 +3,14 @@
 A handler is ``handler(sentry, listener, notif_id, tid, args) -> (val, errno) | None``:
 ``(val, 0)`` completes the call with ``val``, ``(0, e)`` fails it with ``e``,
 ``fs.CONTINUE`` lets the kernel run it as the tracee (never for a call the
-sentry refuses or changes), ``None`` means the handler already completed it
-(ADDFD|SEND) or the thread is gone. Handlers set ``sentry.decoded`` to the
+sentry refuses or changes), ``None`` means the thread is gone (nothing to answer). Handlers set ``sentry.decoded`` to the
 decoded arguments (for strace).
 
 ``NATIVE`` maps a handler name to its fast-path form for the C loop
 (``sentry/_fast.c``): ``make(listener) -> (kind, ...)``. ``("write", k, data, v)``:
 write ``data`` at the address in argument k, return v (the answer must not
-change while the listener lives). ``("open", k)``: the path is in argument k;
-CONTINUE unless it is one of ``procfs.VIEWS`` (the C loop is given their
-paths), which the Python handler serves. A handler not listed here always runs
+change while the listener lives). ``("open", k)``: CONTINUE (the path, in
+argument k, is read only by the Python handler, for strace). A handler not listed here always runs
 in Python.
 """
 

@@ -7,8 +7,8 @@ themselves from (glibc's ``get_nprocs`` reads ``/sys/devices/system/cpu/online``
 ``/proc/stat``) is rendered here from the container's own limits
 (``ContainerView``): memory from its memory limit and usage, CPUs from its
 cpuset cut to its CPU quota, uptime from when it started, and no host pid.
-The open handler (``fs``) serves a read-only open of one of ``VIEWS`` with a
-memfd holding the text; every other open is the kernel's.
+``sentry.views`` serves them as files of a FUSE filesystem bound over
+``VIEWS``' paths in the container's mount namespace, rendered at each open.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 import os
 import time
 
-#: container path -> renderer name (matched exactly; the native fast path gets the same keys)
+#: container path -> renderer name (also the file's name in the views' filesystem)
 VIEWS = {
     b"/proc/meminfo": "meminfo",
     b"/proc/cpuinfo": "cpuinfo",

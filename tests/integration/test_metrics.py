@@ -52,7 +52,7 @@ def test_metrics_after_a_container_run(zentry, busybox_bundle):
 
         m = wait_for(traced, timeout=10, step=0.2)
         assert m, scrape(endpoint)
-        assert m["zentry_mediated_opens_total"] >= 2  # the two views; /etc/hostname was the kernel's (continued)
+        assert "zentry_mediated_opens_total" not in m  # every open is the kernel's (the views are a filesystem)
         # the failed open of /nonexistent was continued: its errno is the kernel's, not counted as the sentry's
         assert m.get('zentry_syscall_errors_total{errno="ENOENT",syscall="openat"}', 0) == 0
         assert m['zentry_bus_request_duration_seconds_count{actor="controller",request="container.create"}'] == 1

@@ -18,10 +18,18 @@ import textwrap
 import threading
 import time
 
+from functools import partial
+
 import pytest
 
-from zentry.sentry.harness import run, spawn
+from zentry.sentry import harness
 from zentry.sentry.kernel import ContainerView, Sentry, native_available
+
+# Opens are trapped only in containers created with strace on: these tests run under that filter
+# (the open family observed and continued), the one the sentry still serves opens for.
+run = partial(harness.run, trace=True)
+spawn = partial(harness.spawn, trace=True)
+
 
 pytestmark = [
     pytest.mark.root,
@@ -223,16 +231,13 @@ int main(void) {
 """
 
 
-def test_proc_views_and_sysinfo_follow_the_cgroup_limits(sentry, tmp_path):
+def test_sysinfo_follows_the_memory_limit_and_procfs_is_the_kernels(sentry, tmp_path):
+    # (the /proc views are a FUSE filesystem bound in a container's mount namespace: test_views.py)
     view = ContainerView("c2", "db", memory_limit_bytes=256 << 20, cpu_quota_us=50000, cpu_period_us=100000, cpuset="0-1")
-    r = run([BUSYBOX, "sh", "-c", "grep MemTotal /proc/meminfo; grep -c ^processor /proc/cpuinfo; grep -c '^cpu[0-9]' /proc/stat; cat /proc/loadavg | wc -w"], sentry=sentry, view=view)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split(b"\n")[:4] == [b"MemTotal:         262144 kB", b"1", b"1", b"5"]
     exe = cc(tmp_path, "si", PROC_C)
     r = run([exe], sentry=sentry, view=view)
     assert r.stdout == b"%d\n" % (256 << 20)
-    # no limits: the host's numbers
-    r = run([BUSYBOX, "grep", "MemTotal", "/proc/meminfo"], sentry=sentry)
+    r = run([BUSYBOX, "grep", "MemTotal", "/proc/meminfo"], sentry=sentry, view=view)
     assert r.stdout == host([BUSYBOX, "grep", "MemTotal", "/proc/meminfo"]).stdout
     # other /proc files are the real ones, and /proc/self is the tracee
     r = run([BUSYBOX, "sh", "-c", "head -1 /proc/self/status; readlink /proc/self/exe"], sentry=sentry)
@@ -379,14 +384,12 @@ def test_strace_events_only_when_switched_on_with_the_right_result(sentry):
     sentry.set_strace(False)
     opens = [e for e in sentry.events if e["syscall"] == "openat"]
     ok = next(e for e in opens if e["args"][1] == "/etc/hostname")
-    view = next(e for e in opens if e["args"][1] == "/proc/loadavg")
+    proc = next(e for e in opens if e["args"][1] == "/proc/loadavg")
     missing = next(e for e in opens if e["args"][1] == "/nonexistent")
     # opens the kernel ran as the tracee: continued, their result is not the sentry's to report
-    for e in (ok, missing):
+    for e in (ok, proc, missing):
         assert e["continued"] is True and "result" not in e and "errno" not in e, e
     assert ok["container"] == "traced" and ok["duration_ns"] > 0 and ok["pid"] == ok["tid"]
-    # a view the sentry served: the fd it installed, never an errno
-    assert view["result"] >= 3 and "errno" not in view and "continued" not in view, view
     n = len(sentry.events)
     run([BUSYBOX, "cat", "/etc/hostname"], sentry=sentry)
     assert len(sentry.events) == n

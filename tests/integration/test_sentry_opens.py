@@ -12,12 +12,18 @@ from __future__ import annotations
 import os
 import sys
 
+from functools import partial
+
 import pytest
 
-from zentry.sentry.harness import run
+from zentry.sentry import harness
 from zentry.sentry.kernel import ContainerView
 
 from test_sentry_behaviour import host, sentry  # noqa: F401  (the fixture: both loops)
+
+# Opens are trapped only in containers created with strace on: these tests run under that filter
+# (the open family observed and continued), the one the sentry still serves opens for.
+run = partial(harness.run, trace=True)
 
 pytestmark = [
     pytest.mark.root,
@@ -106,43 +112,6 @@ def test_writing_to_dev_tty_without_a_terminal_fails_at_once(sentry):  # noqa: F
     assert r.stdout == h.stdout == b"%d True\n" % 6, r.stderr  # ENXIO
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to tell a 1-CPU quota apart")
-def test_python_sizes_itself_from_the_cpu_quota(sentry):  # noqa: F811
-    view = ContainerView("q", "h", cpu_quota_us=100000, cpu_period_us=100000, memory_limit_bytes=256 << 20)
-    code = "import os; print(os.cpu_count(), sorted(os.sched_getaffinity(0)) == sorted(os.sched_getaffinity(1)))"
-    r = run([PY, "-c", code], sentry=sentry, view=view)
-    h = host([PY, "-c", code])
-    # os.cpu_count() reads /sys/devices/system/cpu/online (glibc): the view; the affinity is the kernel's
-    assert r.stdout == b"1 True\n", r.stderr
-    assert h.stdout == b"%d True\n" % os.cpu_count()
-    r = run(["/bin/busybox", "sh", "-c", "cat /sys/devices/system/cpu/online; free | grep Mem: | tr -s ' ' | cut -d' ' -f2; cut -d' ' -f1 /proc/uptime"],
-            sentry=sentry, view=view)
-    online, total, uptime = r.stdout.decode().split()
-    assert (online, total) == ("0", str(256 << 10)) and float(uptime) < 30
-
-
-def test_the_views_fit_their_readers(sentry):  # noqa: F811
-    view = ContainerView("v", "h", cpu_quota_us=50000, cpu_period_us=100000)
-    r = run(["/bin/busybox", "sh", "-c", "cat /proc/loadavg; cat /proc/uptime; grep -c ^processor /proc/cpuinfo"], sentry=sentry, view=view)
-    loadavg, uptime, ncpu = r.stdout.decode().splitlines()
-    fields = loadavg.split()
-    assert len(fields) == 5 and fields[3].startswith("1/") and int(fields[4]) > 0
-    up, idle = (float(v) for v in uptime.split())
-    assert 0 <= up < 30 and 0 <= idle <= up
-    assert ncpu == "1"
-    # /proc/uptime counts from the container's start, not the host's boot
-    assert up < float(open("/proc/uptime").read().split()[0])
-
-
-def test_a_view_is_served_with_musls_o_largefile_too(sentry):  # noqa: F811
-    # musl (Alpine) passes the kernel's O_LARGEFILE (0o100000) on x86_64; glibc passes none
-    code = ("import os\nfor extra in (0, 0o100000):\n"
-            "    fd = os.open('/proc/meminfo', os.O_RDONLY | extra)\n    print(os.read(fd, 40).split(b'\\n')[0].decode())")
-    r = run([PY, "-c", code], sentry=sentry, view=ContainerView("m", "h", memory_limit_bytes=256 << 20))
-    assert r.stdout == b"MemTotal:         262144 kB\n" * 2, r.stderr
-
-
-def test_no_view_for_writes_nor_for_other_paths(sentry, tmp_path):  # noqa: F811
-    # what a view cannot honour is the kernel's: the real file's answers
+def test_procfs_files_are_the_kernels(sentry, tmp_path):  # noqa: F811
     same_as_host(sentry, ["/bin/busybox", "sh", "-c", "echo 1 > /proc/meminfo; echo $?; cat /proc/self/stat | cut -d' ' -f2; cat /proc/version | cut -c1-5"])
 

@@ -81,10 +81,20 @@ def test_every_unconditional_row_is_decided_on_the_syscall_number_alone(prog):
         want = {
             Action.ALLOW: SECCOMP_RET_ALLOW,
             Action.TRAP: SECCOMP_RET_USER_NOTIF,
+            Action.TRACE: SECCOMP_RET_ALLOW,  # trapped only in the filter of a container created with strace on
             Action.ERRNO: SECCOMP_RET_ERRNO | d.errno,
             Action.KILL: SECCOMP_RET_KILL_PROCESS,
         }[d.action]
         assert ret == want, row
+
+
+def test_the_open_family_is_trapped_only_in_the_traced_program():
+    traced = [struct.unpack_from("=HBBI", raw, i) for raw in [zentry_bpf(trace=True)] for i in range(0, len(raw), 8)]
+    for row in TABLE:
+        if row.disposition.action is Action.TRACE:
+            assert run(traced, row.nr)[0] == SECCOMP_RET_USER_NOTIF, row
+    assert {r.name for r in TABLE.by_action(Action.TRACE)} == {"open", "openat", "openat2", "creat"}
+    assert run(traced, TABLE["getpid"].nr)[0] == SECCOMP_RET_ALLOW
 
 
 def test_conditional_rows_look_at_their_arguments(prog):
