@@ -255,13 +255,14 @@ def _main(argv: list[str], verb: str | None, prefork) -> int:
             open_log(args.log)
     except UsageError as err:
         log_file, log_format = global_flag(argv, "--log"), global_flag(argv, "--log-format")
-        usable = log_file is not None and log_format in (None, "text", "json")
+        usable = log_file is not None
         if usable:
             try:
                 open_log(log_file)
             except InvalidArgument:
                 usable = False
-        configure(log_file if usable else None, log_format or "text")
+        # a --log-format that is itself the usage error: the engine reads JSON
+        configure(log_file if usable else None, log_format if log_format in ("text", "json") else "json" if log_format else "text")
         fail(get_logger("zentry.cli"), str(err))
         return err.exit_status
     except InvalidArgument as err:  # the log file itself

@@ -17,7 +17,7 @@ import shutil
 import stat
 from typing import NamedTuple
 
-from zentry.bus.errors import ConfigError, SystemFailure, Unsupported
+from zentry.bus.errors import ConfigError, SystemFailure, Unsupported, os_error_message
 from zentry.sentry.abi import libc
 
 L = libc
@@ -370,7 +370,17 @@ def mount_in_root(root_fd: int, entry: dict, source_tree: int | None, rootfs: st
             shutil.copytree(fd_path(fds[1]), target, symlinks=True, dirs_exist_ok=True)
         finish_mount(target, opts)
     except OSError as err:
-        raise SystemFailure(f'cannot mount "{what}" on "{dest}" (rootfs {rootfs}): {err}') from err
+        raise SystemFailure(f'cannot mount "{what}" on "{dest}" (rootfs {rootfs}): {error_reason(err)}') from err
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def error_reason(err: OSError) -> str:
+    """Why a mount step failed, in the kernel's words (``no such device``):
+    the libc wrapper names the call and its arguments, which the message's
+    own context already says better."""
+    if not err.errno:
+        return os_error_message(err)
+    reason = os.strerror(err.errno)
+    return reason[0].lower() + reason[1:]

@@ -472,7 +472,7 @@ def _mount_cgroup(root_fd: int, entry: dict, dirs: list[tuple[str, str]] | None)
                     pass
         os.chmod(mounts.fd_path(top), 0o555)  # what runc's containers see
     except OSError as err:
-        raise SystemFailure(f'cannot mount "{fstype}" on "{dest}" in the container: {err}') from err
+        raise SystemFailure(f'cannot mount "{fstype}" on "{dest}" in the container: {mounts.error_reason(err)}') from err
     finally:
         for fd in fds:
             os.close(fd)

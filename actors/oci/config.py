@@ -149,7 +149,7 @@ def _as_the_schema_spells_it(config: object) -> object:
     """``config`` with what runc accepts beyond the schema spelled the schema's way
     (for the schema check only: the document itself is kept as written)."""
     linux = config.get("linux") if isinstance(config, dict) else None
-    if isinstance(linux, dict) and linux.get("rootfsPropagation") in RECURSIVE_PROPAGATION:
+    if isinstance(linux, dict) and isinstance(linux.get("rootfsPropagation"), str) and linux["rootfsPropagation"] in RECURSIVE_PROPAGATION:
         linux = dict(linux, rootfsPropagation=RECURSIVE_PROPAGATION[linux["rootfsPropagation"]])
         return dict(config, linux=linux)
     return config
