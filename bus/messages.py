@@ -77,7 +77,7 @@ class Created(Message):
     """A container now exists and waits for start."""
 
     container_id: str = doc("the container")
-    pid: int = doc("host pid for --pid-file (the sandbox actor, or the member's forwarder)")
+    pid: int = doc("host pid for --pid-file: the container's init")
 
 
 @message("container.start", "request")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -242,3 +243,77 @@ def test_exec_refuses_string_args_and_reports_a_bad_cwd_as_runc(runtimes, busybo
         assert len(r.stderr.strip().splitlines()) == 1, (rt.name, r.stderr)
         r = rt("exec", cid, "/nonexistent")
         assert r.returncode == 255, (rt.name, r)
+
+
+def _under_pty(argv: list[str], script: list[tuple[float, bytes]], settle: float = 2.5, timeout: float = 60) -> tuple[str, int]:
+    """Run argv on a fresh pty; after ``settle`` s write each chunk then wait its delay. Output and status."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execvp(argv[0], argv)
+        finally:
+            os._exit(127)
+    out = b""
+
+    def pump(seconds: float) -> None:
+        nonlocal out
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if select.select([fd], [], [], 0.05)[0]:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                out += data
+
+    reaped = False
+    try:
+        pump(settle)
+        for delay, chunk in script:
+            os.write(fd, chunk)
+            pump(delay)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                reaped = True
+                pump(0.2)
+                return out.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+            pump(0.1)
+        raise AssertionError(f"{argv} did not end: {out!r}")
+    finally:
+        if not reaped:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+
+
+def test_exec_tty_keeps_typed_ahead_input_and_returns_the_status(runtimes, busybox_bundle):
+    bundle = busybox_bundle(["sleep", "60"])
+    for rt in runtimes:
+        cid = unique(rt, "exectty")
+        rt.create(bundle, cid)
+        assert rt("start", cid).returncode == 0
+        # typed before exec has put the terminal in raw mode: must not be flushed
+        out, status = _under_pty(rt.cmd("exec", "-t", cid, "sh", "-c", "read line; echo got:$line; exit 4"), [(0, b"early\n")], settle=0)
+        assert "got:early" in out, (rt.name, out)
+        assert status == 4, (rt.name, out)
+
+
+def test_run_with_a_terminal_gives_the_shell_job_control(runtimes, busybox_bundle):
+    # ash opens /dev/tty for job control; no actor may hold a terminal the
+    # container's process could reach instead of its own pty
+    bundle = busybox_bundle(["sh"], process={"terminal": True})
+    for rt in runtimes:
+        cid = unique(rt, "jobs")
+        rt.ids.append(cid)
+        out, status = _under_pty(rt.cmd("run", "--bundle", bundle, cid),
+                                 [(0.5, b"sleep 5 &\n"), (0.5, b"jobs\n"), (0.5, b"exit 3\n")])
+        assert "job control turned off" not in out, (rt.name, out)
+        assert "sleep 5" in out.split("jobs", 1)[1], (rt.name, out)
+        assert status == 3, (rt.name, out)
