@@ -1,14 +1,18 @@
-"""The signal forwarder: one foreground ``run``/``exec``, or one ``exec --detach``.
+"""The foreground of ``run``/``exec`` (the forwarder), and how ``exec`` makes its process.
 
-It relays every catchable signal to the container process, keeps a
-terminal's size in step (SIGWINCH), copies a pty to its own stdio when no
-``--console-socket`` took the master, and exits with the process's status.
+The forwarder is the CLI process itself: it relays every catchable signal
+to the container process (its child), keeps a terminal's size in step
+(SIGWINCH), copies a pty to its own stdio when no ``--console-socket`` took
+the master, and exits with the process's status.
 
-An exec'd process is started here: the forwarder enters the container's PID
-namespace (for its children) and forks the process, which joins the other
-namespaces and the cgroup of the container's init, loads the sentry's
-filter, and hands the listener to the forwarder, who passes it to the
-sandbox actor's fd socket before letting the process execve.
+An exec'd process is started by the ``exec`` CLI (``start_exec``): it enters
+the container's PID namespace (for its children) and forks the process,
+which joins the other namespaces and the cgroup of the container's init,
+loads the sentry's filter, and hands the listener to the CLI, who passes it
+(with the process's pid, so the sandbox reports its start and exit on the
+tap) to the sandbox actor's fd socket before letting the process execve.
+With ``--detach`` the CLI then exits: nothing sits between the process and
+the engine's subreaper.
 """
 
 from __future__ import annotations
@@ -137,9 +141,19 @@ def _is_readable(fd: int) -> bool:
 
 
 def _raw(fd: int) -> None:
+    """Raw mode as tty.setraw makes it, applied at once (TCSANOW): setraw's TCSAFLUSH would
+    throw away input the user already typed."""
     import tty
 
-    tty.setraw(fd)
+    mode = termios.tcgetattr(fd)
+    mode[tty.IFLAG] &= ~(termios.BRKINT | termios.ICRNL | termios.INPCK | termios.ISTRIP | termios.IXON)
+    mode[tty.OFLAG] &= ~termios.OPOST
+    mode[tty.CFLAG] &= ~(termios.CSIZE | termios.PARENB)
+    mode[tty.CFLAG] |= termios.CS8
+    mode[tty.LFLAG] &= ~(termios.ECHO | termios.ICANON | termios.IEXTEN | termios.ISIG)
+    mode[tty.CC][termios.VMIN] = 1
+    mode[tty.CC][termios.VTIME] = 0
+    termios.tcsetattr(fd, termios.TCSANOW, mode)
 
 
 def _copy_winsize(src: int, dst: int) -> None:
@@ -250,6 +264,7 @@ def start_exec(init_pid: int, cgroup_procs: list[str], container_config: dict, p
             data, fds, _f, _a = socket.recv_fds(ours, 65536, 2)
             if fds:
                 header = codec.unpack(data)
+                header.update(pid=pid, args=[str(a) for a in process.get("args") or []])
                 _hand_listener(fd_socket, container_id, fds[0], header)
                 continue
             line = data.decode(errors="replace")
@@ -282,7 +297,7 @@ def _hand_listener(fd_socket: str, container_id: str, fd: int, names: dict) -> N
     try:
         sock = fdpass.connect(fd_socket)
         try:
-            header = {"kind": "listener", "container_id": container_id}
+            header = {"kind": "listener", "container_id": container_id, "pid": int(names["pid"]), "args": names["args"]}
             header.update({k: str(names[k]) for k in ("nodename", "domainname") if k in names})
             fdpass.send_fds(sock, header, [fd])
             answer = sock.recv(256)
@@ -327,7 +342,10 @@ def _exec_child(chan: socket.socket, init_pid: int, cgroup_procs: list[str], con
         if console is not None:
             initmod.setup_terminal(console)
         cwd = process.get("cwd") or "/"
-        os.chdir(cwd)
+        try:
+            os.chdir(cwd)
+        except OSError as err:
+            raise SystemFailure(f"chdir to cwd ({cwd!r}) set in config.json failed: {err.strerror}") from None
         env = [e for e in process.get("env") or [] if "=" in e]
         args = process.get("args") or []
         path = initmod.find_executable(args[0], env, cwd)

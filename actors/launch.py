@@ -1,10 +1,13 @@
 """Bringing a sandbox up and tearing a dead one down, from the calling process.
 
 ``create_container`` forks the three long-lived actors of a new sandbox
-(controller, gofer, sandbox) from the ``create`` process before it builds any
-ZeroMQ context, waits for each to report ready, then asks the controller to
-create the container. Any failure kills and reaps what was forked and
-removes the container's directory: nothing is left behind.
+(controller, gofer, sandbox) and the container's *intermediate* from the
+``create`` process before it builds any ZeroMQ context, waits for each to
+report ready, then asks the controller to create the container. The
+intermediate forks the container's init (``sandbox/init.py``); ``create`` is
+a child subreaper, so the init becomes its child, and the engine's once
+``create`` exits. Any failure kills and reaps what was forked, removes the
+container's cgroup and directory: nothing is left behind.
 
 ``remove_orphan`` is the fallback for a container whose controller is dead
 (killed, host restart): it kills the recorded actor pids, removes the
@@ -20,11 +23,11 @@ import signal
 import time
 from typing import Callable
 
-from zentry.actors.spawn import Child, fork_actor, fork_blank, reap
+from zentry.actors.spawn import Child, fork_blank, reap
 from zentry.actors.state import STOPPED, Lock, Record, Store, pid_alive
 from zentry.bus.client import Client
 from zentry.bus.endpoints import Endpoints, bus_dir_for, make_private_dir
-from zentry.bus.errors import ActorGone, AlreadyExists, NotFound, ZentryError
+from zentry.bus.errors import ActorGone, AlreadyExists, NotFound, SystemFailure, ZentryError
 from zentry.bus.log import configure, get_logger
 from zentry.bus.messages import Create, Created
 
@@ -73,12 +76,18 @@ class Prefork:
 
     def __init__(self) -> None:
         self.children: list[Child] = []
+        self.intermediate: Child | None = None
+        # The container's init descends from this process: when its
+        # intermediate exits it is re-parented here, then to our nearest
+        # subreaper (the engine's) when we exit, as runc's init is.
+        libc_prctl_subreaper()
         try:
-            # The sandbox first, as soon as pyzmq and msgpack are in: its
-            # preparation is the longest, and while it runs the CLI imports
-            # the rest (two processes on two cores). The other two follow,
-            # sharing those imports.
-            self._fork("sandbox", _prepare_sandbox, detach=False)
+            # The intermediate first, as soon as pyzmq and msgpack are in: its
+            # preparation (the init's code, zentry's BPF program) is the
+            # longest, and while it runs the CLI imports the rest (two
+            # processes on two cores). The others follow, sharing those imports.
+            self.intermediate = fork_blank("intermediate", _prepare_intermediate, detach=False)
+            self._fork("sandbox", _prepare_sandbox, detach=True)
             _import_shared()
             self._fork("controller", _prepare_controller, detach=True)
             self._fork("gofer", _prepare_gofer, detach=True)
@@ -87,7 +96,8 @@ class Prefork:
             raise
 
     def _fork(self, name: str, prepare: Callable[[], Callable[[dict, int], int]], *, detach: bool) -> None:
-        self.children.append(fork_blank(name, lambda: self._with_logging(prepare()), detach=detach, siblings=tuple(self.children)))
+        siblings = tuple(self.children) + ((self.intermediate,) if self.intermediate is not None else ())
+        self.children.append(fork_blank(name, lambda: self._with_logging(prepare()), detach=detach, siblings=siblings))
 
     def _with_logging(self, start: Callable[[dict, int], int]) -> Callable[[dict, int], int]:
         def run(assignment: dict, ready_fd: int) -> int:
@@ -96,22 +106,33 @@ class Prefork:
 
         return run
 
-    def assign(self, endpoints: Endpoints, sandbox_id: str, root: str, *, terminal: bool, log_file: str | None, log_format: str, debug: bool) -> list[Child]:
-        """Give the three their sandbox; they are then the caller's (it waits
-        for them, kills them on failure). Returned as controller, gofer, sandbox."""
+    def assign(self, endpoints: Endpoints, sandbox_id: str, root: str, *, log_file: str | None, log_format: str, debug: bool) -> list[Child]:
+        """Give the three actors their sandbox; they are then the caller's (it
+        waits for them, kills them on failure). Returned as controller, gofer,
+        sandbox. No actor keeps the caller's stdio: /dev/null, and the log file
+        (or /dev/null) as stderr. Only the container's processes hold them."""
         order = ("controller", "gofer", "sandbox")
         children = sorted(self.children, key=lambda child: order.index(child.name))
         self.children = []
-        base = {"bus_dir": endpoints.bus_dir, "sandbox_id": sandbox_id, "root": root, "log_file": log_file, "log_format": log_format, "debug": debug}
+        base = {"bus_dir": endpoints.bus_dir, "sandbox_id": sandbox_id, "root": root, "log_file": log_file, "log_format": log_format, "debug": debug,
+                "quiet_stdio": True, "controller_pid": children[0].pid}
         for child in children:
-            # The sandbox keeps create's stdio: they are the container's (see create_container).
-            quiet = terminal if child.name == "sandbox" else True
-            child.assign(dict(base, quiet_stdio=quiet, log_file=log_file if quiet else None))
+            child.assign(base)
         return children
+
+    def take_intermediate(self) -> Child:
+        """The blank that will fork the container's init (see assign_intermediate)."""
+        child, self.intermediate = self.intermediate, None
+        if child is None:
+            raise SystemFailure("the container's intermediate was already taken")
+        return child
 
     def dismiss(self) -> None:
         """Kill and reap those not assigned (a no-op once assigned)."""
         children, self.children = self.children, []
+        if self.intermediate is not None:
+            children.append(self.intermediate)
+            self.intermediate = None
         for child in children:
             if child.assign_fd >= 0:
                 os.close(child.assign_fd)
@@ -152,7 +173,30 @@ def _prepare_sandbox() -> Callable[[dict, int], int]:
     from zentry.actors.sandbox.actor import prepare_sandbox, sandbox_main
 
     prepare_sandbox()
-    return lambda a, fd: sandbox_main(Endpoints(a["bus_dir"]), a["sandbox_id"], fd)
+    return lambda a, fd: sandbox_main(Endpoints(a["bus_dir"]), a["sandbox_id"], fd, a["controller_pid"])
+
+
+def _prepare_intermediate() -> Callable[[dict, int], int]:
+    """The init's code and zentry's BPF program, compiled once here and
+    inherited by the init (which can import nothing once it has pivoted)."""
+    from zentry.actors.sandbox.init import intermediate_main
+    from zentry.sentry import filter as sentry_filter
+
+    sentry_filter.zentry_bpf()
+    return intermediate_main
+
+
+def libc_prctl_subreaper() -> None:
+    from zentry.sentry.abi import libc
+
+    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+
+
+def assign_intermediate(child: Child, fd_socket: str, container_id: str, bundle: str, config: dict, console_socket: str) -> None:
+    """Tell the intermediate its container; it connects to the sandbox's fd
+    socket and reports ready (it keeps our stdio: they become the init's)."""
+    child.assign({"fd_socket": fd_socket, "container_id": container_id, "bundle": bundle, "config": config, "console_socket": console_socket})
+    child.wait_ready()
 
 
 def create_container(store: Store, container_id: str, bundle: str, config: dict, *, console_socket: str = "", log_file: str | None = None,
@@ -163,72 +207,80 @@ def create_container(store: Store, container_id: str, bundle: str, config: dict,
     forked here, the same way.
     """
     store.ensure_root()
+    prefork = prefork or Prefork()
     sandbox_id = sandbox_of(container_id, config)
     if sandbox_id != container_id:
-        if prefork is not None:
-            prefork.dismiss()
-        return _join_sandbox(store, container_id, sandbox_id, bundle, config, console_socket)
+        return _join_sandbox(store, container_id, sandbox_id, bundle, config, console_socket, prefork)
     cdir = store.dir(container_id)
     _make_container_dir(store, container_id)
     children: list[Child] = []
+    intermediate = prefork.take_intermediate()
     try:
         with Lock(store, container_id, create=True):
             bus_dir = bus_dir_for(cdir)
             make_private_dir(bus_dir)
             endpoints = Endpoints(bus_dir)
-            # The sandbox keeps create's stdio: they are the container's. With a
-            # terminal the container's stdio is the pty instead, and holding
-            # create's pipes would keep the engine waiting for EOF (go-runc
-            # reads create's output until its pipes close).
-            terminal = bool((config.get("process") or {}).get("terminal"))
             # The others' event publishers reach the controller's stream
             # whenever it binds (they queue until then).
-            children = (prefork or Prefork()).assign(endpoints, sandbox_id, store.root, terminal=terminal,
-                                                     log_file=log_file, log_format=log_format, debug=debug)
+            children = prefork.assign(endpoints, sandbox_id, store.root, log_file=log_file, log_format=log_format, debug=debug)
             for child in children:
                 child.wait_ready()
             controller, gofer, sandbox = children
-            return _ask_create(endpoints, controller.pid, Create(
+            assign_intermediate(intermediate, endpoints.fd_socket, container_id, bundle, config, console_socket)
+            created = _ask_create(endpoints, controller.pid, Create(
                 container_id=container_id, bundle=bundle, config=config, console_socket=console_socket,
                 sandbox_id=sandbox_id, sandbox_pid=sandbox.pid, gofer_pid=gofer.pid,
             ))
+            reap(intermediate.pid)
+            return created
     except BaseException:
-        _kill_children(children)
+        _kill_children([intermediate, *children])
+        _destroy_cgroup(container_id, config)
         if bus_dir_for(cdir) != cdir:
             shutil.rmtree(bus_dir_for(cdir), ignore_errors=True)
         shutil.rmtree(cdir, ignore_errors=True)
         raise
 
 
-def _join_sandbox(store: Store, container_id: str, sandbox_id: str, bundle: str, config: dict, console_socket: str) -> Created:
-    owner = store.load(store.resolve(sandbox_id))
-    if owner.status == STOPPED or not pid_alive(owner.controller_pid):
-        raise NotFound(f"sandbox {sandbox_id!r} of container {container_id!r} is not running")
-    cdir = store.dir(container_id)
-    _make_container_dir(store, container_id)
+def _join_sandbox(store: Store, container_id: str, sandbox_id: str, bundle: str, config: dict, console_socket: str, prefork: Prefork) -> Created:
+    """A pod member: created by the pod's controller in the pod's sandbox; its
+    init descends from this call, as any container's."""
+    intermediate = prefork.take_intermediate()
+    prefork.dismiss()
+    try:
+        owner = store.load(store.resolve(sandbox_id))
+        if owner.status == STOPPED or not pid_alive(owner.controller_pid):
+            raise NotFound(f"sandbox {sandbox_id!r} of container {container_id!r} is not running")
+        cdir = store.dir(container_id)
+        _make_container_dir(store, container_id)
+    except BaseException:
+        _kill_children([intermediate])
+        raise
     endpoints = Endpoints(owner.bus_dir)
-    waiter = None
     # Held until the controller has written state.json (see Store.remove_stale).
     with Lock(store, container_id, create=True):
         try:
-            # The member's stdio are this create's, as for any container: they
-            # travel to the sandbox actor, which gives them to the member's init.
-            _donate_stdio(endpoints.fd_socket, container_id)
-            _ask_create(endpoints, owner.controller_pid, Create(
+            assign_intermediate(intermediate, endpoints.fd_socket, container_id, bundle, config, console_socket)
+            created = _ask_create(endpoints, owner.controller_pid, Create(
                 container_id=container_id, bundle=bundle, config=config, console_socket=console_socket,
                 sandbox_id=sandbox_id, sandbox_pid=owner.sandbox_pid, gofer_pid=owner.gofer_pid,
             ))
-            # The engine waits on the pid-file process and wants the member's
-            # exit status from it: a waiter, child of this create (so of the
-            # engine's subreaper once we exit), exits with the member's status.
-            waiter = fork_actor("forwarder", lambda fd: _member_waiter(endpoints, owner.controller_pid, container_id, fd))
-            waiter.wait_ready()
-            return Created(container_id=container_id, pid=waiter.pid)
+            reap(intermediate.pid)
+            return created
         except BaseException:
-            if waiter is not None:
-                _kill_children([waiter])
+            _kill_children([intermediate])
             shutil.rmtree(cdir, ignore_errors=True)
             raise
+
+
+def _destroy_cgroup(container_id: str, config: dict) -> None:
+    """Kill what is in a container's cgroup and remove it (its sandbox may have been killed)."""
+    from zentry.actors.sandbox.cgroups import Cgroup
+
+    try:
+        Cgroup.for_container((config.get("linux") or {}).get("cgroupsPath"), container_id).destroy()
+    except (ZentryError, OSError) as err:
+        log.warning("cannot remove cgroup of %s: %s", container_id, err)
 
 
 def _make_container_dir(store: Store, container_id: str) -> None:
@@ -248,33 +300,6 @@ def _make_container_dir(store: Store, container_id: str) -> None:
 def _ask_create(endpoints: Endpoints, controller_pid: int, request: Create) -> Created:
     with Client(endpoints.actor("controller"), sender="cli", peer_pid=controller_pid) as client:
         return client.request(request, timeout=120)
-
-
-def _donate_stdio(fd_socket: str, container_id: str) -> None:
-    from zentry.bus import fdpass
-    from zentry.bus.errors import SystemFailure
-
-    sock = fdpass.connect(fd_socket)
-    try:
-        fdpass.send_fds(sock, {"kind": "stdio", "container_id": container_id}, [0, 1, 2])
-        answer = sock.recv(64)
-    finally:
-        sock.close()
-    if answer != b"ok":
-        raise SystemFailure(f"the sandbox refused the stdio of container {container_id!r}")
-
-
-def _member_waiter(endpoints: Endpoints, controller_pid: int, container_id: str, ready_fd: int) -> int:
-    """Exit with a member container's status (the engine's view of it)."""
-    from zentry.actors.spawn import report_ready
-    from zentry.bus.messages import Wait
-
-    report_ready(ready_fd)
-    try:
-        with Client(endpoints.actor("controller"), sender="forwarder", peer_pid=controller_pid) as client:
-            return client.request(Wait(container_id=container_id), timeout=10**8, retries=0).exit_status
-    except ZentryError:
-        return 128 + signal.SIGKILL
 
 
 def _kill_children(children: list[Child]) -> None:

@@ -10,7 +10,7 @@ HELP = "create a container (it waits for start)"
 def add_arguments(p) -> None:
     p.add_argument("--bundle", "-b", default=".", help="bundle directory (default: current directory)")
     p.add_argument("--console-socket", default="", help="unix socket that receives the pty master")
-    p.add_argument("--pid-file", default=None, help="file to write the sandbox pid to (written last)")
+    p.add_argument("--pid-file", default=None, help="file to write the container init's pid to (written last)")
     p.add_argument("--no-pivot", action="store_true", help="accepted for runc compatibility")
     p.add_argument("--no-new-keyring", action="store_true", help="accepted for runc compatibility")
     p.add_argument("--preserve-fds", type=int, default=0, help="pass fds 3 .. 3+N-1 to the container (the rest are closed)")
@@ -43,10 +43,37 @@ def create(args, ctx, config: dict | None = None):
                                    prefork=ctx.prefork, log_format=ctx.log_format, debug=ctx.debug)
 
 
-def run(args, ctx) -> int:
+def write_pid_file_or_delete(args, ctx, pid: int) -> None:
+    """The pid file, written last; if it cannot be written the container is
+    deleted again (as runc does): a failed create leaves nothing behind."""
     from zentry.cmd.common import write_pid_file
 
+    if not args.pid_file:
+        return
+    try:
+        write_pid_file(args.pid_file, pid)
+    except OSError as err:
+        from zentry.actors import launch
+        from zentry.bus.errors import InvalidArgument, ZentryError
+        from zentry.bus.messages import Delete
+        from zentry.cmd.common import ask, load
+
+        store = ctx.store()
+        try:
+            rec = load(store, args.container_id)
+            try:
+                ask(rec, Delete(container_id=rec.id, force=True))
+            except ZentryError:
+                launch.remove_orphan(store, rec)
+            if rec.sandbox_id == rec.id:
+                launch.wait_gone([rec.controller_pid, rec.gofer_pid, rec.sandbox_pid], timeout=10)
+            launch.remove_dir(store, rec)
+        except ZentryError:
+            pass
+        raise InvalidArgument(f"cannot write pid file {args.pid_file}: {err.strerror}") from None
+
+
+def run(args, ctx) -> int:
     created = create(args, ctx)
-    if args.pid_file:
-        write_pid_file(args.pid_file, created.pid)
+    write_pid_file_or_delete(args, ctx, created.pid)
     return 0

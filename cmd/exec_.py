@@ -60,8 +60,12 @@ def build_process(args, base: dict) -> dict:
                 process = json.load(f)
         except (OSError, ValueError) as err:
             raise InvalidArgument(f"cannot read process file {args.process}: {err}") from err
-        if not isinstance(process, dict) or not process.get("args"):
-            raise InvalidArgument(f"process file {args.process}: args must be a non-empty array")
+        if not isinstance(process, dict):
+            raise InvalidArgument(f"process file {args.process}: must be a JSON object (an OCI process)")
+        argv = process.get("args")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            # runc refuses a string too (it does not split it)
+            raise InvalidArgument(f"process file {args.process}: args must be a non-empty array of strings, not {type(argv).__name__}")
         return process
     if not args.command:
         raise InvalidArgument("exec needs a command (or --process)")
@@ -91,8 +95,11 @@ def build_process(args, base: dict) -> dict:
 
 
 def run(args, ctx) -> int:
+    """The exec'd process is our child, forked straight into the container
+    (no zentry process sits between it and the engine): with ``--detach`` we
+    write its pid and exit, and it becomes the child of our subreaper (the
+    engine's shim); in the foreground we relay signals and return its status."""
     from zentry.actors import forwarder
-    from zentry.actors.spawn import fork_actor, report_ready
     from zentry.bus.errors import InvalidArgument
     from zentry.bus.messages import ExecInfo
     from zentry.cmd import long_running
@@ -115,23 +122,14 @@ def run(args, ctx) -> int:
 
     try:
         if args.detach:
-            def forwarder_main(ready_fd: int) -> int:
-                pid = start()
-                report_ready(ready_fd)
-                null = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(null, fd)
-                os.close(null)
-                long_running()
-                return forwarder.relay(pid, lambda sig: os.kill(pid, sig))
-
-            child = fork_actor("forwarder", forwarder_main, detach=True, quiet_stdio=False)
-            child.wait_ready()
+            pid = start()
             if args.pid_file:
-                write_pid_file(args.pid_file, child.pid)
+                write_pid_file(args.pid_file, pid)
             return 0
         with forwarder.SignalCatcher() as catcher:
             pid = start()
+            if args.pid_file:
+                write_pid_file(args.pid_file, pid)
             master = console.receive() if console is not None else None
             long_running()
             return forwarder.relay(pid, lambda sig: os.kill(pid, sig), master, catcher)

@@ -49,12 +49,17 @@ def run_foreground(args, ctx, terminal: bool, config: dict | None = None) -> int
         rec = load(store, args.container_id)
         try:
             master = console.receive() if console is not None else None
-            ask(rec, Start(container_id=rec.id))
             if args.pid_file:
                 write_pid_file(args.pid_file, created.pid)
+            ask(rec, Start(container_id=rec.id))
+        except OSError as err:
+            ask(rec, Delete(container_id=rec.id, force=True))
+            launch.wait_gone([rec.controller_pid, rec.gofer_pid, rec.sandbox_pid])
+            launch.remove_dir(store, rec)
+            raise InvalidArgument(f"cannot write pid file {args.pid_file}: {err.strerror}") from None
         except BaseException:
             ask(rec, Delete(container_id=rec.id, force=True))
-            launch.wait_gone([rec.controller_pid, rec.gofer_pid, created.pid])
+            launch.wait_gone([rec.controller_pid, rec.gofer_pid, rec.sandbox_pid, created.pid])
             launch.remove_dir(store, rec)
             raise
         if args.detach:
@@ -64,13 +69,14 @@ def run_foreground(args, ctx, terminal: bool, config: dict | None = None) -> int
             ask(rec, Kill(container_id=rec.id, signal=sig), timeout=5)
 
         long_running()  # the foreground lives as long as the container
+        # The init is our child (we are its subreaper): its status is ours.
         status = forwarder.relay(created.pid, send, master, catcher)
         if not args.keep:
             try:
                 ask(rec, Delete(container_id=rec.id, force=True))
             except ZentryError:
                 launch.remove_orphan(store, rec)
-            launch.wait_gone([rec.controller_pid, rec.gofer_pid], timeout=10)
+            launch.wait_gone([rec.controller_pid, rec.gofer_pid, rec.sandbox_pid], timeout=10)
             launch.remove_dir(store, rec)
         return status
     finally:

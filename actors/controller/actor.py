@@ -5,9 +5,12 @@ signals, cgroups), runs the OCI hooks, writes ``state.json`` after every
 change, and runs the sandbox's event stream (``bus/events.py``). It lives
 from the first ``create`` to the last ``delete`` of its sandbox.
 
-If the sandbox actor dies without reporting, every container not yet
-stopped becomes ``stopped`` (exit status 137 unless a report arrives) and
-the controller destroys their cgroups itself, so ``delete`` still cleans up.
+If the sandbox actor dies (it hosts the sentry: a container whose trapped
+calls nobody serves must not run on), the controller kills every process of
+each container not yet stopped (its cgroup), waits until none is left, then
+records it ``stopped`` (exit status 137 unless a report arrived) and removes
+the cgroup, so ``delete`` still cleans up. (The sandbox, in turn, kills the
+containers if the controller dies.)
 """
 
 from __future__ import annotations
@@ -136,7 +139,10 @@ class Controller(Actor):
                 parent=parent,
             )
 
-        hooks.run_hooks(kind, rec.config, rec.oci_state(), on_result=report)
+        state = rec.oci_state()
+        if rec.status == CREATING and rec.pid:
+            state["pid"] = rec.pid  # prestart, createRuntime: the init exists, as runc passes it
+        hooks.run_hooks(kind, rec.config, state, on_result=report)
 
     # --- create / start ------------------------------------------------------------
     @handles(Create)
@@ -157,7 +163,7 @@ class Controller(Actor):
             controller_pid=self.pid,
             gofer_pid=self.gofer_pid,
             sandbox_pid=self.sandbox_pid,
-            pid=self.sandbox_pid,
+            pid=0,
             annotations=dict((msg.config.get("annotations") or {})),
             config=msg.config,
         )
@@ -180,7 +186,8 @@ class Controller(Actor):
                 timeout=60.0,
             )
             spawned = True
-            rec.init_pid = spawned_reply.pid
+            # The pid engines see is the container's own (its init, as runc's).
+            rec.pid = rec.init_pid = spawned_reply.pid
             rec.cgroup_procs = list(spawned_reply.cgroup_procs)
             self.store.save(rec)
             self.run_hooks("prestart", rec, req.id)
@@ -330,20 +337,27 @@ class Controller(Actor):
     def _sandbox_lost(self) -> None:
         for rec in self.records.values():
             if rec.status != STOPPED:
-                log.warning("sandbox died; container %s is stopped", rec.id)
-                rec.exit_status = LOST_STATUS
-                self.set_status(rec, STOPPED)
+                log.warning("sandbox died; killing container %s", rec.id)
+                # killed and gone before it is called stopped
                 self._destroy_cgroup(rec)
+                if rec.exit_status is None:
+                    rec.exit_status = LOST_STATUS
+                self.set_status(rec, STOPPED)
 
     @staticmethod
     def _destroy_cgroup(rec: Record) -> None:
-        """Remove a container's cgroup when its sandbox cannot (it is gone)."""
+        """Kill a container's processes and remove its cgroup when its sandbox
+        cannot (it is gone); returns once none of its processes is left."""
+        from zentry.actors.launch import wait_gone
         from zentry.actors.sandbox.cgroups import Cgroup
 
         try:
             Cgroup.for_container((rec.config.get("linux") or {}).get("cgroupsPath"), rec.id).destroy()
         except Exception as err:
             log.warning("cannot remove cgroup of %s: %s", rec.id, err)
+        if rec.init_pid:
+            # an init not yet in its cgroup (killed during create) dies with its channel
+            wait_gone([rec.init_pid], timeout=5)
 
     @handles(Delete)
     def delete(self, msg: Delete, req: Request) -> Message:

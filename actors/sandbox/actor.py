@@ -1,33 +1,39 @@
-"""The sandbox actor: container inits, their namespaces and cgroups, reaping, the sentry.
+"""The sandbox actor: the container inits' namespaces and cgroups, their exits, the sentry.
 
-It is a child of the ``create`` process, so its stdio are the container's and,
-once ``create`` exits, the engine's subreaper (conmon, the containerd shim)
-becomes its parent: the pid in ``--pid-file`` is this process, and it exits
-with the container init's status (128+N for signal N) when the last
-container of the sandbox has exited.
+It hosts the sentry (the seccomp listeners of every container process) and
+supervises, but it is nobody's parent: each container's init descends from
+its own ``create`` call (see ``init.intermediate_main``), which connects to
+``fds.sock``; on Spawn the sandbox sends that connection the prepared root,
+learns the init's pid, puts it in the container's cgroup and drives its
+setup (``go``, the listener, ``ready``, ``start``) over the same connection.
+Exec'd processes hand their listener (with their pid) on ``fds.sock`` too.
 
-Each init is started through a short-lived intermediate child that enters
-the container's PID namespace (new, or joined by path) and forks the init;
-the intermediate exits at once and, the sandbox being a child subreaper,
-the init is reparented here, so the sandbox reaps it and learns its status.
+Exits are learnt with a pidfd per process and statuses from the kernel's
+proc connector (``exits.py``). When the last container has exited the actor
+stops. If the controller dies, the sandbox kills every container and stops
+(fail closed: a container nobody manages must not run on).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
 import socket
+import struct
 import time
 
 import zmq
 
 from zentry.actors.oci import STRACE_ANNOTATION
+from zentry.actors.sandbox.exits import ExitStatuses
 from zentry.actors.spawn import exit_status, release_from_parent, report_ready
 from zentry.bus import codec, fdpass
 from zentry.bus.actor import Actor, Request, handles
 from zentry.bus.endpoints import Endpoints
 from zentry.bus.envelope import Envelope
-from zentry.bus.errors import ConfigError, NotFound, SystemFailure, Timeout, WrongState, from_wire
+from zentry.bus.errors import NotFound, SystemFailure, Timeout, WrongState, ZentryError, from_wire
 from zentry.bus.log import get_logger
 from zentry.bus.message import Message
 from zentry.bus.messages import (
@@ -59,6 +65,10 @@ log = get_logger("zentry.sandbox")
 
 #: How long an init may take to get ready (namespaces, mounts, filter).
 SPAWN_TIMEOUT = 30.0
+#: How long a killed container process may take to exit.
+KILL_TIMEOUT = 10.0
+#: Exit status recorded when the kernel did not report one.
+LOST_STATUS = 128 + signal.SIGKILL
 
 
 class Box:
@@ -80,21 +90,38 @@ class Box:
 class Sandbox(Actor):
     name = "sandbox"
 
-    def __init__(self, endpoints: Endpoints, *, sandbox_id: str, ready_fd: int) -> None:
+    def __init__(self, endpoints: Endpoints, *, sandbox_id: str, ready_fd: int, controller_pid: int = 0) -> None:
         super().__init__(endpoints, sandbox_id=sandbox_id)
         self.ready_fd = ready_fd
+        self.controller_pid = controller_pid
         self.boxes: dict[str, Box] = {}
         self.exit_code = 0
         self.ran_any = False
         self.controller: zmq.Socket | None = None
         self.sentry = None
         self.fd_listener: socket.socket | None = None
-        #: stdio donated by member containers' create processes, until spawned
-        self.stdio: dict[str, list[int]] = {}
+        self.exits: ExitStatuses | None = None
+        #: connections of intermediates (init.intermediate_main) waiting for their Spawn
+        self.pending_inits: dict[str, socket.socket] = {}
+        #: exec'd processes: pidfd -> (container id, pid)
+        self.execs: dict[int, tuple[str, int]] = {}
 
     # --- lifecycle -------------------------------------------------------------
     def on_start(self) -> None:
-        libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+        # Before any container process can exit: statuses come from here.
+        self.exits = ExitStatuses()
+        if self.exits.available:
+            self.watch_fd(self.exits.fileno(), lambda _fd: self.exits.drain())
+        if self.controller_pid:
+            # Fail closed: without its controller nobody manages (or stops,
+            # or deletes) these containers; they die with it.
+            try:
+                fd = libc.pidfd_open(self.controller_pid)
+            except OSError:
+                fd = -1
+            if fd < 0:
+                raise SystemFailure(f"the controller (pid {self.controller_pid}) is gone")
+            self.watch_fd(fd, self._on_controller_gone)
         # Exit reports to the controller are fire-and-forget: the sandbox never
         # blocks on the controller (which may be blocked on us).
         self.controller = self.ctx.socket(zmq.DEALER)
@@ -115,7 +142,11 @@ class Sandbox(Actor):
     def on_stop(self) -> None:
         # Each step on its own: one failing must not leave the others undone.
         for box in list(self.boxes.values()):
-            _try(lambda box=box: self._kill_and_reap(box))
+            _try(lambda box=box: self._kill_and_wait(box))
+        for chan in self.pending_inits.values():
+            _try(chan.close)
+        if self.exits is not None:
+            _try(self.exits.close)
         if self.sentry is not None:
             _try(self.sentry.stop)
         if self.fd_listener is not None:
@@ -151,6 +182,13 @@ class Sandbox(Actor):
                 duration_ns=int(event.get("duration_ns", 0)),
             )
         )
+
+    def _on_controller_gone(self, fd: int) -> None:
+        self.unwatch_fd(fd)
+        os.close(fd)
+        if self.boxes:
+            log.error("the controller died: killing containers %s", ", ".join(self.boxes))
+        self.stop("controller gone")
 
     def _on_sentry_fatal(self, container_id: str, exc: BaseException) -> None:
         # Fail closed: a container whose syscalls nobody serves must not run on.
@@ -191,30 +229,65 @@ class Sandbox(Actor):
         )
         self.sentry.add_listener(fd, view)
 
-    # --- listener handover for exec'd processes ---------------------------------
+    # --- the fd socket: intermediates of new inits, listeners of exec'd processes ---
     def _on_fd_connection(self, _fd: int) -> None:
         conn, _ = self.fd_listener.accept()
         conn.settimeout(5)
+        keep = False
         try:
             header, fds = fdpass.recv_fds(conn)
             cid = str(header.get("container_id", ""))
-            if header.get("kind") == "stdio" and len(fds) == 3:
-                # A member container's stdio, from its own create process.
-                for fd in self.stdio.pop(cid, []):
-                    os.close(fd)
-                self.stdio[cid] = fds
-                conn.send(b"ok")
+            if header.get("kind") == "init" and not fds and cid not in self.boxes:
+                # An intermediate of create: its connection becomes the init's channel.
+                old = self.pending_inits.pop(cid, None)
+                if old is not None:
+                    old.close()
+                self.pending_inits[cid] = conn
+                keep = True
             elif header.get("kind") == "listener" and fds and cid in self.boxes:
                 self._add_listener(cid, fds[0], self.boxes[cid].config, header)
+                if header.get("pid"):
+                    self._watch_exec(cid, int(header["pid"]), [str(a) for a in header.get("args") or []])
                 conn.send(b"ok")
             else:
                 for fd in fds:
                     os.close(fd)
                 conn.send(b"error unknown container or message")
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, ZentryError) as err:
             log.warning("fd handover failed: %s", err)
         finally:
-            conn.close()
+            if not keep:
+                conn.close()
+
+    def _watch_exec(self, container_id: str, pid: int, args: list[str]) -> None:
+        """An exec'd process (stopped before execve): its start and exit go on the tap."""
+        try:
+            pidfd = libc.pidfd_open(pid)
+        except OSError:
+            return
+        self.exits.watch(pid)
+        self.execs[pidfd] = (container_id, pid)
+        self.watch_fd(pidfd, self._on_exec_exit)
+        self.publish(ProcessStarted(container_id=container_id, pid=pid, args=args, exec=True))
+
+    def _on_exec_exit(self, pidfd: int) -> None:
+        container_id, pid = self.execs.pop(pidfd)
+        self.unwatch_fd(pidfd)
+        os.close(pidfd)
+        raw = self.exits.status(pid)
+        self.exits.forget(pid)
+        self.publish(ProcessExited(container_id=container_id, pid=pid, exit_status=exit_status(raw) if raw is not None else LOST_STATUS))
+
+    def _init_channel(self, container_id: str) -> socket.socket:
+        """The connection of ``container_id``'s intermediate, waiting for it if needed."""
+        deadline = time.monotonic() + SPAWN_TIMEOUT
+        while container_id not in self.pending_inits:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"the create call of container {container_id!r} did not connect within {SPAWN_TIMEOUT:g}s")
+            if select.select([self.fd_listener], [], [], left)[0]:
+                self._on_fd_connection(self.fd_listener.fileno())
+        return self.pending_inits.pop(container_id)
 
     # --- requests ----------------------------------------------------------------
     def box(self, container_id: str) -> Box:
@@ -239,8 +312,12 @@ class Sandbox(Actor):
         # cgroup. (Making the cgroup waits for that wait: it needs the
         # cgroup mutex the priming write holds.)
         cgroup.prime_attach()
-        pid, chan = self._fork_init(msg)
-        pidfd = libc.pidfd_open(pid)
+        chan, pid = self._start_init(msg)
+        try:
+            pidfd = libc.pidfd_open(pid)
+        except OSError:
+            chan.close()
+            raise SystemFailure(f"container {msg.container_id!r}: the init exited during setup") from None
         box = Box(container_id=msg.container_id, config=msg.config, pid=pid, pidfd=pidfd, chan=chan, cgroup=cgroup)
         self.boxes[msg.container_id] = box
         try:
@@ -250,87 +327,41 @@ class Sandbox(Actor):
             chan.send(b"go %d" % pid)
             self._await_ready(box)
         except BaseException:
-            self._kill_and_reap(box)
+            self._kill_and_wait(box)
             raise
         self.watch_fd(pidfd, lambda _fd, cid=msg.container_id: self._on_exit(cid))
         if not self.ran_any:
-            self._anchor_namespaces(pid)
-            release_from_parent()
+            release_from_parent()  # a container exists: outlive create from now on
         self.ran_any = True
         self.publish(ProcessStarted(container_id=msg.container_id, pid=pid, args=list((msg.config.get("process") or {}).get("args") or [])), parent=req.id)
         return Spawned(pid=pid, cgroup_procs=_cgroup_procs(pid))
 
-    def _fork_init(self, msg: Spawn) -> tuple[int, socket.socket]:
-        """Fork the intermediate, which enters the pid namespace and forks the init."""
-        from zentry.actors.oci.userns import user_namespace, write_mappings
-        from zentry.actors.sandbox.init import container_init, enter_user_namespace
+    def _start_init(self, msg: Spawn) -> tuple[socket.socket, int]:
+        """Have the container's intermediate (a child of its create) fork the init.
 
-        pid_ns = next((ns for ns in (msg.config.get("linux") or {}).get("namespaces") or [] if ns["type"] == "pid"), None)
-        # a user namespace comes first: every namespace made after it is its own
-        user_ns = user_namespace(msg.config)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.set_inheritable(False)
-        theirs.set_inheritable(False)
-        stdio = self.stdio.pop(msg.container_id, [])
-        try:
-            middle = os.fork()
-        finally:
-            if os.getpid() == self.pid:
-                for fd in stdio:
-                    os.close(fd)
-        if middle == 0:
-            code = 1
-            try:
-                ours.close()
-                if user_ns is not None:
-                    enter_user_namespace(theirs, msg.config, msg.gofer_pid, msg.rootfs)
-                if pid_ns is not None:
-                    if pid_ns.get("path"):
-                        fd = os.open(pid_ns["path"], os.O_RDONLY | os.O_CLOEXEC)
-                        libc.setns(fd, libc.CLONE_NEWPID)
-                        os.close(fd)
-                    else:
-                        libc.unshare(libc.CLONE_NEWPID)
-                init = os.fork()
-                if init == 0:
-                    for target, fd in enumerate(stdio):
-                        os.dup2(fd, target)
-                    state = {
-                        "ociVersion": "1.2.0",
-                        "id": msg.container_id,
-                        "status": "creating",
-                        "bundle": msg.bundle,
-                        "annotations": dict(msg.config.get("annotations") or {}),
-                    }
-                    code = container_init(theirs, msg.config, msg.rootfs, msg.gofer_pid, msg.console_socket, self.pid, state)
-                else:
-                    theirs.send(f"pid {init}".encode())
-                    code = 0
-            except BaseException as exc:
-                from zentry.actors.sandbox.init import fail
+        Returns the init's channel and pid; the pid is watched for its exit
+        status before the init can run anything of the container's.
+        """
+        from zentry.actors.oci.userns import write_mappings
 
-                fail(theirs, exc)
-            finally:
-                os._exit(code)
-        theirs.close()
-        reaped = False
+        chan = self._init_channel(msg.container_id)
         try:
-            ours.settimeout(SPAWN_TIMEOUT)
-            line = ours.recv(4096).decode()
+            chan.settimeout(SPAWN_TIMEOUT)
+            intermediate = struct.unpack("3i", chan.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+            chan.send(b"spawn " + json.dumps({"rootfs": msg.rootfs, "gofer_pid": msg.gofer_pid}).encode())
+            line = chan.recv(4096).decode(errors="replace")
             if line == "userns":
                 # the intermediate made a new user namespace: we map it from outside
-                write_mappings(middle, msg.config)
-                ours.send(b"mapped")
-                line = ours.recv(4096).decode()
-            os.waitpid(middle, 0)
-            reaped = True
+                write_mappings(intermediate, msg.config)
+                chan.send(b"mapped")
+                line = chan.recv(4096).decode(errors="replace")
             if not line.startswith("pid "):
                 _raise_line(line, "container init did not start")
-            return int(line[4:]), ours
+            pid = int(line[4:])
+            self.exits.watch(pid)
+            return chan, pid
         except BaseException:
-            ours.close()  # an intermediate still waiting on it sees EOF and exits
-            if not reaped:
-                os.waitpid(middle, 0)
+            chan.close()  # an init or intermediate still waiting on it sees EOF and exits
             raise
 
     def _await_ready(self, box: Box) -> None:
@@ -356,28 +387,6 @@ class Sandbox(Actor):
             if line == "ready":
                 return
             _raise_line(line, f"container {box.container_id!r} init exited during setup")
-
-    def _anchor_namespaces(self, init_pid: int) -> None:
-        """Move this process's main thread into the first init's net, ipc and uts namespaces.
-
-        Engines treat the --pid-file pid as the container: podman pod members
-        join ``/proc/<pid>/ns/{net,ipc,uts}``. /proc/PID/ns shows the main
-        thread's namespaces, and these three may be changed by one thread of
-        a multi-threaded process, so the sandbox's pid becomes a faithful
-        anchor (as runsc's sandbox process is). The zmq threads keep theirs.
-        """
-        for name, flag in (("net", libc.CLONE_NEWNET), ("ipc", libc.CLONE_NEWIPC), ("uts", libc.CLONE_NEWUTS)):
-            path = f"/proc/{init_pid}/ns/{name}"
-            try:
-                if os.readlink(path) == os.readlink(f"/proc/self/ns/{name}"):
-                    continue
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    libc.setns(fd, flag)
-                finally:
-                    os.close(fd)
-            except OSError as err:
-                log.warning("cannot anchor the %s namespace of %s: %s", name, init_pid, err)
 
     @handles(Release)
     def release(self, msg: Release, req: Request) -> Message:
@@ -470,11 +479,12 @@ class Sandbox(Actor):
         box = self.boxes.get(msg.container_id)
         if box is None:
             return Ok()
-        status = self._kill_and_reap(box)
+        status = self._kill_and_wait(box)
         return Exited(container_id=msg.container_id, exit_status=status)
 
     # --- exits ------------------------------------------------------------------
-    def _kill_and_reap(self, box: Box) -> int:
+    def _kill_and_wait(self, box: Box) -> int:
+        """Kill every process of ``box`` and wait (bounded) for its init to exit."""
         if box.exit_status is None:
             if box.cgroup is not None:
                 _try(lambda: box.cgroup.kill_all(signal.SIGKILL))
@@ -483,25 +493,24 @@ class Sandbox(Actor):
                 libc.pidfd_send_signal(box.pidfd, signal.SIGKILL)
             except OSError:
                 pass
-            try:
-                _, raw = os.waitpid(box.pid, 0)
-                box.exit_status = exit_status(raw)
-            except ChildProcessError:
-                box.exit_status = 128 + signal.SIGKILL
+            if not select.select([box.pidfd], [], [], KILL_TIMEOUT)[0]:
+                log.error("container %s: init %d did not exit %gs after SIGKILL", box.container_id, box.pid, KILL_TIMEOUT)
+            box.exit_status = self._status_of(box.pid)
         self._finish(box)
         return box.exit_status
+
+    def _status_of(self, pid: int) -> int:
+        raw = self.exits.status(pid) if self.exits is not None else None
+        if raw is None:
+            log.warning("no exit status for pid %d: recording %d", pid, LOST_STATUS)
+            return LOST_STATUS
+        return exit_status(raw)
 
     def _on_exit(self, container_id: str) -> None:
         box = self.boxes.get(container_id)
         if box is None:
             return
-        try:
-            done, raw = os.waitpid(box.pid, os.WNOHANG)
-        except ChildProcessError:
-            done, raw = box.pid, (128 + signal.SIGKILL) << 8
-        if not done:
-            return
-        box.exit_status = exit_status(raw)
+        box.exit_status = self._status_of(box.pid)
         self._finish(box)
 
     def _finish(self, box: Box) -> None:
@@ -510,6 +519,8 @@ class Sandbox(Actor):
             return
         self.unwatch_fd(box.pidfd)
         os.close(box.pidfd)
+        if self.exits is not None:
+            self.exits.forget(box.pid)
         if box.chan is not None:
             box.chan.close()
         if box.cgroup is not None:
@@ -618,18 +629,13 @@ def _cgroup_procs(pid: int) -> list[str]:
 
 def prepare_sandbox() -> None:
     """What every sandbox needs before its first Spawn, whatever the container:
-    the sentry's and the init's code, and zentry's BPF program (compiled once,
-    inherited by every init it forks). Run early by a pre-forked sandbox
-    (launch.Prefork), else after the ready report; a no-op the second time."""
-    from zentry.actors.sandbox import init  # noqa: F401
-    from zentry.sentry import filter as sentry_filter
+    the sentry's code. Run early by a pre-forked sandbox (launch.Prefork),
+    else after the ready report; a no-op the second time."""
     from zentry.sentry import kernel  # noqa: F401
 
-    sentry_filter.zentry_bpf()
 
-
-def sandbox_main(endpoints: Endpoints, sandbox_id: str, ready_fd: int) -> int:
+def sandbox_main(endpoints: Endpoints, sandbox_id: str, ready_fd: int, controller_pid: int = 0) -> int:
     """Entry point in the forked child; returns the last container's exit status."""
-    actor = Sandbox(endpoints, sandbox_id=sandbox_id, ready_fd=ready_fd)
+    actor = Sandbox(endpoints, sandbox_id=sandbox_id, ready_fd=ready_fd, controller_pid=controller_pid)
     code = actor.run()
     return actor.exit_code if code == 0 else code

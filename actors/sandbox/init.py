@@ -1,9 +1,17 @@
-"""The container init: a single-threaded child of the sandbox actor that becomes the container.
+"""The container init and the intermediate that forks it, both descendants of ``create``.
 
-It is forked by the sandbox actor, which has already arranged for its
-children to be born in the container's new PID namespace, so this process
-is PID 1 there. Steps, each on the far side of a handshake with the
-sandbox over a SOCK_SEQPACKET pair (``chan``):
+``create`` (or ``run``) forks a single-threaded blank before it builds any
+ZeroMQ context (launch.Prefork); once assigned its container, that blank is
+the *intermediate* (``intermediate_main``): it connects to the sandbox's fd
+socket, gets the root the gofer prepared, enters the user namespace if any,
+joins or creates the PID namespace and forks the init, tells the sandbox the
+init's pid and exits. ``create`` is a child subreaper, so the init is
+re-parented to it, and to the engine's subreaper (conmon, the containerd
+shim) once ``create`` exits: the pid engines see is the container's own.
+
+The init keeps the connection to the sandbox (``chan``, a SOCK_SEQPACKET
+stream accepted on ``fds.sock``) and, each step on the far side of a
+handshake with it:
 
 1. wait for ``go`` (the sandbox has put us in the container's cgroup);
 2. join or create namespaces; join a *copy* of the gofer's mount namespace
@@ -13,9 +21,11 @@ sandbox over a SOCK_SEQPACKET pair (``chan``):
    executable (a missing one is reported now, at create, as runc does);
 4. drop to the process's user and capabilities, no_new_privs;
 5. load the sentry's seccomp filter and hand its listener to the sandbox;
-6. say ``ready``; wait for ``start``; execve.
+6. say ``ready``; wait for ``start``; execve (``chan`` is close-on-exec: EOF
+   tells the sandbox the execve happened).
 
-Any failure is sent as ``error <code> <message>`` and the process exits.
+Any failure is sent as ``error <code> <message>`` and the process exits. A
+sandbox that goes away during setup closes ``chan``: the init gives up.
 """
 
 from __future__ import annotations
@@ -249,7 +259,7 @@ def preserved_fds(config: dict) -> int:
     return int(value) if value.isdigit() else 0
 
 
-def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: int, console_socket: str, sandbox_pid: int, state: dict) -> int:
+def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: int, console_socket: str, state: dict) -> int:
     """Runs in the forked child; never returns on success (execve)."""
     try:
         for sig in range(1, signal.NSIG):
@@ -264,14 +274,6 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         if not go or go[0] != b"go":
             return 1
         state = dict(state, pid=int(go[1]) if len(go) > 1 else 0)
-        # By "go" the intermediate is gone and we are the sandbox's child: from
-        # now on the sandbox's death kills us (fail closed). Checked after
-        # setting, in case it died in between. (As PID 1 of a new pid
-        # namespace our parent is outside it: getppid() is 0. A sandbox that
-        # died before the prctl closes ``chan``, which ends setup anyway.)
-        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() not in (0, sandbox_pid):
-            raise SystemFailure(f"container init: the sandbox (pid {sandbox_pid}) is not our parent (pid {os.getppid()})")
         process = config.get("process") or {}
         linux = config.get("linux") or {}
 
@@ -283,8 +285,8 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
             except OSError as err:
                 raise SystemFailure(f"cannot connect to console socket {console_socket!r}: {err.strerror}") from err
 
-        # Namespaces: the pid namespace was made by the sandbox before our
-        # fork; the mount namespace is a copy of the gofer's. With a user
+        # Namespaces: the pid namespace was made by the intermediate before
+        # our fork; the mount namespace is a copy of the gofer's. With a user
         # namespace the intermediate already entered it (and the gofer's
         # mount namespace, which only the initial user namespace may join):
         # what we create now is owned by it.
@@ -396,3 +398,54 @@ def install_sentry(config: dict, no_new_privs: bool) -> int:
     """
     seccomp = (config.get("linux") or {}).get("seccomp")
     return sentry_filter.install(seccomp, no_new_privs=no_new_privs)
+
+
+def intermediate_main(assignment: dict, ready_fd: int) -> int:
+    """The pre-forked blank of ``create``, once assigned its container: fork the init.
+
+    ``assignment``: fd_socket, container_id, config, bundle, console_socket.
+    Reports ready once the sandbox has our connection; then waits for the
+    sandbox's ``spawn`` (the prepared root), makes the init and exits.
+    """
+    import json
+
+    from zentry.actors.spawn import report_ready
+
+    config = assignment["config"]
+    chan = fdpass.connect(assignment["fd_socket"])
+    fdpass.send_fds(chan, {"kind": "init", "container_id": assignment["container_id"]}, [])
+    report_ready(ready_fd)
+    try:
+        line = chan.recv(65536)
+        if not line.startswith(b"spawn "):
+            return 1  # the sandbox closed: create failed before the init was needed
+        spawn = json.loads(line[6:])
+        rootfs, gofer_pid = spawn["rootfs"], int(spawn["gofer_pid"])
+        pid_ns = next((ns for ns in (config.get("linux") or {}).get("namespaces") or [] if ns["type"] == "pid"), None)
+        if any(ns["type"] == "user" for ns in (config.get("linux") or {}).get("namespaces") or []):
+            # a user namespace comes first: every namespace made after it is its own
+            enter_user_namespace(chan, config, gofer_pid, rootfs)
+        if pid_ns is not None:
+            if pid_ns.get("path"):
+                join_namespace("pid", pid_ns["path"], libc.CLONE_NEWPID)
+            else:
+                libc.unshare(libc.CLONE_NEWPID)
+        init = os.fork()
+        if init == 0:
+            code = 1
+            try:
+                state = {
+                    "ociVersion": "1.2.0",
+                    "id": assignment["container_id"],
+                    "status": "creating",
+                    "bundle": assignment["bundle"],
+                    "annotations": dict(config.get("annotations") or {}),
+                }
+                code = container_init(chan, config, rootfs, gofer_pid, assignment["console_socket"], state)
+            finally:
+                os._exit(code)
+        send_line(chan, f"pid {init}")
+        return 0
+    except BaseException as exc:
+        fail(chan, exc)
+        return 1

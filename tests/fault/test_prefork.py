@@ -29,7 +29,7 @@ def gone(pid: int) -> bool:
 
 
 def held_cli(zentry, bundle, cid: str, *global_flags: str):
-    """Start `zentry run` on a bundle whose config.json is a FIFO; return it once its three blanks exist."""
+    """Start `zentry run` on a bundle whose config.json is a FIFO; return it once its four blanks (the intermediate and the three actors) exist."""
     config = bundle / "config.json"
     text = config.read_text()
     config.unlink()
@@ -37,7 +37,7 @@ def held_cli(zentry, bundle, cid: str, *global_flags: str):
     proc = subprocess.Popen([*zentry_command(), "--root", str(zentry.root), *global_flags, "run", "--bundle", str(bundle), cid],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     cli = psutil.Process(proc.pid)
-    assert wait_for(lambda: len(cli.children()) == 3), cli.children()
+    assert wait_for(lambda: len(cli.children()) == 4), cli.children()
     return proc, [c.pid for c in cli.children()], config, text
 
 

@@ -157,8 +157,11 @@ def test_whole_life_of_a_container_on_the_tap_with_causality(zentry, busybox_bun
     sent = [e for e in evs if e["type"] == "event.signal" and e["parent"] == signal_req["parent"]]
     assert sent and sent[0]["body"]["signal"] == signal.SIGKILL
     assert kill["time_ns"] >= signal_req["time_ns"]  # the controller answers after the sandbox
+    # the exec'd process is on the tap too: its start (exec: true) and its exit status
+    execs = [e["body"] for e in evs if e["type"] == "event.process_start" and e["body"]["exec"]]
+    assert [b["args"] for b in execs] == [["cat", "/etc/hostname"]]
     exited = [e for e in evs if e["type"] == "event.process_exit" and e["body"]["container_id"] == "life1"]
-    assert [e["body"]["exit_status"] for e in exited] == [128 + signal.SIGKILL]
+    assert [(e["body"]["pid"], e["body"]["exit_status"]) for e in exited] == [(execs[0]["pid"], 0), (started[0]["body"]["pid"], 128 + signal.SIGKILL)]
     report = handled("container.report_exit", "sandbox")
     assert statuses(report["parent"]) == [("running", "stopped")]
     handled("container.delete")
