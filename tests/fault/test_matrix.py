@@ -34,11 +34,13 @@ from typing import Callable
 import pytest
 
 from helpers.bundle import zentry_command
-from helpers.faults import Fifo, Observer, Roles, alive, children, cmdline, container_cgroups, finish, gone, hold_hook, kill
+from helpers.faults import Fifo, Observer, Roles, children, dying, cmdline, container_cgroups, finish, gone, hold_hook, kill
 from helpers.wait import wait_for
 
 pytestmark = pytest.mark.root
 
+CRI_TYPE = "io.kubernetes.cri.container-type"
+CRI_SANDBOX = "io.kubernetes.cri.sandbox-id"
 CREATE_HOOKS = ("prestart", "createRuntime", "createContainer")
 START_HOOKS = ("startContainer", "poststart")
 
@@ -61,12 +63,30 @@ class Held:
 class Case:
     """What a point needs: the zentry fixture, bundles, a private dir, the id."""
 
-    def __init__(self, zentry, busybox_bundle, tmp_path: Path, cid: str):
+    def __init__(self, zentry, busybox_bundle, tmp_path: Path, cid: str, pod: bool):
         self.zentry = zentry
-        self.bundle = busybox_bundle
+        self.make_bundle = busybox_bundle
         self.tmp = tmp_path
         self.cid = cid
         self.procs: list[subprocess.Popen] = []
+        self.infra = ""
+        if pod:  # the case's container joins a running pod sandbox (containerd's CRI annotations)
+            self.infra = f"pod{cid}"  # not an extension of cid: cid would be taken for its prefix
+            infra = busybox_bundle(["sleep", "1000"], name="infra", annotations={CRI_TYPE: "sandbox"})
+            self.ok("run", "-d", "--bundle", str(infra), self.infra)
+            self.infra_pid = json.loads(zentry("state", self.infra).stdout)["pid"]
+
+    def bundle(self, args, **overrides) -> Path:
+        """The case's bundle: a pod member when the case runs in a pod."""
+        if self.infra:
+            ns = [{"type": t, "path": f"/proc/{self.infra_pid}/ns/{t}"} for t in ("net", "ipc", "uts")]
+            overrides = {**overrides, "annotations": {CRI_TYPE: "container", CRI_SANDBOX: self.infra},
+                         "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"},
+                                                  *({"type": {"net": "network"}.get(n["type"], n["type"]), "path": n["path"]} for n in ns)]}}
+        return self.make_bundle(args, **overrides)
+
+    def ids(self) -> list[str]:
+        return [self.cid, self.infra] if self.infra else [self.cid]
 
     def spawn(self, *args: str) -> subprocess.Popen:
         """The CLI in the background (stdio to files: a container keeps create's)."""
@@ -102,8 +122,8 @@ def at_prefork(case: Case) -> Held:
     fifo = Fifo(config)
     held = Held(case.cid, case.spawn("create", "--bundle", str(bundle), case.cid), release_data=text)
     case.reach(held, fifo)
-    assert wait_for(lambda: len(children(held.proc.pid)) >= 3), children(held.proc.pid)
-    for i, pid in enumerate(children(held.proc.pid)[:3]):
+    # the blanks are forked as soon as the command word is known, before config.json is read
+    for i, pid in enumerate(children(held.proc.pid)):
         held.roles.actors[f"blank{i}"] = pid
     return held
 
@@ -131,10 +151,12 @@ def in_hook(kind: str) -> Callable[[Case], Held]:
 
 def at_status(status: str) -> Callable[[Case], Held]:
     def point(case: Case) -> Held:
-        bundle = case.bundle(["sleep", "1000"])
+        bundle = case.bundle(["true"] if status == "stopped" else ["sleep", "1000"])
         case.ok(*(("create",) if status == "created" else ("run", "-d")), "--bundle", str(bundle), case.cid)
         if status == "paused":
             case.ok("pause", case.cid)
+        if status == "stopped":
+            case.ok("wait", case.cid)
         held = Held(case.cid)
         held.roles = Roles.discover(case.zentry.root, case.cid)
         return held
@@ -166,26 +188,55 @@ def in_exec(detach: bool) -> Callable[[Case], Held]:
 
 ACTORS = ("controller", "sandbox", "gofer")
 POINTS: dict[str, tuple[Callable[[Case], Held], tuple[str, ...]]] = {
-    "prefork": (at_prefork, ("cli", "blank0", "blank1", "blank2")),
+    "prefork": (at_prefork, ("cli", "blank0", "blank1", "blank2", "blank3")),
     **{kind: (in_hook(kind), ("cli", *ACTORS, "init")) for kind in (*CREATE_HOOKS, *START_HOOKS)},
     "poststop": (in_hook("poststop"), ("cli", *ACTORS)),
     **{status: (at_status(status), (*ACTORS, "init")) for status in ("created", "running", "paused")},
-    "run": (in_foreground_run, ("cli", "forwarder", *ACTORS, "init")),
-    "exec": (in_exec(False), ("cli", "forwarder", *ACTORS, "init", "exec")),
-    "exec-detached": (in_exec(True), ("forwarder", *ACTORS, "init", "exec")),
+    "stopped": (at_status("stopped"), ACTORS),
+    # no forwarder process of its own any more: a foreground run's or exec's
+    # CLI relays (victim "cli"), exec --detach's process is the CLI's child
+    "run": (in_foreground_run, ("cli", *ACTORS, "init")),
+    "exec": (in_exec(False), ("cli", *ACTORS, "init", "exec")),
+    "exec-detached": (in_exec(True), (*ACTORS, "init", "exec")),
 }
-CASES = [(point, victim) for point, (_, victims) in POINTS.items() for victim in victims]
+CASES = [(f"{where}-{point}", victim) for where in ("lone", "pod") for point, (_, victims) in POINTS.items()
+         for victim in (*victims, "infra") if where == "pod" or victim != "infra"]
+
+# Cases that find a bug not fixed yet (each routed to its owner). They are
+# skipped, with the bug as the reason, unless ZENTRY_FAULT_KNOWN_BUGS=1: run
+# them so, and remove an entry once its case passes.
+_FROZEN_NOT_KILLED = ("state says stopped while the container's processes still live (frozen, no SIGKILL "
+                      "pending yet): `state` infers stopped from the dead controller before fail-closed has killed them")
+KNOWN_BUGS = {
+    "lone-createContainer-cli": "state says stopped while the init (before exec) and the createContainer hook live",
+    "lone-startContainer-controller": "state says stopped while the init (before exec) and the startContainer hook live",
+    "pod-startContainer-controller": "state says stopped while the init (before exec) and the startContainer hook live",
+    "pod-createContainer-controller": "the member 'does not exist' while its init and createContainer hook live",
+    "pod-createContainer-sandbox": ("the member 'does not exist' while its init and createContainer hook live; "
+                                    "its cgroups stay after delete --force"),
+    **{f"{where}-{point}-controller": _FROZEN_NOT_KILLED
+       for where in ("lone", "pod") for point in ("run", "exec", "exec-detached")},
+    **{f"lone-poststop-{victim}": "delete --force answers 0 but leaves <root>/<id>/lock"
+       for victim in ACTORS},
+    **{f"pod-run-{victim}": ("a foreground run of a pod member waits 10 s at its end for the pod's "
+                             "controller and gofer to exit (they do not: the pod goes on)")
+       for victim in ("cli", *ACTORS, "init", "infra")},
+}
+RUN_KNOWN_BUGS = os.environ.get("ZENTRY_FAULT_KNOWN_BUGS", "") not in ("", "0")
 
 
-def victim_pid(held: Held, victim: str) -> int:
+def _param(case_id: str, victim: str):
+    bug = KNOWN_BUGS.get(f"{case_id}-{victim}")
+    marks = [pytest.mark.skip(reason=f"known bug: {bug}")] if bug and not RUN_KNOWN_BUGS else []
+    return pytest.param(case_id, victim, marks=marks, id=f"{case_id}-{victim}")
+
+
+def victim_pid(case: Case, held: Held, victim: str) -> int:
     roles = held.roles
+    if victim == "infra":
+        return case.infra_pid
     if victim == "cli":
         return held.proc.pid
-    if victim == "forwarder":
-        extras = [p for p in roles.extras if not gone(p)]
-        if not extras:
-            pytest.skip("no forwarder process apart from the CLI at this point")
-        return extras[0]
     if victim == "exec":
         execs = [p for p in roles.live_container() if "cat /hold" in cmdline(p)]
         assert execs, roles.describe(roles.live_container())
@@ -198,39 +249,43 @@ def victim_pid(held: Held, victim: str) -> int:
 
 # ---------------------------------------------------------------- the test
 
-@pytest.mark.parametrize("point,victim", CASES, ids=[f"{p}-{v}" for p, v in CASES])
-def test_fault(point, victim, zentry, busybox_bundle, tmp_path, leak_guard):
+@pytest.mark.parametrize("case_id,victim", [_param(c, v) for c, v in CASES])
+def test_fault(case_id, victim, zentry, busybox_bundle, tmp_path, leak_guard):
+    where, point = case_id.split("-", 1)
     cid = f"flt{uuid.uuid4().hex[:8]}"
-    leak_guard.add_needle(cid)  # its cgroups are named after it
-    case = Case(zentry, busybox_bundle, tmp_path, cid)
+    leak_guard.add_needle(cid)  # its cgroups are named after it (and its pod's)
+    case = Case(zentry, busybox_bundle, tmp_path, cid, pod=where == "pod")
     held = None
+    all_roles: list[Roles] = []
     try:
         held = POINTS[point][0](case)
-        roles = held.roles
-        pid = victim_pid(held, victim)
+        all_roles = [held.roles] + [Roles.discover(zentry.root, other) for other in case.ids()[1:]]
+        pid = victim_pid(case, held, victim)
         kill(pid)
         if victim == "cli":
             held.proc.wait(10)
-        assert wait_for(lambda: not alive(pid), timeout=10), f"{victim} {pid} survived SIGKILL"
-        observer = Observer(zentry, roles)
-        roles.refresh()
-        observer.observe()  # right after the fault
+        assert wait_for(lambda: gone(pid) or dying(pid), timeout=10), f"{victim} {pid} survived SIGKILL"
+        observers = [Observer(zentry, roles.refresh()) for roles in all_roles]
+        for observer in observers:
+            observer.observe()  # right after the fault
         held.release()
         if victim != "cli":
             finish(held.proc)
-        roles.refresh()
-        status = observer.settle()
-        # delete as state says: plain for created/stopped, --force when it runs
-        if status in ("created", "stopped"):
-            r = zentry("delete", cid)
-        else:
-            r = zentry("delete", "--force", cid)
-        assert r.returncode == 0, f"delete after state said {status}: {r.stderr}"
-        assert observer.status() == "absent", "deleted, yet state still shows it"
-        everyone = roles.refresh().everyone() - {os.getpid()}
+        for observer in observers:  # the case's container first, then its pod's
+            observer.roles.refresh()
+            status = observer.settle()
+            # delete as state says: plain for created/stopped, --force when it runs
+            if status in ("created", "stopped"):
+                r = zentry("delete", observer.roles.cid)
+            else:
+                r = zentry("delete", "--force", observer.roles.cid)
+            assert r.returncode == 0, f"delete {observer.roles.cid} after state said {status}: {r.stderr}"
+            assert observer.status() == "absent", f"{observer.roles.cid} deleted, yet state still shows it"
+        everyone = set().union(*(roles.refresh().everyone() for roles in all_roles)) - {os.getpid()}
         assert wait_for(lambda: all(gone(p) for p in everyone), timeout=10), \
-            f"left after delete: {roles.describe(p for p in everyone if not gone(p))}"
-        assert wait_for(lambda: not container_cgroups(cid), timeout=5), container_cgroups(cid)
+            f"left after delete: {held.roles.describe(p for p in everyone if not gone(p))}"
+        assert wait_for(lambda: not any(container_cgroups(c) for c in case.ids()), timeout=5), \
+            [container_cgroups(c) for c in case.ids()]
         assert zentry("list", "-q").stdout.split() == []
     finally:
         if held is not None:
@@ -239,5 +294,8 @@ def test_fault(point, victim, zentry, busybox_bundle, tmp_path, leak_guard):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        if held is not None and held.roles is not None and zentry("list", "-q").stdout.split():
-            zentry("delete", "--force", cid)  # a skipped or failed case: leave the next one a clean host
+        for roles in all_roles:
+            roles.close()
+        for other in case.ids():  # a skipped or failed case: leave the next one a clean host
+            if zentry("state", other).returncode == 0:
+                zentry("delete", "--force", other)

@@ -47,21 +47,20 @@ def proc_state(pid: int) -> str:
 
 
 def dying(pid: int) -> bool:
-    """A SIGKILL is pending for ``pid`` (it cannot run again; a frozen one is
-    not dying: it keeps its signal until thawed)."""
+    """A SIGKILL is pending for ``pid``: it never runs user code again."""
     try:
         with open(f"/proc/{pid}/status") as f:
             status = dict(line.split(":", 1) for line in f if ":" in line)
     except OSError:
         return True
     pending = int(status.get("ShdPnd", "0").strip(), 16) | int(status.get("SigPnd", "0").strip(), 16)
-    return bool(pending & SIGKILL_BIT) and proc_state(pid) not in ("", "Z", "X")
+    return bool(pending & SIGKILL_BIT)
 
 
 def alive(pid: int) -> bool:
-    """Running or able to run: not gone, not a zombie, not dying of a SIGKILL
-    (a frozen process keeps its SIGKILL pending until thawed: alive)."""
-    return not gone(pid) and not (dying(pid) and not frozen(pid))
+    """Able to run again: not gone, not a zombie, no SIGKILL pending (a frozen
+    process with a pending SIGKILL dies the moment it is thawed)."""
+    return not gone(pid) and not dying(pid)
 
 
 def frozen(pid: int) -> bool:
@@ -157,6 +156,7 @@ class Roles:
     container: set[int] = field(default_factory=set)        # the container's processes
     pidns: set[str] = field(default_factory=set)            # the container's pid namespaces
     cgroups: list[str] = field(default_factory=list)
+    pins: list[int] = field(default_factory=list)           # fds holding pidns open (inodes are reused)
 
     @classmethod
     def discover(cls, root: str, cid: str, cli: int = 0) -> "Roles":
@@ -174,8 +174,17 @@ class Roles:
             if pid and name not in self.actors and not gone(pid):
                 self.actors[name] = pid
         init = self.actors.get("init", 0)
-        if init and pid_ns(init) and pid_ns(init) != pid_ns(os.getpid()):
-            self.pidns.add(pid_ns(init))
+        ns = pid_ns(init) if init else ""
+        if ns and ns != pid_ns(os.getpid()) and ns not in self.pidns:
+            try:  # an open nsfs fd keeps the namespace, so its inode names no other one later
+                self.pins.append(os.open(f"/proc/{init}/ns/pid", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return self._refresh_processes()
+            if pid_ns(init) == ns:
+                self.pidns.add(ns)
+        return self._refresh_processes()
+
+    def _refresh_processes(self) -> "Roles":
         self.cgroups = sorted(set(self.cgroups) | set(container_cgroups(self.cid)))
         self.container |= self.container_pids()
         known = {self.cli, *self.actors.values(), *self.container}
@@ -184,6 +193,11 @@ class Roles:
             if p not in known and p not in self.extras and p != os.getpid() and needle in cmdline(p) + " " and not gone(p):
                 self.extras.append(p)
         return self
+
+    def close(self) -> None:
+        for fd in self.pins:
+            os.close(fd)
+        self.pins = []
 
     def container_pids(self) -> set[int]:
         """The container's processes now (alive or not): in its cgroups or pid namespaces,
@@ -288,13 +302,15 @@ class Observer:
         return status
 
     def settle(self, timeout: float = 20.0) -> str:
-        """Observe until state and processes agree both ways; the last status."""
+        """Observe until state and processes agree both ways; the last status
+        (a paused container's processes may hold a SIGKILL until thawed: they
+        still exist)."""
         last = {"status": ""}
 
         def agreed() -> bool:
             last["status"] = status = self.observe()
             if status in ("created", "running", "paused"):
-                return bool(self.roles.live_container())
+                return any(not gone(p) for p in self.roles.container_pids())
             return status in ("stopped", "absent")
 
         if not wait_for(agreed, timeout=timeout, step=0.1):
