@@ -115,8 +115,8 @@ def fork_actor(name: str, main: Callable[[int], int], *, detach: bool = True, qu
     ``detach``: own session, so terminal signals and the caller's process
     group do not reach it. ``quiet_stdio``: stdin/stdout/stderr become
     /dev/null (or ``log_file`` for stderr), so the actor never holds an
-    engine's stdio pipes open. The sandbox actor keeps stdio (it is the
-    container's) and its process group.
+    engine's stdio pipes open. Only a container's intermediate keeps them
+    (they become its init's) and its caller's process group.
     """
     r, w = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()

@@ -77,7 +77,7 @@ class Created(Message):
     """A container now exists and waits for start."""
 
     container_id: str = doc("the container")
-    pid: int = doc("host pid for --pid-file (the sandbox actor, or the member's forwarder)")
+    pid: int = doc("host pid for --pid-file: the container's init")
 
 
 @message("container.start", "request")
@@ -247,14 +247,12 @@ class HistoryReply(Message):
 
 @message("sandbox.spawn", "request")
 class Spawn(Message):
-    """Create a container's init in its namespaces and cgroup; it waits for start."""
+    """Have the container's intermediate (connected to fds.sock by its create) fork the init into its namespaces and cgroup; it waits for start."""
 
     container_id: str = doc("the container")
-    bundle: str = doc("the bundle (hooks' state, working directory)")
     config: dict[str, Any] = doc("the OCI config")
     rootfs: str = doc("mountpoint of the prepared root inside the gofer's mount namespace")
     gofer_pid: int = doc("pid of the gofer whose mount namespace holds the root")
-    console_socket: str = doc("where the pty master goes, or empty", "")
 
 
 @message("sandbox.spawned", "reply")

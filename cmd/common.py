@@ -17,12 +17,21 @@ def load(store: Store, partial_id: str) -> Record:
     """The record for an id or unique prefix, as ``state`` shows it: ``stopped`` if
     its controller is gone, or its init has exited even in the moment before the
     controller has recorded it (so that what ``state`` calls stopped, ``delete``
-    accepts)."""
+    accepts). Never ``stopped`` while its init lives: a container whose
+    controller died is killed by its sandbox (fail closed) within moments;
+    until its init is gone it keeps its recorded status (``delete --force``
+    kills it)."""
     cid = store.resolve(partial_id)
     rec = store.load(cid)
     deadline = None
     while True:
         if rec.status != STOPPED and not pid_alive(rec.controller_pid):
+            if rec.init_pid and pid_alive(rec.init_pid):
+                deadline = deadline or time.monotonic() + SETTLE_S
+                if time.monotonic() < deadline:
+                    time.sleep(0.005)
+                    continue
+                return rec
             rec.status = STOPPED
             return rec
         if not (rec.status in (CREATED, RUNNING, PAUSED) and rec.init_pid and not pid_alive(rec.init_pid)):

@@ -61,7 +61,7 @@ def do_config(args) -> dict:
 
 
 def run(args, ctx) -> int:
-    from zentry.bus.errors import InvalidArgument
+    from zentry.bus.errors import ExecNotFound, ExecPermission, InvalidArgument
     from zentry.cmd.run import run_foreground
 
     if not args.command:
@@ -77,6 +77,19 @@ def run(args, ctx) -> int:
         args.pid_file = None
         args.detach = False
         args.keep = False
-        return run_foreground(args, ctx, bool(args.tty))
+        try:
+            return run_foreground(args, ctx, bool(args.tty))
+        except ExecNotFound as err:
+            return _fail(err, 127)  # as a shell: command not found
+        except ExecPermission as err:
+            return _fail(err, 126)  # found, but cannot be run
     finally:
         shutil.rmtree(bundle, ignore_errors=True)
+
+
+def _fail(err: Exception, status: int) -> int:
+    from zentry.bus.log import get_logger
+    from zentry.cmd.main import fail
+
+    fail(get_logger("zentry.cli"), str(err))
+    return status

@@ -94,11 +94,30 @@ def build_process(args, base: dict) -> dict:
     return process
 
 
+#: runc's status for an exec that failed (bad container, process that cannot start)
+EXEC_FAILED = 255
+
+
 def run(args, ctx) -> int:
     """The exec'd process is our child, forked straight into the container
     (no zentry process sits between it and the engine): with ``--detach`` we
     write its pid and exit, and it becomes the child of our subreaper (the
-    engine's shim); in the foreground we relay signals and return its status."""
+    engine's shim); in the foreground we relay signals and return its status.
+    A failure is one line and status 255, as runc's ``exec failed``."""
+    from zentry.bus.errors import ZentryError
+    from zentry.bus.log import get_logger
+
+    try:
+        return _run(args, ctx)
+    except (ZentryError, OSError) as err:
+        from zentry.bus.errors import to_wire
+        from zentry.cmd.main import fail
+
+        fail(get_logger("zentry.cli"), f"exec failed: {err if isinstance(err, ZentryError) else to_wire(err)[1]}")
+        return EXEC_FAILED
+
+
+def _run(args, ctx) -> int:
     from zentry.actors import forwarder
     from zentry.bus.errors import InvalidArgument
     from zentry.bus.messages import ExecInfo

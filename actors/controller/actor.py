@@ -174,14 +174,7 @@ class Controller(Actor):
             prepared = self.ask_gofer(Prepare(container_id=rec.id, bundle=msg.bundle, config=msg.config), req.id)
             made_root = True
             spawned_reply = self.ask_sandbox(
-                Spawn(
-                    container_id=rec.id,
-                    bundle=msg.bundle,
-                    config=msg.config,
-                    rootfs=prepared.rootfs,
-                    gofer_pid=prepared.mntns_pid,
-                    console_socket=msg.console_socket,
-                ),
+                Spawn(container_id=rec.id, config=msg.config, rootfs=prepared.rootfs, gofer_pid=prepared.mntns_pid),
                 req.id,
                 timeout=60.0,
             )
