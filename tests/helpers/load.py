@@ -28,7 +28,10 @@ class LoadResult:
 def _run(argv: list[str], timeout: float) -> tuple[int, str, str]:
     # files, not pipes: the container keeps create's stdio (as with runc)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        except OSError as error:  # a failure of this cycle, not the end of its client
+            return -1, "", f"cannot run {argv[0]}: {error}"
         try:
             rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:
