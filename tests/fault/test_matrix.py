@@ -69,6 +69,7 @@ class Case:
         self.tmp = tmp_path
         self.cid = cid
         self.procs: list[subprocess.Popen] = []
+        self.fifos: list[Fifo] = []  # released at the end whatever happened (a hook may block on one)
         self.infra = ""
         if pod:  # the case's container joins a running pod sandbox (containerd's CRI annotations)
             self.infra = f"pod{cid}"  # not an extension of cid: cid would be taken for its prefix
@@ -97,6 +98,11 @@ class Case:
         self.procs.append(proc)
         return proc
 
+    def fifo(self, path: Path) -> Fifo:
+        fifo = Fifo(path)
+        self.fifos.append(fifo)
+        return fifo
+
     def ok(self, *args: str) -> None:
         r = self.zentry(*args)
         assert r.returncode == 0, f"zentry {' '.join(args)}: {r.stderr}"
@@ -119,7 +125,7 @@ def at_prefork(case: Case) -> Held:
     config = bundle / "config.json"
     text = config.read_bytes()
     config.unlink()
-    fifo = Fifo(config)
+    fifo = case.fifo(config)
     held = Held(case.cid, case.spawn("create", "--bundle", str(bundle), case.cid), release_data=text)
     case.reach(held, fifo)
     # the blanks are forked as soon as the command word is known, before config.json is read
@@ -132,9 +138,9 @@ def in_hook(kind: str) -> Callable[[Case], Held]:
     def point(case: Case) -> Held:
         if kind == "startContainer":  # resolved and run inside the container
             bundle = case.bundle(["sleep", "1000"], hooks={kind: [hold_hook("/hold")]})
-            fifo = Fifo(bundle / "rootfs" / "hold")
+            fifo = case.fifo(bundle / "rootfs" / "hold")
         else:
-            fifo = Fifo(case.tmp / "hold")
+            fifo = case.fifo(case.tmp / "hold")
             bundle = case.bundle(["true"] if kind in CREATE_HOOKS else ["sleep", "1000"],
                                  hooks={kind: [hold_hook(fifo.path)]})
         if kind in CREATE_HOOKS:
@@ -168,14 +174,14 @@ def at_status(status: str) -> Callable[[Case], Held]:
 def in_foreground_run(case: Case) -> Held:
     """A foreground run whose container blocks reading a FIFO."""
     bundle = case.bundle(["cat", "/hold"])
-    fifo = Fifo(bundle / "rootfs" / "hold")
+    fifo = case.fifo(bundle / "rootfs" / "hold")
     return case.reach(Held(case.cid, case.spawn("run", "--bundle", str(bundle), case.cid)), fifo)
 
 
 def in_exec(detach: bool) -> Callable[[Case], Held]:
     def point(case: Case) -> Held:
         bundle = case.bundle(["sleep", "1000"])
-        fifo = Fifo(bundle / "rootfs" / "hold")
+        fifo = case.fifo(bundle / "rootfs" / "hold")
         case.ok("run", "-d", "--bundle", str(bundle), case.cid)
         if detach:
             case.ok("exec", "-d", case.cid, "cat", "/hold")
@@ -218,6 +224,8 @@ KNOWN_BUGS = {
        for where in ("lone", "pod") for point in ("run", "exec", "exec-detached")},
     **{f"lone-poststop-{victim}": "delete --force answers 0 but leaves <root>/<id>/lock"
        for victim in ACTORS},
+    "pod-createRuntime-cli": ("intermittent (1 run in 3): after delete --force of member and pod, a process "
+                              "forked by the pod's `run -d` stays >= 10 s"),
     **{f"pod-run-{victim}": ("a foreground run of a pod member waits 10 s at its end for the pod's "
                              "controller and gofer to exit (they do not: the pod goes on)")
        for victim in ("cli", *ACTORS, "init", "infra")},
@@ -288,8 +296,8 @@ def test_fault(case_id, victim, zentry, busybox_bundle, tmp_path, leak_guard):
             [container_cgroups(c) for c in case.ids()]
         assert zentry("list", "-q").stdout.split() == []
     finally:
-        if held is not None:
-            held.release()
+        for fifo in case.fifos:
+            fifo.release()
         for proc in case.procs:
             if proc.poll() is None:
                 proc.kill()

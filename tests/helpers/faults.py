@@ -256,7 +256,11 @@ class Fifo:
                     pass
             os.close(self.fd)
             self.fd = -1
-        else:  # nobody came: let a late reader through at once
+        else:  # a reader that came late gets EOF; one yet to come finds no FIFO
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            except OSError:
+                pass
             try:
                 self.path.unlink()
             except FileNotFoundError:
