@@ -211,17 +211,11 @@ CASES = [(f"{where}-{point}", victim) for where in ("lone", "pod") for point, (_
 # Cases that find a bug not fixed yet (each routed to its owner). They are
 # skipped, with the bug as the reason, unless ZENTRY_FAULT_KNOWN_BUGS=1: run
 # them so, and remove an entry once its case passes.
-_FROZEN_NOT_KILLED = ("state says stopped while the container's processes still live (frozen, no SIGKILL "
-                      "pending yet): `state` infers stopped from the dead controller before fail-closed has killed them")
 KNOWN_BUGS = {
     "lone-createContainer-cli": "state says stopped while the init (before exec) and the createContainer hook live",
-    "lone-startContainer-controller": "state says stopped while the init (before exec) and the startContainer hook live",
-    "pod-startContainer-controller": "state says stopped while the init (before exec) and the startContainer hook live",
     "pod-createContainer-controller": "the member 'does not exist' while its init and createContainer hook live",
     "pod-createContainer-sandbox": ("the member 'does not exist' while its init and createContainer hook live; "
                                     "its cgroups stay after delete --force"),
-    **{f"{where}-{point}-controller": _FROZEN_NOT_KILLED
-       for where in ("lone", "pod") for point in ("run", "exec", "exec-detached")},
     **{f"lone-poststop-{victim}": "delete --force answers 0 but leaves <root>/<id>/lock"
        for victim in ACTORS},
     "pod-createRuntime-cli": ("intermittent (1 run in 3): after delete --force of member and pod, a process "
