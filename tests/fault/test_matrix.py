@@ -1,6 +1,16 @@
 """The fault matrix: every actor and the CLI SIGKILLed at every lifecycle point
-we can hold, then `state` must tell the truth, `delete` must clean up and
-nothing may leak.
+we can hold, for a lone container and for a member of a pod (whose pod's
+own container is one more victim), then `state` must tell the truth,
+`delete` must clean up and nothing may leak.
+
+Points: create held before it has read config.json (its blank actors
+forked), inside each hook kind (prestart, createRuntime, createContainer
+during create; startContainer, poststart during start; poststop during
+delete), at created, running, paused and stopped, in a foreground run, in a
+foreground exec and in an exec --detach. Victims: the CLI in flight, the
+controller, the sandbox, the gofer, the container's init, an exec'd process
+(a foreground run's or exec's CLI is also its forwarder: zentry has no
+other). A victim that does not exist at a point is skipped (say so).
 
 A point is held deterministically (helpers/faults.py): a hook of each kind,
 the container's own process or the CLI's read of config.json blocks on a

@@ -5,8 +5,7 @@ Roles are discovered, not assumed from a process tree: the actors from
 ``<root>/<id>/state.json`` (controller_pid, sandbox_pid, gofer_pid,
 init_pid/pid), the container's processes from its cgroups (every cgroup
 directory whose path names the container id) and its pid namespace, and any
-other zentry process started on the test's ``--root`` (a forwarder, a member
-waiter) from its command line.
+other zentry process started on the test's ``--root`` from its command line.
 
 A point is held with a FIFO (`Fifo`): a hook, the container's process or the
 CLI itself blocks reading it; the test knows the point is reached the
@@ -14,9 +13,9 @@ moment it can open the FIFO's write end (a reader is there), and releases it
 by closing that end. No fixed sleeps.
 
 The truth rule (`Observer`): whenever ``state`` says ``stopped`` (or the
-container does not exist), no process of the container may be alive; once
-things settle, a container ``state`` calls created/running/paused has a live
-process.
+container does not exist), no process of the container may be alive (able to
+run again: a zombie or a process with a SIGKILL pending is not); once things
+settle, a container ``state`` calls created/running/paused has a process.
 """
 from __future__ import annotations
 
@@ -61,22 +60,6 @@ def alive(pid: int) -> bool:
     """Able to run again: not gone, not a zombie, no SIGKILL pending (a frozen
     process with a pending SIGKILL dies the moment it is thawed)."""
     return not gone(pid) and not dying(pid)
-
-
-def frozen(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = [line.rstrip("\n").split(":", 2) for line in f]
-    except OSError:
-        return False
-    for _, ctrl, path in lines:
-        if ctrl == "freezer":
-            try:
-                with open(CGROUP_ROOT / "freezer" / path.lstrip("/") / "freezer.state") as f:
-                    return f.read().strip() != "THAWED"
-            except OSError:
-                return False
-    return False
 
 
 def gone(pid: int) -> bool:
