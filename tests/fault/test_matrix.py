@@ -10,7 +10,7 @@ delete), at created, running, paused and stopped, in a foreground run, in a
 foreground exec and in an exec --detach. Victims: the CLI in flight, the
 controller, the sandbox, the gofer, the container's init, an exec'd process
 (a foreground run's or exec's CLI is also its forwarder: zentry has no
-other). A victim that does not exist at a point is skipped (say so).
+other). A victim that does not exist at a point is skipped, with that reason.
 
 A point is held deterministically (helpers/faults.py): a hook of each kind,
 the container's own process or the CLI's read of config.json blocks on a
