@@ -128,6 +128,7 @@ class Sandbox(Actor):
         self.controller.setsockopt(zmq.LINGER, 2000)
         self.controller.connect(self.endpoints.actor("controller"))
         self.fd_listener = fdpass.listen(self.endpoints.fd_socket)
+        self.fd_listener.setblocking(False)  # readiness may be stale: accept never waits
         self.watch_fd(self.fd_listener.fileno(), self._on_fd_connection)
         report_ready(self.ready_fd)
         # After the report, so this overlaps the controller's and the gofer's
@@ -231,7 +232,10 @@ class Sandbox(Actor):
 
     # --- the fd socket: intermediates of new inits, listeners of exec'd processes ---
     def _on_fd_connection(self, _fd: int) -> None:
-        conn, _ = self.fd_listener.accept()
+        try:
+            conn, _ = self.fd_listener.accept()
+        except BlockingIOError:
+            return  # already taken (by _init_channel, after the loop saw it readable)
         conn.settimeout(5)
         keep = False
         try:

@@ -413,6 +413,9 @@ def intermediate_main(assignment: dict, ready_fd: int) -> int:
 
     config = assignment["config"]
     chan = fdpass.connect(assignment["fd_socket"])
+    # Blocking, no deadline: the init inherits this socket and waits on it for
+    # "start" as long as the container stays created; the sandbox's death is EOF.
+    chan.settimeout(None)
     fdpass.send_fds(chan, {"kind": "init", "container_id": assignment["container_id"]}, [])
     report_ready(ready_fd)
     try:

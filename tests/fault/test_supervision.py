@@ -158,3 +158,29 @@ def test_create_with_an_unwritable_pid_file_leaves_nothing_as_runc(zentry, busyb
             assert subprocess.run(["runc", "--root", runc_root, "list", "-q"], capture_output=True, text=True).stdout.strip() == ""
         finally:
             subprocess.run(["runc", "--root", runc_root, "delete", "--force", "sv5r"], capture_output=True)
+
+
+def test_a_killed_foreground_run_leaves_the_container_running_as_runc(zentry, busybox_bundle, tmp_path):
+    bundle = busybox_bundle(["sleep", "60"])
+    runtimes = [("zentry", [*zentry_command(), "--root", str(zentry.root)])]
+    if shutil.which("runc"):
+        runtimes.append(("runc", ["runc", "--root", str(tmp_path / "runc-root")]))
+    for name, argv in runtimes:
+        cid = f"fg-{name}"
+        proc = subprocess.Popen([*argv, "run", "--bundle", str(bundle), cid], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            state = lambda: json.loads(subprocess.run([*argv, "state", cid], capture_output=True, text=True).stdout or "{}")  # noqa: E731
+            assert wait_for(lambda: state().get("status") == "running", timeout=30), name
+            pid = state()["pid"]
+            proc.kill()
+            proc.wait()
+            time.sleep(0.5)
+            assert state().get("status") == "running" and alive(pid), name
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            subprocess.run([*argv, "delete", "--force", cid], capture_output=True)
+        assert wait_for(lambda: not alive(pid)), name
+    assert cgroup_dirs("fg-zentry") == []

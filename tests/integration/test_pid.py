@@ -317,3 +317,19 @@ def test_run_with_a_terminal_gives_the_shell_job_control(runtimes, busybox_bundl
         assert "job control turned off" not in out, (rt.name, out)
         assert "sleep 5" in out.split("jobs", 1)[1], (rt.name, out)
         assert status == 3, (rt.name, out)
+
+
+def test_a_created_container_waits_for_start_as_long_as_it_takes(runtimes, busybox_bundle, tmp_path):
+    bundle = busybox_bundle(["sh", "-c", "echo started"])
+    for rt in runtimes:
+        cid = unique(rt, "late")
+        out = tmp_path / f"{cid}.out"
+        with open(out, "w") as f:
+            rt.ids.append(cid)
+            assert subprocess.run(rt.cmd("create", "--bundle", bundle, cid), stdin=subprocess.DEVNULL, stdout=f, stderr=f,
+                                  timeout=60).returncode == 0
+        time.sleep(8)  # longer than any socket timeout on the init's channel
+        assert rt.state(cid)["status"] == "created", rt.name
+        r = rt("start", cid)
+        assert r.returncode == 0, (rt.name, r.stderr)
+        assert wait_for(lambda: out.read_text() == "started\n"), (rt.name, out.read_text())

@@ -116,8 +116,9 @@ def test_free_shows_the_memory_limit(zentry, busybox_bundle):
 def test_killing_the_sandbox_kills_the_container(zentry, busybox_bundle):
     bundle = busybox_bundle(["sleep", "60"])
     assert zentry("run", "-d", "--bundle", bundle, "fc1").returncode == 0
-    st = json.loads(zentry("state", "fc1").stdout)
-    sandbox = st["pid"]
+    # the sandbox actor (the sentry's host); `state`'s pid is the container's init
+    with open(os.path.join(zentry.root, "fc1", "state.json")) as f:
+        sandbox = json.load(f)["sandbox_pid"]
     ps = json.loads(zentry("ps", "--format", "json", "fc1").stdout)
     assert ps
     os.kill(sandbox, signal.SIGKILL)
