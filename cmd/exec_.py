@@ -122,12 +122,13 @@ def _run(args, ctx) -> int:
     from zentry.bus.errors import InvalidArgument
     from zentry.bus.messages import ExecInfo
     from zentry.cmd import long_running
-    from zentry.cmd.common import ask, load, write_pid_file
+    from zentry.cmd.common import ask, check_stdio_options, load, write_pid_file
 
     rec = load(ctx.store(), args.container_id)
     rec.require_status("exec in", "created", "running")
     target = ask(rec, ExecInfo(container_id=rec.id))
     process = build_process(args, target.config.get("process") or {})
+    check_stdio_options(bool(process.get("terminal")), args.console_socket, args.preserve_fds)
     console = None
     if process.get("terminal") and not args.console_socket:
         if args.detach:
