@@ -18,6 +18,7 @@ import tempfile
 import textwrap
 import time
 
+import psutil
 import pytest
 
 from helpers.bundle import zentry_command
@@ -333,3 +334,33 @@ def test_a_created_container_waits_for_start_as_long_as_it_takes(runtimes, busyb
         r = rt("start", cid)
         assert r.returncode == 0, (rt.name, r.stderr)
         assert wait_for(lambda: out.read_text() == "started\n"), (rt.name, out.read_text())
+
+
+def test_exec_whose_pid_file_cannot_be_written_leaves_no_process_as_runc(runtimes, busybox_bundle):
+    bundle = busybox_bundle(["sleep", "60"])
+    for rt in runtimes:
+        cid = unique(rt, "execpf")
+        rt.create(bundle, cid)
+        assert rt("start", cid).returncode == 0
+        init = rt.state(cid)["pid"]
+        for detach in (["--detach"], []):
+            r = rt("exec", *detach, "--pid-file", "/nonexistent/dir/pid", cid, "sleep", "1234", capture_output=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            assert r.returncode != 0, (rt.name, detach)
+            # the exec'd process was killed: nothing of it in the container
+            left = lambda: [p for p in psutil.pids() if p != init and _cmdline(p) == ["sleep", "1234"] and _same_pidns(p, init)]
+            assert wait_for(lambda: not left(), timeout=10), (rt.name, detach, left())
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return cmdline_of(pid)
+    except OSError:
+        return []
+
+
+def _same_pidns(pid: int, other: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid") == os.readlink(f"/proc/{other}/ns/pid")
+    except OSError:
+        return False
