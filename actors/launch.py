@@ -166,7 +166,7 @@ def _prepare_controller() -> Callable[[dict, int], int]:
 def _prepare_gofer() -> Callable[[dict, int], int]:
     from zentry.actors.gofer.actor import gofer_main
 
-    return lambda a, fd: gofer_main(Endpoints(a["bus_dir"]), a["sandbox_id"], fd)
+    return lambda a, fd: gofer_main(Endpoints(a["bus_dir"]), a["sandbox_id"], fd, a["controller_pid"])
 
 
 def _prepare_sandbox() -> Callable[[dict, int], int]:
