@@ -181,6 +181,7 @@ def _prepare_intermediate() -> Callable[[dict, int], int]:
     inherited by the init (which can import nothing once it has pivoted)."""
     from zentry.actors.sandbox.init import intermediate_main
     from zentry.sentry import filter as sentry_filter
+    from zentry.sentry import views  # noqa: F401  (enter_time_namespace, just before the init's fork)
 
     sentry_filter.zentry_bpf()
     return intermediate_main
