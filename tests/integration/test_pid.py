@@ -364,3 +364,32 @@ def _same_pidns(pid: int, other: int) -> bool:
         return os.readlink(f"/proc/{pid}/ns/pid") == os.readlink(f"/proc/{other}/ns/pid")
     except OSError:
         return False
+
+
+def test_run_with_a_terminal_under_script_gives_the_shell_job_control(runtimes, busybox_bundle):
+    # as a user drives it from a terminal: util-linux script(1) owns the pty and
+    # the session, zentry runs in it (not a pty this test made itself)
+    import shlex
+
+    if shutil.which("script") is None:
+        pytest.skip("script(1) is not installed")
+    bundle = busybox_bundle(["sh", "-i"], process={"terminal": True})
+    for rt in runtimes:
+        cid = unique(rt, "script")
+        rt.ids.append(cid)
+        proc = subprocess.Popen(["script", "-eqc", shlex.join(rt.cmd("run", "--bundle", bundle, cid)), "/dev/null"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            for line in (b"sleep 5 &\n", b"jobs\n", b"exit 3\n"):
+                time.sleep(1.5)
+                proc.stdin.write(line)
+                proc.stdin.flush()
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        text = out.decode(errors="replace")
+        assert "job control turned off" not in text and "can't access tty" not in text, (rt.name, text)
+        assert "Running" in text.split("jobs", 1)[-1], (rt.name, text)
+        assert proc.returncode == 3, (rt.name, text)
