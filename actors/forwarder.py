@@ -329,7 +329,7 @@ def _exec_child(chan: socket.socket, init_pid: int, cgroup_procs: list[str], con
             console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             console.connect(console_socket)
         # the user namespace first: the others belong to it (runc's order)
-        order = ["user", "cgroup", "ipc", "uts", "net", "mnt"]
+        order = ["user", "cgroup", "ipc", "uts", "net", "time", "mnt"]
         fds = []
         for name in order:
             path = f"/proc/{init_pid}/ns/{name}"

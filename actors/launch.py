@@ -166,7 +166,7 @@ def _prepare_controller() -> Callable[[dict, int], int]:
 def _prepare_gofer() -> Callable[[dict, int], int]:
     from zentry.actors.gofer.actor import gofer_main
 
-    return lambda a, fd: gofer_main(Endpoints(a["bus_dir"]), a["sandbox_id"], fd)
+    return lambda a, fd: gofer_main(Endpoints(a["bus_dir"]), a["sandbox_id"], fd, a["controller_pid"])
 
 
 def _prepare_sandbox() -> Callable[[dict, int], int]:
@@ -181,6 +181,7 @@ def _prepare_intermediate() -> Callable[[dict, int], int]:
     inherited by the init (which can import nothing once it has pivoted)."""
     from zentry.actors.sandbox.init import intermediate_main
     from zentry.sentry import filter as sentry_filter
+    from zentry.sentry import views  # noqa: F401  (enter_time_namespace, just before the init's fork)
 
     sentry_filter.zentry_bpf()
     return intermediate_main

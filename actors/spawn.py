@@ -176,6 +176,21 @@ def quiet_stdio_to(log_file: str | None) -> None:
             os.close(fd)
 
 
+def callers_fds(keep: tuple[int, ...]) -> list[int]:
+    """The fds above stdio this process holds, but ``keep``: in a blank just
+    forked, its caller's (what the engine passed, ``--preserve-fds``' fds)."""
+    fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    return [fd for fd in fds if fd > 2 and fd not in keep and _is_open(fd)]
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)  # listdir's own fd is in its listing, and closed by now
+        return True
+    except OSError:
+        return False
+
+
 def fork_blank(name: str, prepare: Callable[[], Callable[[dict, int], int]], *, detach: bool = True, siblings: tuple[Child, ...] = ()) -> Child:
     """Fork an actor before its work is known: it prepares, then waits for ``Child.assign``.
 
@@ -184,7 +199,10 @@ def fork_blank(name: str, prepare: Callable[[], Callable[[dict, int], int]], *, 
     assignment arrives. Meanwhile the parent parses and validates: the two
     overlap. A blank is bound to its parent (it dies with it); end of file
     on the assignment pipe means "not needed", and it exits 0. Stdio are
-    kept until the assignment says otherwise (``quiet_stdio``, ``log_file``).
+    kept until the assignment says otherwise (``quiet_stdio``, ``log_file``);
+    with them, the other fds it inherited from its caller are closed: no
+    actor holds an fd of the caller (only the intermediate keeps them: they
+    become the container init's).
     ``siblings``: blanks forked earlier, whose pipes (the parent's ends) this
     one must not hold open.
     """
@@ -196,6 +214,7 @@ def fork_blank(name: str, prepare: Callable[[], Callable[[dict, int], int]], *, 
             for fd in (sibling.assign_fd, sibling.ready_fd):
                 if fd >= 0:
                     os.close(fd)
+        inherited = callers_fds(keep=(ar, ready_fd))
         failure: BaseException | None = None
         gc.disable()  # imports make garbage-free objects: collecting during them is wasted work
         try:
@@ -211,6 +230,11 @@ def fork_blank(name: str, prepare: Callable[[], Callable[[dict, int], int]], *, 
         assignment = json.loads(line)
         if assignment.get("quiet_stdio"):
             quiet_stdio_to(assignment.get("log_file"))
+            for fd in inherited:  # e.g. --preserve-fds' fds: the container's alone
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         if failure is not None:
             raise failure
         return start(assignment, ready_fd)

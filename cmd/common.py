@@ -71,5 +71,24 @@ def write_pid_file(path: str, pid: int) -> None:
     os.rename(tmp, path)
 
 
+def check_stdio_options(terminal: bool, console_socket: str, preserve_fds: int) -> None:
+    """Refuse, before anything is launched, what runc refuses of ``create``,
+    ``run`` and ``exec``'s terminal and fd options: a console socket for a
+    process without a terminal (it would never receive a pty), and a
+    ``--preserve-fds`` beyond what this process could have open (a negative
+    one means none, as runc takes it)."""
+    import resource
+
+    from zentry.bus.errors import InvalidArgument
+
+    if console_socket and not terminal:
+        raise InvalidArgument("cannot use --console-socket without a terminal (process.terminal is false)")
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY:
+        limit = 1 << 30  # the kernel's ceiling for fs.nr_open
+    if preserve_fds > 0 and 3 + preserve_fds > limit:
+        raise InvalidArgument(f"invalid --preserve-fds {preserve_fds}: fds 3 .. {3 + preserve_fds - 1} exceed the open files limit ({limit})")
+
+
 def add_id(parser, help: str = "container id") -> None:
     parser.add_argument("container_id", metavar="ID", help=help)

@@ -28,13 +28,16 @@ def create(args, ctx, config: dict | None = None):
     from zentry.actors.oci import PRESERVE_FDS_ANNOTATION, STRACE_ANNOTATION, load_bundle
     from zentry.actors.state import validate_id
     from zentry.bus.errors import InvalidArgument
+    from zentry.cmd.common import check_stdio_options
 
     validate_id(args.container_id)
     bundle = os.path.abspath(args.bundle)
     if config is None:
         config = load_bundle(bundle)
-    if (config.get("process") or {}).get("terminal") and not args.console_socket:
+    terminal = bool((config.get("process") or {}).get("terminal"))
+    if terminal and not args.console_socket:
         raise InvalidArgument("cannot allocate a pty without --console-socket (process.terminal is true)")
+    check_stdio_options(terminal, args.console_socket, getattr(args, "preserve_fds", 0))
     if ctx.strace:
         config.setdefault("annotations", {})[STRACE_ANNOTATION] = "true"
     if getattr(args, "preserve_fds", 0) > 0:  # fds 3 .. 3+N-1 of this call reach the container (actors/sandbox/init.py; `do` has no such flag)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 
 HELP = "run a process in a running container"
 
@@ -122,12 +123,13 @@ def _run(args, ctx) -> int:
     from zentry.bus.errors import InvalidArgument
     from zentry.bus.messages import ExecInfo
     from zentry.cmd import long_running
-    from zentry.cmd.common import ask, load, write_pid_file
+    from zentry.cmd.common import ask, check_stdio_options, load, write_pid_file
 
     rec = load(ctx.store(), args.container_id)
     rec.require_status("exec in", "created", "running")
     target = ask(rec, ExecInfo(container_id=rec.id))
     process = build_process(args, target.config.get("process") or {})
+    check_stdio_options(bool(process.get("terminal")), args.console_socket, args.preserve_fds)
     console = None
     if process.get("terminal") and not args.console_socket:
         if args.detach:
@@ -139,16 +141,24 @@ def _run(args, ctx) -> int:
         return forwarder.start_exec(target.init_pid, target.cgroup_procs, target.config, process, target.fd_socket, rec.id, args.console_socket,
                                     preserve_fds=max(0, args.preserve_fds))
 
+    def pid_file_or_kill(pid: int) -> None:
+        """As runc: an exec whose pid file cannot be written leaves no process."""
+        if not args.pid_file:
+            return
+        try:
+            write_pid_file(args.pid_file, pid)
+        except OSError as err:
+            os.kill(pid, signal.SIGKILL)  # our child: its pid cannot be reused before we reap it
+            os.waitpid(pid, 0)
+            raise InvalidArgument(f"cannot write pid file {args.pid_file}: {err.strerror}") from None
+
     try:
         if args.detach:
-            pid = start()
-            if args.pid_file:
-                write_pid_file(args.pid_file, pid)
+            pid_file_or_kill(start())
             return 0
         with forwarder.SignalCatcher() as catcher:
             pid = start()
-            if args.pid_file:
-                write_pid_file(args.pid_file, pid)
+            pid_file_or_kill(pid)
             master = console.receive() if console is not None else None
             long_running()
             return forwarder.relay(pid, lambda sig: os.kill(pid, sig), master, catcher)

@@ -78,7 +78,6 @@ afresh at every open:
 | `/proc/cpuinfo` | one block per visible CPU: the cpuset cut to ceil(quota / period) |
 | `/proc/stat` | the visible CPUs' lines, renumbered from 0, and their sum |
 | `/sys/devices/system/cpu/online` | `0-N` for the visible CPUs (what glibc's `get_nprocs`, Python's `os.cpu_count()` and `nproc --all`-style readers use) |
-| `/proc/uptime` | seconds since the container started; idle is the host's idle share of that |
 | `/proc/loadavg` | the host's load averages, then `1/N` and the highest pid of the container's own pid namespace (never a host pid) |
 
 They are files of a FUSE filesystem the sandbox serves (`sentry/views.py`),
@@ -132,12 +131,13 @@ another thread).
   averages are the host's (the kernel keeps none per container) and
   `sched_getaffinity` is the kernel's (the cpuset, not cut to the CPU quota,
   as under runc).
-- `/proc/uptime` counts from the container's start, but process start times
-  (`/proc/PID/stat` field 22) still count from the host's boot: procps `ps`
-  computes elapsed time and %CPU as uptime minus start time, which comes out
-  negative (huge ELAPSED, %CPU 0.0). A time namespace with a boottime offset
-  (OCI `linux.timeOffsets`, CLONE_NEWTIME) would shift both consistently in
-  the kernel, without a view.
+- Uptime needs no view: unless its config has a time namespace of its own,
+  a container gets one whose boot clock starts with it (the intermediate
+  unshares it just before forking the init; exec'd processes join it), so
+  `/proc/uptime`, `sysinfo` and the start times of `/proc/PID/stat` all count
+  from the container's start, consistently: procps `ps` elapsed times and
+  %CPU are right. CLOCK_MONOTONIC is the host's; under runc all three count
+  from the host's boot.
 - A view's size is that of the content the caller's open gets (procfs
   reports 0), so that `sendfile`/`splice` readers (busybox `cat`) see it all;
   two processes reading one view at the same instant share the kernel's page

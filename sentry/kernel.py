@@ -97,18 +97,15 @@ class ContainerView(Value):
     ``init_pid``: host pid of the container init, killed (SIGKILL) when the
     listener fails, and whose procfs lists the container's pids (loadavg);
     ``memory_usage_bytes``: current memory use in bytes (cgroup
-    ``memory.current``/``usage_in_bytes``), for MemFree; ``started``:
-    ``CLOCK_BOOTTIME`` seconds when the container started (/proc/uptime),
-    None: when its listener is added.
+    ``memory.current``/``usage_in_bytes``), for MemFree.
     """
 
-    __slots__ = ("container_id", "hostname", "domainname", "memory_limit_bytes", "cpu_quota_us", "cpu_period_us", "cpuset", "init_pid", "memory_usage_bytes", "started")
+    __slots__ = ("container_id", "hostname", "domainname", "memory_limit_bytes", "cpu_quota_us", "cpu_period_us", "cpuset", "init_pid", "memory_usage_bytes")
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __init__(self, container_id: str, hostname: str, domainname: str = "", memory_limit_bytes: int | None = None,
                  cpu_quota_us: int | None = None, cpu_period_us: int | None = None, cpuset: str | None = None,
-                 init_pid: int | None = None, memory_usage_bytes: Callable[[], int] | None = None,
-                 started: float | None = None) -> None:
+                 init_pid: int | None = None, memory_usage_bytes: Callable[[], int] | None = None) -> None:
         self.container_id = container_id
         self.hostname = hostname
         self.domainname = domainname
@@ -118,7 +115,6 @@ class ContainerView(Value):
         self.cpuset = cpuset
         self.init_pid = init_pid
         self.memory_usage_bytes = memory_usage_bytes
-        self.started = started
 
 
 class ListenerFailed(Exception):
@@ -187,12 +183,6 @@ class Sentry:
         """Serve a listener fd (the Sentry owns it from now on and closes it)."""
         fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
         os.set_inheritable(fd, False)
-        if container.started is None:
-            # an exec'd process's listener: the container started with its first one
-            with self._lock:
-                known = [l.view.started for l in (*self._listeners.values(), *self._pending)
-                         if l.view.container_id == container.container_id and l.view.started is not None]
-            container.started = min(known) if known else time.clock_gettime(time.CLOCK_BOOTTIME)
         lst = _Listener(fd, container)
         with self._lock:
             self._pending.append(lst)

@@ -130,7 +130,7 @@ def _rule(names: str, disposition: Disposition) -> None:
 
 # --- the kernel opens as the container; observed only for strace -----------------------
 _OPEN_NOTE = ("the kernel opens the file as the container (its credentials, capabilities, namespaces, device "
-              "cgroup and umask); the views (/proc/{meminfo,cpuinfo,stat,loadavg,uptime}, "
+              "cgroup and umask); the views (/proc/{meminfo,cpuinfo,stat,loadavg}, "
               "/sys/devices/system/cpu/online) are files of a FUSE filesystem the sandbox serves, bound over "
               "those paths in the container's mount namespace. Trapped only when the container was created with "
               "strace on: the path is read for the tap and the call answered CONTINUE")
@@ -141,7 +141,7 @@ _rule("creat", TRACE("fs.creat", "open(path, O_CREAT|O_WRONLY|O_TRUNC, mode): as
 
 # --- emulated: answered from sentry state ----------------------------------------
 _rule("uname", TRAP("emulate.uname", "nodename/domainname from the container, release from the host, version names zentry"))
-_rule("sysinfo", TRAP("emulate.sysinfo", "totalram/freeram clamped to the container's memory limit"))
+_rule("sysinfo", TRAP("emulate.sysinfo", "totalram/freeram clamped to the container's memory limit; uptime that of its time namespace"))
 
 # --- refused in BPF -----------------------------------------------------------------
 _rule("init_module finit_module delete_module", ERRNO(E.EPERM, "loading kernel code"))

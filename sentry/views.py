@@ -1,7 +1,7 @@
 """The views, served live by a FUSE filesystem mounted over the container's /proc and /sys files.
 
 What programs size themselves from (``/proc/meminfo``, ``cpuinfo``, ``stat``,
-``loadavg``, ``uptime``, ``/sys/devices/system/cpu/online``) describes the
+``loadavg``, ``/sys/devices/system/cpu/online``) describes the
 host; ``procfs`` renders each from the container's limits. The files reach
 the container the way LXCFS's do, without trapping a single open:
 
@@ -54,6 +54,9 @@ from .abi import libc
 from .handlers import procfs
 
 log = get_logger("zentry.sentry.views")
+
+#: <linux/prctl.h>
+PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 
 # --- <asm/unistd_64.h>, <linux/mount.h> -----------------------------------------
 SYS_open_tree, SYS_move_mount, SYS_fsopen, SYS_fsconfig, SYS_fsmount = 428, 429, 430, 431, 432
@@ -310,15 +313,25 @@ def enter_time_namespace() -> None:
     offsets must be written before any process is in the namespace. Inside,
     CLOCK_BOOTTIME (so ``/proc/uptime``) and the start times of
     ``/proc/PID/stat`` both count from the container's start, consistently,
-    so procps ``ps`` computes right elapsed times (the uptime view cannot: the
-    kernel keeps start times from the host's boot). CLOCK_MONOTONIC is left
+    so procps ``ps`` computes right elapsed times (no view could: the kernel
+    keeps start times from the host's boot). CLOCK_MONOTONIC is left
     alone. Needs CAP_SYS_ADMIN and CAP_SYS_TIME in the caller's user
-    namespace (the container's root, with one). Not called yet: see
-    ``docs/syscalls.md``.
+    namespace (the container's root, with one). Called by the container's
+    intermediate (``actors/sandbox/init.py``) unless the config has a time
+    namespace of its own; an exec'd process joins it.
     """
     libc.unshare(libc.CLONE_NEWTIME)
     # the offset may not make the clock negative: a second short of now
     now = time.clock_gettime(time.CLOCK_BOOTTIME)
     seconds = max(0, int(now) - 1)
-    with open("/proc/self/timens_offsets", "w") as f:
-        f.write(f"boottime -{seconds} 0\n")
+    # In a user namespace, changing ids made us non-dumpable: our /proc files
+    # then belong to host root, whom we cannot write as. Dumpable for the write only.
+    dumpable = libc.prctl(PR_GET_DUMPABLE)
+    if not dumpable:
+        libc.prctl(PR_SET_DUMPABLE, 1)
+    try:
+        with open("/proc/self/timens_offsets", "w") as f:
+            f.write(f"boottime -{seconds} 0\n")
+    finally:
+        if not dumpable:
+            libc.prctl(PR_SET_DUMPABLE, 0)

@@ -5,6 +5,10 @@ container root of the sandbox is assembled there (``rootfs.prepare_rootfs``)
 at ``<bus_dir>/<container>.root``, so nothing it mounts is visible on the
 host. A container init joins a copy of this namespace and pivots into its
 root. When the gofer exits, its namespace (and every mount in it) goes away.
+
+The gofer watches its controller's pidfd: without a controller nobody
+prepares or releases roots any more (the sandbox kills the containers), so
+it stops too.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from zentry.actors.spawn import release_from_parent, report_ready
 from zentry.bus.actor import Actor, Request, handles
 from zentry.bus.endpoints import Endpoints
-from zentry.bus.errors import NotFound
+from zentry.bus.errors import NotFound, SystemFailure
 from zentry.bus.message import Message
 from zentry.bus.messages import Ok, Prepare, Prepared, ReleaseRoot, RootPrepared
 from zentry.sentry.abi import libc
@@ -24,13 +28,27 @@ from zentry.sentry.abi import libc
 class Gofer(Actor):
     name = "gofer"
 
-    def __init__(self, endpoints: Endpoints, *, sandbox_id: str, ready_fd: int) -> None:
+    def __init__(self, endpoints: Endpoints, *, sandbox_id: str, ready_fd: int, controller_pid: int = 0) -> None:
         super().__init__(endpoints, sandbox_id=sandbox_id)
         self.ready_fd = ready_fd
+        self.controller_pid = controller_pid
         self.roots: dict[str, str] = {}
 
     def on_start(self) -> None:
+        if self.controller_pid:
+            try:
+                fd = libc.pidfd_open(self.controller_pid)
+            except OSError:
+                fd = -1
+            if fd < 0:
+                raise SystemFailure(f"the controller (pid {self.controller_pid}) is gone")
+            self.watch_fd(fd, self._on_controller_gone)
         report_ready(self.ready_fd)
+
+    def _on_controller_gone(self, fd: int) -> None:
+        self.unwatch_fd(fd)
+        os.close(fd)
+        self.stop("controller gone")
 
     def on_stop(self) -> None:
         for cid in list(self.roots):
@@ -87,12 +105,12 @@ def _rmdir(path: str) -> None:
         pass
 
 
-def gofer_main(endpoints: Endpoints, sandbox_id: str, ready_fd: int) -> int:
+def gofer_main(endpoints: Endpoints, sandbox_id: str, ready_fd: int, controller_pid: int = 0) -> int:
     """Entry point in the forked child: private mount namespace first, then the bus."""
     libc.unshare(libc.CLONE_NEWNS)
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     libc.prctl(libc.PR_SET_NAME, _cstr("zentry-gofer"))
-    return Gofer(endpoints, sandbox_id=sandbox_id, ready_fd=ready_fd).run()
+    return Gofer(endpoints, sandbox_id=sandbox_id, ready_fd=ready_fd, controller_pid=controller_pid).run()
 
 
 def _cstr(text: str) -> int:

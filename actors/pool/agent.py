@@ -631,8 +631,7 @@ class PoolAgent(Actor):
 
     def _watch_container(self, sb: PoolSandbox) -> None:
         """Notice the container's end through its state's pid: the channel alone
-        does not tell, since zentry's other actors of the sandbox hold the init's
-        end of it too (they inherit the preserved fd) until the container is deleted."""
+        does not tell (a process the container forked may hold the init's end)."""
         try:
             with open(os.path.join(self.root, sb.id, "state.json")) as f:
                 pid = int(json.load(f)["pid"])

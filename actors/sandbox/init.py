@@ -490,6 +490,12 @@ def intermediate_main(assignment: dict, ready_fd: int) -> int:
                 join_namespace("pid", pid_ns["path"], libc.CLONE_NEWPID)
             else:
                 libc.unshare(libc.CLONE_NEWPID)
+        if not any(ns["type"] == "time" for ns in (config.get("linux") or {}).get("namespaces") or []):
+            # the boot clock (/proc/uptime, sysinfo) and process start times count
+            # from the container's start, in the kernel (procps ps: elapsed, %CPU)
+            from zentry.sentry.views import enter_time_namespace
+
+            enter_time_namespace()
         init = os.fork()
         if init == 0:
             code = 1

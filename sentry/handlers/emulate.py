@@ -35,7 +35,24 @@ def uname(s, lst, nid, tid, args):
     return 0, 0
 
 
+def boottime_offset(pid: int | None) -> int:
+    """Seconds the boot clock of ``pid``'s time namespace is shifted by (0 for the host's)."""
+    if not pid:
+        return 0
+    try:
+        with open(f"/proc/{pid}/timens_offsets") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] in ("boottime", "7"):  # 7: CLOCK_BOOTTIME
+                    return int(fields[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def sysinfo_bytes(view) -> bytes:
+    """As the kernel answers the container: its memory limit, and the uptime of
+    its time namespace (the sentry runs in the host's)."""
     info = Sysinfo()
     if _libc_sysinfo(ctypes.byref(info)) != 0:
         raise OSError(ctypes.get_errno(), "sysinfo")
@@ -46,7 +63,7 @@ def sysinfo_bytes(view) -> bytes:
         free = min(free, max(0, total - view.memory_usage_bytes() // unit))
     limited = total < info.totalram
     return SYSINFO.pack(
-        info.uptime, *info.loads, total, free, 0 if limited else info.sharedram, 0 if limited else info.bufferram,
+        max(0, info.uptime + boottime_offset(view.init_pid)), *info.loads, total, free, 0 if limited else info.sharedram, 0 if limited else info.bufferram,
         0 if limited else info.totalswap, 0 if limited else info.freeswap,
         info.procs, 0, 0, 0, unit,
     )

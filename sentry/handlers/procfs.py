@@ -1,12 +1,13 @@
 """The views the sentry makes itself: /proc and /sys files as the container's limits see them.
 
 Inside a container /proc and /sys are the kernel's, and these files describe
-the host: its memory, every CPU, its uptime and load. What programs size
+the host: its memory, every CPU and its load. What programs size
 themselves from (glibc's ``get_nprocs`` reads ``/sys/devices/system/cpu/online``,
 ``free`` reads ``/proc/meminfo``, JVMs and Node read ``/proc/cpuinfo`` and
 ``/proc/stat``) is rendered here from the container's own limits
 (``ContainerView``): memory from its memory limit and usage, CPUs from its
-cpuset cut to its CPU quota, uptime from when it started, and no host pid.
+cpuset cut to its CPU quota, and no host pid. (Uptime needs no view: the
+container has a time namespace whose boot clock starts with it.)
 ``sentry.views`` serves them as files of a FUSE filesystem bound over
 ``VIEWS``' paths in the container's mount namespace, rendered at each open.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 
 #: container path -> renderer name (also the file's name in the views' filesystem)
 VIEWS = {
@@ -23,7 +23,6 @@ VIEWS = {
     b"/proc/cpuinfo": "cpuinfo",
     b"/proc/stat": "stat",
     b"/proc/loadavg": "loadavg",
-    b"/proc/uptime": "uptime",
     b"/sys/devices/system/cpu/online": "cpu_online",
 }
 
@@ -156,23 +155,13 @@ def loadavg(view) -> bytes:
     return f"{fields[0]} {fields[1]} {fields[2]} 1/{total} {pids[-1] if pids else 1}\n".encode()
 
 
-def uptime(view) -> bytes:
-    """Seconds since the container started; idle time is the host's idle share of that, on its CPUs."""
-    host_up, host_idle = (float(v) for v in _read("/proc/uptime").split()[:2])
-    started = view.started if view.started is not None else 0.0
-    up = max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
-    n_host = len(os.sched_getaffinity(0)) or 1
-    share = min(1.0, host_idle / (host_up * n_host)) if host_up > 0 else 0.0
-    return f"{up:.2f} {up * len(visible_cpus(view)) * share:.2f}\n".encode()
-
-
 def cpu_online(view) -> bytes:
     """``0-N``: as many CPUs as the container is shown, numbered from 0 as in its cpuinfo and stat."""
     n = len(visible_cpus(view))
     return (b"0\n" if n == 1 else f"0-{n - 1}\n".encode())
 
 
-RENDERERS = {"meminfo": meminfo, "cpuinfo": cpuinfo, "stat": stat, "loadavg": loadavg, "uptime": uptime, "cpu_online": cpu_online}
+RENDERERS = {"meminfo": meminfo, "cpuinfo": cpuinfo, "stat": stat, "loadavg": loadavg, "cpu_online": cpu_online}
 
 
 def render(path: bytes, view) -> bytes | None:

@@ -1,7 +1,8 @@
 """Who supervises whom now that the container's init is not the sandbox's child.
 
 Rules (docs/architecture.md, "Supervision"): the controller and the sandbox
-watch each other; when either dies the survivor kills the containers
+watch each other (and the gofer watches the controller, so that it does not
+outlive it); when either dies the survivor kills the containers
 (fail closed: the sandbox hosts the sentry, the controller is the only one
 that can stop or delete them). `state` never says stopped while a
 container process lives. A failed create leaves nothing behind.
@@ -68,6 +69,10 @@ def test_controller_or_sandbox_death_kills_the_container(zentry, busybox_bundle,
     # fail closed: the survivor kills the container, and only then is it stopped
     assert status_never_lies(zentry, "sv1", init) == "stopped"
     assert wait_for(lambda: not alive(init), timeout=10)
+    if victim == "controller_pid":
+        # nobody manages the sandbox any more: its other actors go too, without a delete
+        survivors = [rec["gofer_pid"], rec["sandbox_pid"]]
+        assert wait_for(lambda: not any(alive(p) for p in survivors), timeout=10), [p for p in survivors if alive(p)]
     r = zentry("delete", "--force", "sv1")
     assert r.returncode == 0, r.stderr
     pids = [rec["controller_pid"], rec["gofer_pid"], rec["sandbox_pid"], init]
@@ -132,8 +137,8 @@ def test_cli_killed_in_a_create_runtime_hook_converges_without_delete(zentry, bu
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    # the controller died with create; the sandbox then kills the init and stops
-    for pid in (rec["controller_pid"], rec["sandbox_pid"], rec["init_pid"]):
+    # the controller died with create; the sandbox then kills the init and stops, the gofer stops
+    for pid in (rec["controller_pid"], rec["sandbox_pid"], rec["init_pid"], rec["gofer_pid"]):
         assert wait_for(lambda pid=pid: not alive(pid), timeout=15), pid
     assert json.loads(zentry("state", "sv4").stdout)["status"] == "stopped"
     assert zentry("delete", "--force", "sv4").returncode == 0

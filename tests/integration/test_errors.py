@@ -135,3 +135,23 @@ def test_a_log_file_that_cannot_be_opened_is_refused_as_runc(zentry, tmp_path):
             assert rz.stdout == ""
     finally:
         runc.close()
+
+
+def test_console_socket_without_terminal_and_absurd_preserve_fds_are_refused_as_runc(zentry, busybox_bundle, tmp_path):
+    """Refused before anything is launched: one line, nothing left (runc refuses both too)."""
+    from helpers.runc_cli import Runc
+
+    bundle = busybox_bundle(["sleep", "30"])
+    runc = Runc()
+    try:
+        for extra in (["--console-socket", "/nonexistent/sock"], ["--preserve-fds", "11805916207174113034"]):
+            rr = runc("create", "--bundle", bundle, *extra, "rc1", timeout=20)
+            assert rr.returncode != 0, (extra, rr.stderr)
+            assert runc("list", "-q").stdout.strip() == ""
+            log = tmp_path / "log.json"
+            rz = zentry_with_log(zentry, log, "create", "--bundle", bundle, *extra, "zc1")
+            check_error(rz, log, "--console-socket" if extra[0] == "--console-socket" else "--preserve-fds")
+            assert zentry("list", "-q").stdout.strip() == ""
+            assert not os.path.exists(os.path.join(zentry.root, "zc1"))
+    finally:
+        runc.close()

@@ -426,3 +426,45 @@ def test_a_new_network_namespace_has_loopback_up(zentry, busybox_bundle):
     assert "UP" in flags.strip("<>").split(",")
     assert inet == "inet 127.0.0.1/8"
     assert links.strip() == "1"  # its own namespace: nothing of the host's
+
+
+def test_a_preserved_fd_is_held_by_the_container_alone_as_runc(zentry, busybox_bundle, tmp_path):
+    """`run -d --preserve-fds 1` with fd 3 a pipe: once the container closes its
+    copy, the reader sees end of file (no actor of zentry keeps the caller's fds)."""
+    import select
+    import shutil
+    import sys
+    import tempfile
+
+    from helpers.bundle import zentry_command
+    from helpers.runc_cli import Runc
+
+    bundle = busybox_bundle(["sh", "-c", "exec 3>&-; sleep 30"])
+
+    def reader_sees_eof(command: list[str]) -> bool:
+        r, w = os.pipe()
+        try:
+            with tempfile.TemporaryFile() as out:
+                as_fd3 = "import os, sys; w = int(sys.argv[1]); os.dup2(w, 3); os.close(w); os.execvp(sys.argv[2], sys.argv[2:])"
+                code = subprocess.run([sys.executable, "-c", as_fd3, str(w), *command], pass_fds=(w,),
+                                      stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=60).returncode
+                out.seek(0)
+                assert code == 0, out.read()
+            os.close(w)
+            w = -1
+            ready, _, _ = select.select([r], [], [], 10)
+            return bool(ready) and os.read(r, 1) == b""
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+
+    runc = Runc()
+    try:
+        assert reader_sees_eof([shutil.which("runc"), "--root", runc.root, "run", "-d", "--preserve-fds", "1", "--bundle", str(bundle), "pf-runc"])
+    finally:
+        runc.close()
+    try:
+        assert reader_sees_eof([*zentry_command(), "--root", str(zentry.root), "run", "-d", "--preserve-fds", "1", "--bundle", str(bundle), "pf1"])
+    finally:
+        zentry("delete", "--force", "pf1")

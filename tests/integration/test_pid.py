@@ -18,6 +18,7 @@ import tempfile
 import textwrap
 import time
 
+import psutil
 import pytest
 
 from helpers.bundle import zentry_command
@@ -333,3 +334,62 @@ def test_a_created_container_waits_for_start_as_long_as_it_takes(runtimes, busyb
         r = rt("start", cid)
         assert r.returncode == 0, (rt.name, r.stderr)
         assert wait_for(lambda: out.read_text() == "started\n"), (rt.name, out.read_text())
+
+
+def test_exec_whose_pid_file_cannot_be_written_leaves_no_process_as_runc(runtimes, busybox_bundle):
+    bundle = busybox_bundle(["sleep", "60"])
+    for rt in runtimes:
+        cid = unique(rt, "execpf")
+        rt.create(bundle, cid)
+        assert rt("start", cid).returncode == 0
+        init = rt.state(cid)["pid"]
+        for detach in (["--detach"], []):
+            r = rt("exec", *detach, "--pid-file", "/nonexistent/dir/pid", cid, "sleep", "1234", capture_output=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            assert r.returncode != 0, (rt.name, detach)
+            # the exec'd process was killed: nothing of it in the container
+            left = lambda: [p for p in psutil.pids() if p != init and _cmdline(p) == ["sleep", "1234"] and _same_pidns(p, init)]
+            assert wait_for(lambda: not left(), timeout=10), (rt.name, detach, left())
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return cmdline_of(pid)
+    except OSError:
+        return []
+
+
+def _same_pidns(pid: int, other: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid") == os.readlink(f"/proc/{other}/ns/pid")
+    except OSError:
+        return False
+
+
+def test_run_with_a_terminal_under_script_gives_the_shell_job_control(runtimes, busybox_bundle):
+    # as a user drives it from a terminal: util-linux script(1) owns the pty and
+    # the session, zentry runs in it (not a pty this test made itself)
+    import shlex
+
+    if shutil.which("script") is None:
+        pytest.skip("script(1) is not installed")
+    bundle = busybox_bundle(["sh", "-i"], process={"terminal": True})
+    for rt in runtimes:
+        cid = unique(rt, "script")
+        rt.ids.append(cid)
+        proc = subprocess.Popen(["script", "-eqc", shlex.join(rt.cmd("run", "--bundle", bundle, cid)), "/dev/null"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            for line in (b"sleep 5 &\n", b"jobs\n", b"exit 3\n"):
+                time.sleep(1.5)
+                proc.stdin.write(line)
+                proc.stdin.flush()
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        text = out.decode(errors="replace")
+        assert "job control turned off" not in text and "can't access tty" not in text, (rt.name, text)
+        assert "Running" in text.split("jobs", 1)[-1], (rt.name, text)
+        assert proc.returncode == 3, (rt.name, text)

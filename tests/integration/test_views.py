@@ -12,6 +12,7 @@ container.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -33,7 +34,7 @@ PY = os.path.realpath(sys.executable)
 #: the host's Python and the libraries it needs, read-only, so that os.cpu_count() is CPython's own
 PY_MOUNTS = [{"destination": dst, "type": "bind", "source": src, "options": ["rbind", "ro"]}
              for dst, src in (("/usr/lib", "/usr/lib"), ("/lib", "/usr/lib"), ("/lib64", "/usr/lib64"), (sys.base_prefix, sys.base_prefix))]
-VIEW_PATHS = ["/proc/meminfo", "/proc/cpuinfo", "/proc/stat", "/proc/loadavg", "/proc/uptime", "/sys/devices/system/cpu/online"]
+VIEW_PATHS = ["/proc/meminfo", "/proc/cpuinfo", "/proc/stat", "/proc/loadavg", "/sys/devices/system/cpu/online"]
 
 
 def with_mounts(bundle, extra: list[dict]):
@@ -82,7 +83,7 @@ def test_readers_see_the_containers_limits_where_runc_shows_the_hosts(zentry, bu
     assert zl[1:8] == ["1", "0", str(256 << 10), str(256 << 10), "1", "1", "5"], z.stdout
     n = str(os.cpu_count())
     assert rl[1:8] == [n, f"0-{os.cpu_count() - 1}", host_meminfo_total(), host_meminfo_total(), n, n, "5"], r.stdout
-    # uptime counts from the container's start (runc: the host's boot)
+    # uptime counts from the container's start (runc: the host's boot): its time namespace, no view
     assert float(zl[8]) < 60 < float(rl[8])
 
 
@@ -212,7 +213,7 @@ os.waitpid(pid, 0)
 
 
 def test_a_time_namespace_starts_uptime_and_start_times_together():
-    # not called by zentry yet (the intermediate that would is being reworked): the function itself
+    # the function the intermediate calls, on its own
     r = subprocess.run([sys.executable, "-P", "-c", TIME_NS], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     up, start = (float(v) for v in r.stdout.split())
@@ -220,3 +221,37 @@ def test_a_time_namespace_starts_uptime_and_start_times_together():
         host_up = float(f.read().split()[0])
     assert up < 10 < host_up  # counts from the namespace's start
     assert 0 <= start <= up  # and so does the process's start time: ps's elapsed = up - start >= 0
+
+
+#: procps ps (the host's, its libraries as PY_MOUNTS binds them): elapsed = uptime - start time
+PS_MOUNTS = PY_MOUNTS + [{"destination": "/procps-ps", "type": "bind", "source": "/usr/bin/ps", "options": ["bind", "ro"]}]
+CLOCKS = ("cut -d' ' -f1 /proc/uptime; /procps-ps -o etimes= -C sleep | head -1 | tr -d ' ';"
+          " uptime | grep -o 'up [^,]*'; readlink /proc/self/ns/time")
+
+
+def test_uptime_and_ps_elapsed_times_count_from_the_containers_start(zentry, busybox_bundle, tmp_path):
+    """The container's time namespace: /proc/uptime, sysinfo (busybox uptime) and the
+    start times ps subtracts from them agree, in the kernel; an exec'd process shares
+    the clock. Under runc all count from the host's boot (consistent too, but large)."""
+    bundle = with_mounts(busybox_bundle(["sh", "-c", "sleep 30 & sleep 2; " + CLOCKS]), PS_MOUNTS)
+    z = zentry("run", "--bundle", bundle, "tm1")
+    r = runc_run(bundle, "tm1", tmp_path)
+    assert z.returncode == 0 and r.returncode == 0, (z.stderr, r.stderr)
+    (zup, zetime, zsys, zns), (rup, retime, rsys, rns) = z.stdout.split("\n")[:4], r.stdout.split("\n")[:4]
+    assert float(zup) < 60 < float(rup), (z.stdout, r.stdout)
+    # ps: elapsed = uptime - start time; a process started after the container is younger than its uptime
+    assert 1 <= int(zetime) <= float(zup) + 1, (z.stdout, r.stdout)
+    assert 1 <= int(retime) < 60, r.stdout
+    # busybox uptime (sysinfo, which the sentry answers): minutes since the container's start
+    assert re.fullmatch(r"up +\d+ min", zsys), (zsys, rsys)
+    assert zns != rns == os.readlink("/proc/self/ns/time")
+    # an exec'd process joins the container's time namespace
+    bundle = busybox_bundle(["sleep", "30"])
+    assert zentry("run", "--detach", "--bundle", bundle, "tm2").returncode == 0
+    try:
+        r = zentry("exec", "tm2", "sh", "-c", "cut -d' ' -f1 /proc/uptime; readlink /proc/self/ns/time; readlink /proc/1/ns/time")
+        assert r.returncode == 0, r.stderr
+        up, mine, init = r.stdout.split()
+        assert float(up) < 60 and mine == init != os.readlink("/proc/self/ns/time"), r.stdout
+    finally:
+        zentry("delete", "-f", "tm2")
