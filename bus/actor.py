@@ -166,6 +166,30 @@ class Actor:
         if self._fd_watches.pop(fd, None) is not None:
             self._poller.unregister(fd)
 
+    def stop_with(self, pid: int, name: str, on_gone: Callable[[], None] | None = None) -> None:
+        """Stop when process ``pid`` (the peer ``name``) dies, after ``on_gone()``.
+
+        Actors of one sandbox watch each other this way (a pidfd, so a reused
+        pid is never mistaken for the peer); ``SystemFailure`` if it is gone
+        already.
+        """
+        from zentry.bus.errors import SystemFailure
+        from zentry.sentry.abi import libc
+
+        try:
+            fd = libc.pidfd_open(pid)
+        except OSError:
+            raise SystemFailure(f"the {name} (pid {pid}) is gone") from None
+
+        def gone(_fd: int) -> None:
+            self.unwatch_fd(fd)
+            os.close(fd)
+            if on_gone is not None:
+                on_gone()
+            self.stop(f"{name} gone")
+
+        self.watch_fd(fd, gone)
+
     def publish(self, msg: Message, *, parent: str = "", container_id: str | None = None, time_ns: int | None = None) -> None:
         if self.events is not None:
             self.events.publish(msg, parent=parent, container_id=container_id, time_ns=time_ns)

@@ -19,7 +19,7 @@ import time
 from zentry.actors.spawn import release_from_parent, report_ready
 from zentry.bus.actor import Actor, Request, handles
 from zentry.bus.endpoints import Endpoints
-from zentry.bus.errors import NotFound, SystemFailure
+from zentry.bus.errors import NotFound
 from zentry.bus.message import Message
 from zentry.bus.messages import Ok, Prepare, Prepared, ReleaseRoot, RootPrepared
 from zentry.sentry.abi import libc
@@ -36,19 +36,8 @@ class Gofer(Actor):
 
     def on_start(self) -> None:
         if self.controller_pid:
-            try:
-                fd = libc.pidfd_open(self.controller_pid)
-            except OSError:
-                fd = -1
-            if fd < 0:
-                raise SystemFailure(f"the controller (pid {self.controller_pid}) is gone")
-            self.watch_fd(fd, self._on_controller_gone)
+            self.stop_with(self.controller_pid, "controller")
         report_ready(self.ready_fd)
-
-    def _on_controller_gone(self, fd: int) -> None:
-        self.unwatch_fd(fd)
-        os.close(fd)
-        self.stop("controller gone")
 
     def on_stop(self) -> None:
         for cid in list(self.roots):

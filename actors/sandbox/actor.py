@@ -115,13 +115,7 @@ class Sandbox(Actor):
         if self.controller_pid:
             # Fail closed: without its controller nobody manages (or stops,
             # or deletes) these containers; they die with it.
-            try:
-                fd = libc.pidfd_open(self.controller_pid)
-            except OSError:
-                fd = -1
-            if fd < 0:
-                raise SystemFailure(f"the controller (pid {self.controller_pid}) is gone")
-            self.watch_fd(fd, self._on_controller_gone)
+            self.stop_with(self.controller_pid, "controller", self._on_controller_gone)
         # Exit reports to the controller are fire-and-forget: the sandbox never
         # blocks on the controller (which may be blocked on us).
         self.controller = self.ctx.socket(zmq.DEALER)
@@ -185,12 +179,9 @@ class Sandbox(Actor):
             )
         )
 
-    def _on_controller_gone(self, fd: int) -> None:
-        self.unwatch_fd(fd)
-        os.close(fd)
+    def _on_controller_gone(self) -> None:
         if self.boxes:
             log.error("the controller died: killing containers %s", ", ".join(self.boxes))
-        self.stop("controller gone")
 
     def _on_sentry_fatal(self, container_id: str, exc: BaseException) -> None:
         # Fail closed: a container whose syscalls nobody serves must not run on.
