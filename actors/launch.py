@@ -355,6 +355,14 @@ def _reap_if_child(pid: int) -> None:
         pass
 
 
+def own_actors(rec: Record) -> list[int]:
+    """The actors that end with ``rec``'s deletion: its sandbox's, if it is the
+    sandbox's own container; none for a pod member (they serve the pod on)."""
+    if rec.sandbox_id != rec.id:
+        return []
+    return [p for p in (rec.controller_pid, rec.gofer_pid, rec.sandbox_pid) if p]
+
+
 def remove_dir(store: Store, rec: Record) -> None:
     """Remove what remains of a deleted container's directories."""
     cdir = store.dir(rec.id)

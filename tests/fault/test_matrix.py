@@ -234,9 +234,6 @@ KNOWN_BUGS = {
                                     "its cgroups stay after delete --force"),
     "pod-createRuntime-cli": ("intermittent (1 run in 3): after delete --force of member and pod, a process "
                               "forked by the pod's `run -d` stays >= 10 s"),
-    **{f"pod-run-{victim}": ("a foreground run of a pod member waits 10 s at its end for the pod's "
-                             "controller and gofer to exit (they do not: the pod goes on)")
-       for victim in ("cli", *ACTORS, "init", "infra")},
 }
 RUN_KNOWN_BUGS = os.environ.get("ZENTRY_FAULT_KNOWN_BUGS", "") not in ("", "0")
 
