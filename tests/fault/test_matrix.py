@@ -228,7 +228,6 @@ CASES = [(f"{where}-{point}", victim) for where in ("lone", "pod") for point, (_
 # skipped, with the bug as the reason, unless ZENTRY_FAULT_KNOWN_BUGS=1: run
 # them so, and remove an entry once its case passes.
 KNOWN_BUGS = {
-    "lone-createContainer-cli": "state says stopped while the init (before exec) and the createContainer hook live",
     "pod-createContainer-controller": "the member 'does not exist' while its init and createContainer hook live",
     "pod-createContainer-sandbox": ("the member 'does not exist' while its init and createContainer hook live; "
                                     "its cgroups stay after delete --force"),
