@@ -269,6 +269,9 @@ def _join_sandbox(store: Store, container_id: str, sandbox_id: str, bundle: str,
             return created
         except BaseException:
             _kill_children([intermediate])
+            # the init may be in its cgroup already (its pod's controller or
+            # sandbox died during a createContainer hook): gone before the record
+            _destroy_cgroup(container_id, config)
             shutil.rmtree(cdir, ignore_errors=True)
             raise
 

@@ -228,9 +228,6 @@ CASES = [(f"{where}-{point}", victim) for where in ("lone", "pod") for point, (_
 # skipped, with the bug as the reason, unless ZENTRY_FAULT_KNOWN_BUGS=1: run
 # them so, and remove an entry once its case passes.
 KNOWN_BUGS = {
-    "pod-createContainer-controller": "the member 'does not exist' while its init and createContainer hook live",
-    "pod-createContainer-sandbox": ("the member 'does not exist' while its init and createContainer hook live; "
-                                    "its cgroups stay after delete --force"),
     "pod-createRuntime-cli": ("intermittent (1 run in 3): after delete --force of member and pod, a process "
                               "forked by the pod's `run -d` stays >= 10 s"),
 }
