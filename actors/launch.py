@@ -270,6 +270,9 @@ def _join_sandbox(store: Store, container_id: str, sandbox_id: str, bundle: str,
             return created
         except BaseException:
             _kill_children([intermediate])
+            # the init may be in its cgroup already (its pod's controller or
+            # sandbox died during a createContainer hook): gone before the record
+            _destroy_cgroup(container_id, config)
             shutil.rmtree(cdir, ignore_errors=True)
             raise
 
@@ -354,6 +357,14 @@ def _reap_if_child(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def own_actors(rec: Record) -> list[int]:
+    """The actors that end with ``rec``'s deletion: its sandbox's, if it is the
+    sandbox's own container; none for a pod member (they serve the pod on)."""
+    if rec.sandbox_id != rec.id:
+        return []
+    return [p for p in (rec.controller_pid, rec.gofer_pid, rec.sandbox_pid) if p]
 
 
 def remove_dir(store: Store, rec: Record) -> None:

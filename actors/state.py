@@ -273,7 +273,10 @@ class Store:
         import stat as stat_mod
 
         out = []
-        for name in os.listdir(self.root):
+        names = os.listdir(self.root)
+        if any(name.startswith(".claim.") for name in names):
+            self.remove_stale_claims()
+        for name in names:
             try:
                 if not stat_mod.S_ISDIR(os.lstat(self.dir(name)).st_mode):
                     continue  # not a container (a claim being made is a directory without state)
@@ -381,6 +384,7 @@ class Store:
         :meth:`remove_stale`, and two creates of one id cannot both win.
         """
         self.ensure_root()  # and check it: nobody else may plant state in it
+        self.remove_stale_claims(container_id)
         tmp = os.path.join(self.root, f".claim.{container_id}.{os.getpid()}")
         os.mkdir(tmp, 0o711)
         try:
@@ -394,6 +398,23 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    def remove_stale_claims(self, container_id: str | None = None) -> None:
+        """Remove the ``.claim.<id>.<pid>`` a ``create`` killed inside :meth:`claim`
+        left (of ``container_id``, or of any id): its pid is dead — or is ours,
+        and we are not claiming now — so nobody will rename it any more."""
+        import shutil
+
+        prefix = ".claim." if container_id is None else f".claim.{container_id}."
+        try:
+            names = [n for n in os.listdir(self.root) if n.startswith(prefix)]
+        except OSError:
+            return
+        for name in names:
+            pid = name.rsplit(".", 1)[1]
+            if not pid.isdigit() or (int(pid) != os.getpid() and pid_alive(int(pid))):
+                continue  # a create claiming right now
+            shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
     def remove_stale(self, container_id: str) -> bool:
         """Remove the directory a killed ``create`` left before its first state.json.
 
@@ -405,6 +426,7 @@ class Store:
         bound to the dead ``create`` and are gone; nothing outside the
         directory (and its bus directory) exists yet at that point.
         """
+        self.remove_stale_claims(container_id)
         d = self.dir(container_id)
         try:
             fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CLOEXEC)

@@ -26,7 +26,7 @@ def load(store: Store, partial_id: str) -> Record:
     deadline = None
     while True:
         if rec.status != STOPPED and not pid_alive(rec.controller_pid):
-            if rec.init_pid and pid_alive(rec.init_pid):
+            if (rec.init_pid and pid_alive(rec.init_pid)) or (not rec.init_pid and _cgroup_has_processes(rec)):
                 deadline = deadline or time.monotonic() + SETTLE_S
                 if time.monotonic() < deadline:
                     time.sleep(0.005)
@@ -52,6 +52,19 @@ def ask(rec: Record, msg: Message, timeout: float = 60.0) -> Message:
 
     with controller_client(rec) as client:
         return client.request(msg, timeout=timeout)
+
+
+def _cgroup_has_processes(rec: Record) -> bool:
+    """A record without its init's pid yet (its controller died while the
+    sandbox was still setting the init up, e.g. in a createContainer hook):
+    the init is already in its cgroup, so any process there is the container's."""
+    from zentry.actors.sandbox.cgroups import Cgroup
+    from zentry.bus.errors import ZentryError
+
+    try:
+        return bool(Cgroup.for_container((rec.config.get("linux") or {}).get("cgroupsPath"), rec.id).pids())
+    except (ZentryError, OSError):
+        return False
 
 
 def live_state(rec: Record) -> dict:

@@ -54,12 +54,12 @@ def run_foreground(args, ctx, terminal: bool, config: dict | None = None) -> int
             ask(rec, Start(container_id=rec.id))
         except OSError as err:
             ask(rec, Delete(container_id=rec.id, force=True))
-            launch.wait_gone([rec.controller_pid, rec.gofer_pid, rec.sandbox_pid])
+            launch.wait_gone(launch.own_actors(rec))
             launch.remove_dir(store, rec)
             raise InvalidArgument(f"cannot write pid file {args.pid_file}: {err.strerror}") from None
         except BaseException:
             ask(rec, Delete(container_id=rec.id, force=True))
-            launch.wait_gone([rec.controller_pid, rec.gofer_pid, rec.sandbox_pid, created.pid])
+            launch.wait_gone([*launch.own_actors(rec), created.pid])
             launch.remove_dir(store, rec)
             raise
         if args.detach:
@@ -76,7 +76,7 @@ def run_foreground(args, ctx, terminal: bool, config: dict | None = None) -> int
                 ask(rec, Delete(container_id=rec.id, force=True))
             except ZentryError:
                 launch.remove_orphan(store, rec)
-            launch.wait_gone([rec.controller_pid, rec.gofer_pid, rec.sandbox_pid], timeout=10)
+            launch.wait_gone(launch.own_actors(rec), timeout=10)
             launch.remove_dir(store, rec)
         return status
     finally:

@@ -423,4 +423,22 @@ class Controller(Actor):
 
 
 def controller_main(endpoints: Endpoints, sandbox_id: str, root: str, ready_fd: int) -> int:
-    return Controller(endpoints, sandbox_id=sandbox_id, store=Store(root), ready_fd=ready_fd).run()
+    controller = Controller(endpoints, sandbox_id=sandbox_id, store=Store(root), ready_fd=ready_fd)
+    status = controller.run()
+    if not controller.records:
+        _remove_sandbox_dir(controller.store, sandbox_id, endpoints.bus_dir)
+    return status
+
+
+def _remove_sandbox_dir(store: Store, sandbox_id: str, bus_dir: str) -> None:
+    """Its last container deleted, the controller removes the sandbox's directory
+    (and bus directory) as its last act: the ``delete`` that asked may have been
+    killed meanwhile, and nothing else would remove them then."""
+    from zentry.bus.endpoints import bus_dir_for
+
+    d = store.dir(sandbox_id)
+    if os.path.abspath(bus_dir_for(d)) != os.path.abspath(bus_dir) or os.path.exists(store.path(sandbox_id)):
+        return  # not the directory this sandbox's id implies, or a record lives there again
+    if bus_dir != d:
+        shutil.rmtree(bus_dir, ignore_errors=True)
+    shutil.rmtree(d, ignore_errors=True)

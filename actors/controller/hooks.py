@@ -32,11 +32,15 @@ class HookResult(NamedTuple):
     error: str = ""
 
 
-def run_hooks(kind: str, config: dict, state: dict, on_result=None) -> list[HookResult]:
-    """Run ``config.hooks[kind]`` in order. Raises SystemFailure for a fatal kind."""
+def run_hooks(kind: str, config: dict, state: dict, on_result=None, abort_on_hangup=None) -> list[HookResult]:
+    """Run ``config.hooks[kind]`` in order. Raises SystemFailure for a fatal kind.
+
+    ``abort_on_hangup``: a socket whose peer going away kills the hook running
+    and raises SystemFailure (the container's init, whose sandbox is gone,
+    must not wait on for a hook: nobody would ever end either)."""
     results = []
     for hook in (config.get("hooks") or {}).get(kind) or []:
-        result = run_one(kind, hook, state)
+        result = run_one(kind, hook, state, abort_on_hangup)
         results.append(result)
         if on_result is not None:
             on_result(result)
@@ -56,7 +60,31 @@ def _die_with_runner() -> None:
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def run_one(kind: str, hook: dict, state: dict) -> HookResult:
+def _wait_unless_hangup(proc, sock) -> None:
+    """``proc.wait()``, but kill it and raise SystemFailure once ``sock``'s peer is gone."""
+    import select
+
+    import sh
+
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)
+    while True:
+        try:
+            proc.wait(timeout=0.1)
+            return
+        except sh.TimeoutException:
+            if proc.process.timed_out:
+                raise
+        if poller.poll(0):  # POLLRDHUP/POLLHUP: the peer closed its end
+            proc.kill()
+            try:
+                proc.wait()
+            except sh.ErrorReturnCode:
+                pass
+            raise SystemFailure("the sandbox went away during the hook")
+
+
+def run_one(kind: str, hook: dict, state: dict, abort_on_hangup=None) -> HookResult:
     path = hook["path"]
     args = list(hook.get("args") or [path])[1:]
     # No "env": the runtime's own environment, as runc (Go's exec with a nil Env)
@@ -70,7 +98,11 @@ def run_one(kind: str, hook: dict, state: dict) -> HookResult:
 
     t0 = time.perf_counter_ns()
     try:
-        sh.Command(path)(*args, _in=json.dumps(state), _env=env, _timeout=timeout, _truncate_exc=False, _preexec_fn=_die_with_runner)
+        if abort_on_hangup is None:
+            sh.Command(path)(*args, _in=json.dumps(state), _env=env, _timeout=timeout, _truncate_exc=False, _preexec_fn=_die_with_runner)
+        else:
+            _wait_unless_hangup(sh.Command(path)(*args, _in=json.dumps(state), _env=env, _timeout=timeout, _truncate_exc=False,
+                                                 _preexec_fn=_die_with_runner, _bg=True, _bg_exc=False), abort_on_hangup)
         return HookResult(kind, path, 0, time.perf_counter_ns() - t0)
     except sh.TimeoutException:
         return HookResult(kind, path, -1, time.perf_counter_ns() - t0, f"timed out after {timeout}s")

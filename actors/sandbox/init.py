@@ -360,7 +360,7 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         _import_for_hooks(config)
         # createContainer: in the container's namespaces, before pivot_root,
         # the hook's path resolved in the runtime's mount namespace.
-        hooks.run_hooks("createContainer", config, state)
+        hooks.run_hooks("createContainer", config, state, abort_on_hangup=chan)
 
         rootfs_mod.enter_rootfs(rootfs, user_ns=user_ns)
         if user_ns:

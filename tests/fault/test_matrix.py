@@ -123,7 +123,11 @@ class Case:
         if not fifo.reached(abort=(lambda: proc.poll() is not None) if proc else None):
             out = (self.tmp / f"cli{len(self.procs) - 1}.out").read_text() if proc else ""
             raise AssertionError(f"the point was never reached ({fifo.path}); CLI: {out}")
-        held.roles = Roles.discover(self.zentry.root, self.cid, cli=proc.pid if proc else 0)
+        if held.roles is not None:  # seen before the command began (its record may be gone now)
+            held.roles.cli = proc.pid if proc else 0
+            held.roles.refresh()
+        else:
+            held.roles = Roles.discover(self.zentry.root, self.cid, cli=proc.pid if proc else 0)
         return held
 
 
@@ -159,7 +163,9 @@ def in_hook(kind: str) -> Callable[[Case], Held]:
             case.ok("create", "--bundle", str(bundle), case.cid)
             return case.reach(Held(case.cid, case.spawn("start", case.cid)), fifo)
         case.ok("run", "-d", "--bundle", str(bundle), case.cid)  # poststop
-        return case.reach(Held(case.cid, case.spawn("delete", "--force", case.cid)), fifo)
+        # its actors are seen now: delete removes the record before poststop runs
+        roles = Roles.discover(case.zentry.root, case.cid)
+        return case.reach(Held(case.cid, case.spawn("delete", "--force", case.cid), roles=roles), fifo)
 
     point.__name__ = f"in_{kind}"
     return point
@@ -222,17 +228,8 @@ CASES = [(f"{where}-{point}", victim) for where in ("lone", "pod") for point, (_
 # skipped, with the bug as the reason, unless ZENTRY_FAULT_KNOWN_BUGS=1: run
 # them so, and remove an entry once its case passes.
 KNOWN_BUGS = {
-    "lone-createContainer-cli": "state says stopped while the init (before exec) and the createContainer hook live",
-    "pod-createContainer-controller": "the member 'does not exist' while its init and createContainer hook live",
-    "pod-createContainer-sandbox": ("the member 'does not exist' while its init and createContainer hook live; "
-                                    "its cgroups stay after delete --force"),
-    **{f"lone-poststop-{victim}": "delete --force answers 0 but leaves <root>/<id>/lock"
-       for victim in ACTORS},
     "pod-createRuntime-cli": ("intermittent (1 run in 3): after delete --force of member and pod, a process "
                               "forked by the pod's `run -d` stays >= 10 s"),
-    **{f"pod-run-{victim}": ("a foreground run of a pod member waits 10 s at its end for the pod's "
-                             "controller and gofer to exit (they do not: the pod goes on)")
-       for victim in ("cli", *ACTORS, "init", "infra")},
 }
 RUN_KNOWN_BUGS = os.environ.get("ZENTRY_FAULT_KNOWN_BUGS", "") not in ("", "0")
 

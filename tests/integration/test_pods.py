@@ -71,3 +71,24 @@ def test_member_joins_the_pod_sandbox(zentry, busybox_bundle, tmp_path):
     assert json.loads(zentry("state", "pod1").stdout)["status"] == "running"
     assert zentry("delete", "--force", "pod1").returncode == 0
     assert zentry("list", "-q").stdout.strip() == ""
+
+
+def test_foreground_run_of_a_member_ends_with_its_container(zentry, busybox_bundle):
+    """A member's foreground run waits only for what is its own: the pod's actors
+    serve the pod on, and waiting for them to exit cost it a 10 s timeout."""
+    pause = busybox_bundle(["sleep", "60"], name="pause", annotations={"io.kubernetes.cri.container-type": "sandbox"})
+    assert zentry("run", "-d", "--bundle", pause, "pod2").returncode == 0
+    member = busybox_bundle(["sh", "-c", "exit 3"], name="member",
+                            annotations={**CRI, "io.kubernetes.cri.sandbox-id": "pod2"})
+    try:
+        began = time.monotonic()
+        r = zentry("run", "--bundle", member, "m2")
+        took = time.monotonic() - began
+        assert r.returncode == 3, r.stderr
+        assert took < 7, f"the member's run took {took:.1f} s"  # 10 s and more when it waited for the pod's actors
+        assert zentry("state", "m2").returncode != 0  # deleted at its end
+        assert json.loads(zentry("state", "pod2").stdout)["status"] == "running"
+    finally:
+        zentry("delete", "--force", "m2")
+        assert zentry("delete", "--force", "pod2").returncode == 0
+    assert zentry("list", "-q").stdout.strip() == ""

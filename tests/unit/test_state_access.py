@@ -94,3 +94,36 @@ def test_save_records_start_times(store):
     fd = store.load("c1").own_process(os.getpid())
     assert fd is not None
     os.close(fd)
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def _leave_claim(store, cid: str, pid: int) -> str:
+    """What a create killed inside Store.claim leaves: its hidden directory with a lock."""
+    path = os.path.join(store.root, f".claim.{cid}.{pid}")
+    os.mkdir(path, 0o711)
+    open(os.path.join(path, "lock"), "w").close()
+    return path
+
+
+def test_a_killed_creates_claim_is_removed_by_the_next_create_delete_or_list(store):
+    store.ensure_root()
+    dead, live = _dead_pid(), os.getppid()  # our parent lives on, claiming as far as we know
+    by_create, by_delete, by_list = (_leave_claim(store, c, dead) for c in ("c1", "c2", "c3"))
+    claiming = _leave_claim(store, "c4", live)
+    ours = _leave_claim(store, "c5", os.getpid())  # a dead create's pid reused by us
+    store.claim("c1")
+    assert not os.path.exists(by_create) and os.path.exists(store.dir("c1"))
+    assert store.remove_stale("c2") is False  # no c2 directory: nothing else to remove
+    assert not os.path.exists(by_delete)
+    assert store.ids() == []  # c1 has no state yet
+    assert not os.path.exists(by_list) and not os.path.exists(ours)
+    assert os.path.exists(claiming)  # a live create's claim is its own
+    store.claim("c5")
+    assert os.path.isdir(store.dir("c5"))
