@@ -72,11 +72,18 @@ def package_roots() -> list[str]:
 def dependency_paths() -> list[str]:
     paths: list[str] = []
     for name in DEPENDENCIES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.origin:
+        try:
+            spec = importlib.util.find_spec(name)
+            found = (spec.origin, bool(spec.submodule_search_locations)) if spec is not None and spec.origin else None
+        except ValueError:
+            # already imported and replaced by an object without a spec (sh 2.x
+            # puts a wrapper in sys.modules): where its file is says the same
+            file = getattr(sys.modules[name], "__file__", None)
+            found = (file, os.path.basename(file) == "__init__.py") if file else None
+        if found is None:
             raise SystemExit(f"{name} is not importable: install zentry's dependencies first")
-        origin = os.path.dirname(spec.origin)
-        top = os.path.dirname(origin) if spec.submodule_search_locations else origin
+        origin = os.path.dirname(found[0])
+        top = os.path.dirname(origin) if found[1] else origin
         if top not in paths:
             paths.append(top)
     return paths

@@ -9,29 +9,19 @@ import time
 
 import pytest
 
+from helpers.faults import gone, read_record
 from helpers.wait import wait_for
 
 pytestmark = pytest.mark.root
 
 
-def record(zentry, cid: str) -> dict:
-    with open(os.path.join(zentry.root, cid, "state.json")) as f:
-        return json.load(f)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("victim", ["controller_pid", "gofer_pid", "sandbox_pid"])
 def test_actor_killed_then_delete_cleans_up(zentry, busybox_bundle, victim):
     bundle = busybox_bundle(["sleep", "60"])
     assert zentry("run", "-d", "--bundle", bundle, "f1").returncode == 0
-    rec = record(zentry, "f1")
+    rec = read_record(zentry.root, "f1")
     pids = [rec["controller_pid"], rec["gofer_pid"], rec["sandbox_pid"], rec["init_pid"]]
     os.kill(rec[victim], signal.SIGKILL)
     if victim != "gofer_pid":
@@ -39,14 +29,14 @@ def test_actor_killed_then_delete_cleans_up(zentry, busybox_bundle, victim):
         assert wait_for(lambda: json.loads(zentry("state", "f1").stdout)["status"] == "stopped")
     r = zentry("delete", "--force", "f1")
     assert r.returncode == 0, r.stderr
-    assert wait_for(lambda: not any(alive(p) for p in pids)), [p for p in pids if alive(p)]
+    assert wait_for(lambda: all(gone(p) for p in pids)), [p for p in pids if not gone(p)]
     assert zentry("list", "-q").stdout.strip() == ""
 
 
 def test_sandbox_death_is_reported_as_stopped_with_status(zentry, busybox_bundle):
     bundle = busybox_bundle(["sleep", "60"])
     assert zentry("run", "-d", "--bundle", bundle, "f2").returncode == 0
-    rec = record(zentry, "f2")
+    rec = read_record(zentry.root, "f2")
     os.kill(rec["sandbox_pid"], signal.SIGKILL)
     assert wait_for(lambda: json.loads(zentry("state", "f2").stdout)["status"] == "stopped")
     assert json.loads(zentry("wait", "f2").stdout)["exitStatus"] == 128 + signal.SIGKILL
@@ -67,16 +57,16 @@ def test_create_killed_midway_leaves_nothing_after_delete_force(zentry, busybox_
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     try:
         assert wait_for(marker.exists, timeout=30)
-        rec = record(zentry, "half")
+        rec = read_record(zentry.root, "half")
         proc.kill()  # SIGKILL: no cleanup of its own
         proc.wait()
         # the controller was bound to create and dies with it
-        assert wait_for(lambda: not alive(rec["controller_pid"]))
+        assert wait_for(lambda: gone(rec["controller_pid"]))
         assert json.loads(zentry("state", "half").stdout)["status"] == "stopped"
         r = zentry("delete", "--force", "half")
         assert r.returncode == 0, r.stderr
         pids = [rec["controller_pid"], rec["gofer_pid"], rec["sandbox_pid"], rec["init_pid"]]
-        assert wait_for(lambda: not any(alive(p) for p in pids if p)), [p for p in pids if p and alive(p)]
+        assert wait_for(lambda: all(gone(p) for p in pids if p)), [p for p in pids if p and not gone(p)]
         assert zentry("list", "-q").stdout.strip() == ""
     finally:
         if proc.poll() is None:

@@ -21,22 +21,12 @@ import time
 import pytest
 
 from helpers.bundle import zentry_command
+from helpers.faults import gone, read_record
 from helpers.wait import wait_for
 
 pytestmark = pytest.mark.root
 
 
-def record(zentry, cid: str) -> dict:
-    with open(os.path.join(zentry.root, cid, "state.json")) as f:
-        return json.load(f)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def cgroup_dirs(cid: str) -> list[str]:
@@ -49,7 +39,7 @@ def status_never_lies(zentry, cid: str, init_pid: int, timeout: float = 15.0) ->
     while time.monotonic() < deadline:
         status = json.loads(zentry("state", cid).stdout)["status"]
         if status == "stopped":
-            assert not alive(init_pid), f"state says stopped while the init {init_pid} runs"
+            assert gone(init_pid), f"state says stopped while the init {init_pid} runs"
             return status
         time.sleep(0.05)
     return status
@@ -62,21 +52,21 @@ def test_controller_or_sandbox_death_kills_the_container(zentry, busybox_bundle,
     assert zentry("create", "--bundle", bundle, "sv1").returncode == 0
     if started:
         assert zentry("start", "sv1").returncode == 0
-    rec = record(zentry, "sv1")
+    rec = read_record(zentry.root, "sv1")
     init = rec["init_pid"]
-    assert alive(init)
+    assert not gone(init)
     os.kill(rec[victim], signal.SIGKILL)
     # fail closed: the survivor kills the container, and only then is it stopped
     assert status_never_lies(zentry, "sv1", init) == "stopped"
-    assert wait_for(lambda: not alive(init), timeout=10)
+    assert wait_for(lambda: gone(init), timeout=10)
     if victim == "controller_pid":
         # nobody manages the sandbox any more: its other actors go too, without a delete
         survivors = [rec["gofer_pid"], rec["sandbox_pid"]]
-        assert wait_for(lambda: not any(alive(p) for p in survivors), timeout=10), [p for p in survivors if alive(p)]
+        assert wait_for(lambda: all(gone(p) for p in survivors), timeout=10), [p for p in survivors if not gone(p)]
     r = zentry("delete", "--force", "sv1")
     assert r.returncode == 0, r.stderr
     pids = [rec["controller_pid"], rec["gofer_pid"], rec["sandbox_pid"], init]
-    assert wait_for(lambda: not any(alive(p) for p in pids)), [p for p in pids if alive(p)]
+    assert wait_for(lambda: all(gone(p) for p in pids)), [p for p in pids if not gone(p)]
     assert cgroup_dirs("sv1") == []
     assert zentry("list", "-q").stdout.strip() == ""
 
@@ -85,14 +75,14 @@ def test_gofer_death_leaves_the_container_running_and_delete_cleans(zentry, busy
     # the container's mounts live in its own mount namespace: it runs on (documented)
     bundle = busybox_bundle(["sleep", "60"])
     assert zentry("run", "-d", "--bundle", bundle, "sv2").returncode == 0
-    rec = record(zentry, "sv2")
+    rec = read_record(zentry.root, "sv2")
     os.kill(rec["gofer_pid"], signal.SIGKILL)
-    assert wait_for(lambda: not alive(rec["gofer_pid"]))
+    assert wait_for(lambda: gone(rec["gofer_pid"]))
     assert json.loads(zentry("state", "sv2").stdout)["status"] == "running"
-    assert alive(rec["init_pid"])
+    assert not gone(rec["init_pid"])
     assert zentry("exec", "sv2", "true").returncode == 0
     assert zentry("delete", "--force", "sv2").returncode == 0
-    assert wait_for(lambda: not alive(rec["init_pid"]))
+    assert wait_for(lambda: gone(rec["init_pid"]))
     assert cgroup_dirs("sv2") == []
 
 
@@ -106,7 +96,7 @@ def test_controller_killed_during_create_leaves_no_cgroup(zentry, busybox_bundle
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     try:
         assert wait_for(marker.exists, timeout=30)
-        rec = record(zentry, "sv3")
+        rec = read_record(zentry.root, "sv3")
         assert cgroup_dirs("sv3")
         os.kill(rec["controller_pid"], signal.SIGKILL)
         assert proc.wait(timeout=60) != 0
@@ -115,7 +105,7 @@ def test_controller_killed_during_create_leaves_no_cgroup(zentry, busybox_bundle
             proc.kill()
             proc.wait()
     pids = [rec["controller_pid"], rec["gofer_pid"], rec["sandbox_pid"], rec["init_pid"]]
-    assert wait_for(lambda: not any(alive(p) for p in pids if p)), [p for p in pids if p and alive(p)]
+    assert wait_for(lambda: all(gone(p) for p in pids if p)), [p for p in pids if p and not gone(p)]
     assert cgroup_dirs("sv3") == []
     assert zentry("list", "-q").stdout.strip() == ""
     assert os.listdir(zentry.root) == []
@@ -130,7 +120,7 @@ def test_cli_killed_in_a_create_runtime_hook_converges_without_delete(zentry, bu
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(marker.exists, timeout=30)
-        rec = record(zentry, "sv4")
+        rec = read_record(zentry.root, "sv4")
         proc.kill()
         proc.wait()
     finally:
@@ -139,10 +129,10 @@ def test_cli_killed_in_a_create_runtime_hook_converges_without_delete(zentry, bu
             proc.wait()
     # the controller died with create; the sandbox then kills the init and stops, the gofer stops
     for pid in (rec["controller_pid"], rec["sandbox_pid"], rec["init_pid"], rec["gofer_pid"]):
-        assert wait_for(lambda pid=pid: not alive(pid), timeout=15), pid
+        assert wait_for(lambda pid=pid: gone(pid), timeout=15), pid
     assert json.loads(zentry("state", "sv4").stdout)["status"] == "stopped"
     assert zentry("delete", "--force", "sv4").returncode == 0
-    assert wait_for(lambda: not alive(rec["gofer_pid"]))
+    assert wait_for(lambda: gone(rec["gofer_pid"]))
     assert cgroup_dirs("sv4") == []
 
 
@@ -181,11 +171,11 @@ def test_a_killed_foreground_run_leaves_the_container_running_as_runc(zentry, bu
             proc.kill()
             proc.wait()
             time.sleep(0.5)
-            assert state().get("status") == "running" and alive(pid), name
+            assert state().get("status") == "running" and not gone(pid), name
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             subprocess.run([*argv, "delete", "--force", cid], capture_output=True)
-        assert wait_for(lambda: not alive(pid)), name
+        assert wait_for(lambda: gone(pid)), name
     assert cgroup_dirs("fg-zentry") == []

@@ -31,3 +31,19 @@ class Runc:
         for cid in listed.stdout.split():
             self("delete", "--force", cid)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def runc_run(bundle, cid: str, tmp_path) -> subprocess.CompletedProcess:
+    """``runc run`` of ``bundle`` in the foreground (its root under ``tmp_path``),
+    the container force-deleted afterwards; skips the test without runc."""
+    import pytest
+
+    runc = shutil.which("runc")
+    if runc is None:
+        pytest.skip("runc is not installed")
+    root = tmp_path / "runc-root"
+    try:
+        return subprocess.run([runc, "--root", str(root), "run", "--bundle", str(bundle), cid], capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=bundle)
+    finally:
+        subprocess.run([runc, "--root", str(root), "delete", "-f", cid], capture_output=True, timeout=30)

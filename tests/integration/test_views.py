@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,7 @@ import time
 
 import pytest
 
-from helpers.bundle import zentry_command
+from helpers.runc_cli import runc_run
 from helpers.wait import wait_for
 from test_tap import TapProcess, delete_and_reap, events_of, status_of
 from test_userns import userns_linux
@@ -46,16 +45,6 @@ def with_mounts(bundle, extra: list[dict]):
     return bundle
 
 
-def runc_run(bundle, cid: str, tmp_path) -> subprocess.CompletedProcess:
-    runc = shutil.which("runc")
-    if runc is None:
-        pytest.skip("runc is not installed")
-    root = tmp_path / "runc-root"
-    try:
-        return subprocess.run([runc, "--root", str(root), "run", "--bundle", str(bundle), cid], capture_output=True,
-                              text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=bundle)
-    finally:
-        subprocess.run([runc, "--root", str(root), "delete", "-f", cid], capture_output=True, timeout=30)
 
 
 def host_meminfo_total() -> str:

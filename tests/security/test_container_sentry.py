@@ -13,6 +13,7 @@ import subprocess
 import time
 
 import pytest
+from helpers.runc_cli import runc_run
 
 pytestmark = pytest.mark.root
 
@@ -165,23 +166,11 @@ def test_container_root_reads_other_users_files_only_with_dac_override(zentry, b
 # failed while the sentry opened files with its own identity.
 
 
-def _runc(bundle, cid: str, tmp_path) -> subprocess.CompletedProcess:
-    import shutil
-
-    runc = shutil.which("runc")
-    if runc is None:
-        pytest.skip("runc is not installed")
-    root = tmp_path / "runc-root"
-    try:
-        return subprocess.run([runc, "--root", str(root), "run", "--bundle", str(bundle), cid], capture_output=True,
-                              text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=bundle)
-    finally:
-        subprocess.run([runc, "--root", str(root), "delete", "-f", cid], capture_output=True, timeout=30)
 
 
 def both(zentry, bundle, cid, tmp_path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
     z = run(zentry, bundle, cid)
-    r = _runc(bundle, cid, tmp_path)
+    r = runc_run(bundle, cid, tmp_path)
     return z, r
 
 
@@ -223,7 +212,7 @@ def test_logs_through_proc_1_fd_1_dev_stdout_symlinks_and_umask(zentry_root, bus
     # stdout a pipe, as a log collector's (the zentry fixture's files would be truncated by ">")
     z = subprocess.run([*zentry_command(), "--root", str(zentry_root), "run", "--bundle", str(bundle), "log1"],
                        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=bundle)
-    r = _runc(bundle, "log1", tmp_path)
+    r = runc_run(bundle, "log1", tmp_path)
     assert z.stdout == r.stdout == "one\ntwo\n600\n664\n1\n", (z.stderr, r.stderr)
 
 
