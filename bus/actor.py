@@ -115,6 +115,11 @@ class Actor:
     events_linger_ms: int | None = None
     #: CURVE secret key (z85) of the actor's sockets; required for tcp:// endpoints.
     curve_secret_key: bytes | None = None
+    #: Request types still answered once the loop has ended (read-only ones:
+    #: the controller's ``stream.history``, which a tap that found a
+    #: short-lived sandbox asks for as its controller ends); every other
+    #: request queued then is refused with ActorGone.
+    answered_while_stopping: frozenset[str] = frozenset()
     _table: dict[str, str] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -152,6 +157,11 @@ class Actor:
 
     def on_failure(self, exc: BaseException) -> None:
         """The loop itself crashed (not a handler: those become error replies)."""
+
+    def stopping_grace(self) -> float:
+        """Seconds to keep answering ``answered_while_stopping`` requests that
+        arrive after the loop (and on_stop) ended; 0: only those queued by then."""
+        return 0.0
 
     # --- services for subclasses --------------------------------------------
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
@@ -245,9 +255,11 @@ class Actor:
             reason = self._stopping or "failed"
             for req in list(self._pending):
                 req.reply(Error(code=ActorGone.code, message=f"{self.name} is stopping ({reason}); request not answered"))
-            for sock in (control, router):
-                if sock is not None:
-                    self._refuse_queued(sock, reason)
+            if control is not None:
+                self._refuse_queued(control, reason)
+            if router is not None:
+                self._answer_while_stopping(router, reason)
+                self._refuse_queued(router, reason)
             if not getattr(self, "_stopped_published", False):
                 self.publish(ActorStopped(actor=self.name, pid=self.pid, reason=reason))
             if self.events is not None:
@@ -312,6 +324,29 @@ class Actor:
                     _t, _n, fn = heapq.heappop(timers)
                     fn()
 
+    def _answer_while_stopping(self, sock: zmq.Socket, reason: str) -> None:
+        """Serve the ``answered_while_stopping`` requests queued on ``sock`` and
+        those arriving within ``stopping_grace()``; refuse the others."""
+        if not self.answered_while_stopping:
+            return
+        for _ in range(1024):  # bounded, whatever keeps arriving
+            try:
+                grace = self.stopping_grace()  # asked again after each request: it may be over
+            except Exception:  # a broken grace must not keep queued callers waiting
+                log.exception("%s: stopping_grace failed", self.name)
+                grace = 0.0
+            if not sock.poll(max(0, int(grace * 1000))):
+                return
+            frames = sock.recv_multipart()
+            try:
+                fields, _mid = envmod.decode_header(frames[-1])
+            except ProtocolError:
+                fields = None
+            if len(frames) >= 2 and fields is not None and fields[1] in self.answered_while_stopping:
+                self._serve(sock, frames)
+            else:
+                self._refuse(sock, frames, reason)
+
     def _refuse_queued(self, sock: zmq.Socket, reason: str) -> None:
         """Fail at once the requests already queued on ``sock`` that the loop
         will never read (the actor is stopping), instead of letting their
@@ -319,17 +354,20 @@ class Actor:
         for _ in range(1024):
             if not sock.poll(0):
                 return
-            frames = sock.recv_multipart()
-            if len(frames) < 2:
-                continue
-            try:
-                _fields, mid = envmod.decode_header(frames[-1])
-            except ProtocolError:
-                continue
-            bogus = Envelope(type="?", id=mid, parent="", sender="?", time_ns=0, body=Ok())
-            Request(self, sock, frames[0], bogus).reply(
-                Error(code=ActorGone.code, message=f"{self.name} is stopping ({reason}); request not answered")
-            )
+            self._refuse(sock, sock.recv_multipart(), reason)
+
+    def _refuse(self, sock: zmq.Socket, frames: list[bytes], reason: str) -> None:
+        """Answer one request the stopping actor will not serve with ActorGone."""
+        if len(frames) < 2:
+            return
+        try:
+            _fields, mid = envmod.decode_header(frames[-1])
+        except ProtocolError:
+            return
+        bogus = Envelope(type="?", id=mid, parent="", sender="?", time_ns=0, body=Ok())
+        Request(self, sock, frames[0], bogus).reply(
+            Error(code=ActorGone.code, message=f"{self.name} is stopping ({reason}); request not answered")
+        )
 
     def _serve(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         if len(frames) < 2:

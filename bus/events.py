@@ -54,6 +54,14 @@ RING_SIZE = 4096
 #: quiet period is only a margin: it is on the path of every delete.
 DRAIN_QUIET_MS = 10
 DRAIN_TIMEOUT = 0.5
+#: A tap asks the controller for the ring at the latest this long after it
+#: subscribed to the stream (``bus/tap.py``). A controller that stops while a
+#: tap that subscribed less than HISTORY_ASK_WAIT + HISTORY_ASK_MARGIN ago
+#: has not asked yet (a tap that found a short-lived sandbox as it ended)
+#: keeps answering ``stream.history`` until then, HISTORY_ASK_MAX seconds at most.
+HISTORY_ASK_WAIT = 0.2
+HISTORY_ASK_MARGIN = 0.3
+HISTORY_ASK_MAX = 0.5
 #: Most events in one stream message, and most envelope bytes.
 BATCH_MAX = 256
 BATCH_BYTES = 256 * 1024
@@ -378,6 +386,7 @@ class EventStream(threading.Thread):
         self._wake_lock = threading.Lock()
         self._ready = threading.Event()
         self.error: BaseException | None = None
+        self.subscribed: collections.deque[float] = collections.deque(maxlen=256)  # when taps subscribed (monotonic)
 
     def run(self) -> None:
         from zentry.bus.endpoints import bind_private
@@ -390,6 +399,7 @@ class EventStream(threading.Thread):
             xpub = self.ctx.socket(zmq.XPUB)
             xpub.setsockopt(zmq.LINGER, 0)
             xpub.setsockopt(zmq.SNDHWM, PUB_HWM)
+            xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every tap's subscription, not only a topic's first
             bind_private(xpub, self.outbound)
             for ep in self.extra_outbound:
                 bind_private(xpub, ep)
@@ -416,9 +426,9 @@ class EventStream(threading.Thread):
                     else:
                         # A tap (un)subscribed. Upstream stays subscribed to
                         # everything, since the ring keeps every event.
-                        _track_subscription(xpub.recv(), topics)
+                        self._track_subscription(xpub.recv(), topics)
             while xpub.poll(0):
-                _track_subscription(xpub.recv(), topics)
+                self._track_subscription(xpub.recv(), topics)
             # Stopping: what the actors published just before (the last
             # request's event, their actor_stopped) still reaches the taps.
             # With no tap there is nobody to drain for: the ring dies with us.
@@ -446,6 +456,28 @@ class EventStream(threading.Thread):
         except zmq.Again:
             pass
         self.forwarded += count
+
+    def _track_subscription(self, note: bytes, topics: set[bytes]) -> None:
+        """An XPUB subscription message: 1 + topic subscribes, 0 + topic unsubscribes."""
+        if note[:1] == b"\x01":
+            topics.add(note[1:])
+            self.subscribed.append(time.monotonic())
+        elif note[:1] == b"\x00":
+            topics.discard(note[1:])
+
+    def history_grace(self, asked: Iterable[float]) -> float:
+        """How long a stopping controller still answers ``stream.history``, given
+        when it was asked (monotonic): until each tap that subscribed in the last
+        HISTORY_ASK_WAIT + HISTORY_ASK_MARGIN has asked, or that time is over."""
+        window = HISTORY_ASK_WAIT + HISTORY_ASK_MARGIN
+        now = time.monotonic()
+        recent = [t for t in list(self.subscribed) if t > now - window]
+        if not recent:
+            return 0.0
+        # a tap's request may be read before its subscription is: a margin
+        if sum(1 for t in asked if t >= recent[0] - HISTORY_ASK_MARGIN) >= len(recent):
+            return 0.0
+        return min(HISTORY_ASK_MAX, max(0.0, recent[-1] + window - now))
 
     def wait_ready(self, timeout: float = 5.0) -> None:
         self._ready.wait(timeout)
@@ -476,12 +508,6 @@ class EventStream(threading.Thread):
                 self._wake = -1
 
 
-def _track_subscription(note: bytes, topics: set[bytes]) -> None:
-    """An XPUB subscription message: 1 + topic subscribes, 0 + topic unsubscribes."""
-    if note[:1] == b"\x01":
-        topics.add(note[1:])
-    elif note[:1] == b"\x00":
-        topics.discard(note[1:])
 
 
 def _drop_oldest(frames: list[bytes], n: int) -> list[bytes]:

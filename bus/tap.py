@@ -4,14 +4,19 @@ A :class:`Tap` follows the event streams (``events.sock``, see
 ``bus/events.py``) of the sandboxes under one ``--root`` — all of them, or
 those named by sandbox or container id — and rescans the root every
 ``rescan_interval`` seconds so that sandboxes created later are followed
-too. A sandbox directory is followed as soon as its ``events.sock`` exists,
+too. The root and each directory in it are watched with inotify, so that
+a sandbox is found the moment its ``events.sock`` (or ``state.json``)
+appears, not at the next rescan: a short-lived container can come and go
+between two. A sandbox directory is followed as soon as its ``events.sock`` exists,
 before its ``state.json`` does (``create`` binds the stream first); what it
 published before the tap connected is fetched from the controller's ring
 with a ``stream.history`` request and merged in front of the live events
 (duplicates removed by envelope id). The ring is asked for once the tap's
 subscription is known to be in effect (its first live message, or
 ``SUBSCRIBE_WAIT`` of quiet), so that nothing falls between the ring's
-snapshot and the live events. A remote tap follows one ``tcp://``
+snapshot and the live events. A controller that is stopping still
+answers (``bus/events.py``: HISTORY_ASK_WAIT); one gone for good (its
+bus directory removed, or its pid dead) is not waited for. A remote tap follows one ``tcp://``
 stream (``zentry tap --serve`` on another host) over CURVE instead.
 
 Each stream message is a batch of one publisher's events under one topic
@@ -41,10 +46,11 @@ from zentry.bus.endpoints import Endpoints, bus_dir_for
 from zentry.bus.envelope import Envelope
 from zentry.bus.access import check_private
 from zentry.bus.errors import InvalidArgument, PermissionDenied, ProtocolError, UnknownMessage
-from zentry.bus.events import batch_count, event_frames, unpack_events
+from zentry.bus.events import HISTORY_ASK_WAIT, batch_count, event_frames, unpack_events
 from zentry.bus.messages import History, HistoryReply, RequestHandled
 from zentry.bus.proc import pid_alive
 from zentry.bus.value import Value
+from zentry.sentry.abi import libc
 
 #: Seconds between two scans of the root for new or gone sandboxes.
 RESCAN_INTERVAL = 0.2
@@ -57,8 +63,12 @@ HISTORY_TIMEOUT = 10.0
 #: A new stream's ring is fetched once its first live message shows that the
 #: tap's subscription is in effect, or after this many seconds of quiet: an
 #: event the stream forwarded between the ring's snapshot and the
-#: subscription taking effect would otherwise be lost (a seq gap).
-SUBSCRIBE_WAIT = 0.2
+#: subscription taking effect would otherwise be lost (a seq gap). A
+#: stopping controller answers for this long after a subscription.
+SUBSCRIBE_WAIT = HISTORY_ASK_WAIT
+#: A controller found gone while its ring is awaited: how long a reply it
+#: sent just before may still take to arrive (milliseconds).
+LAST_REPLY_WAIT_MS = 100
 #: Live stream messages (batches) held per sandbox while its ring is on the way; beyond: their events counted lost.
 HISTORY_BUFFER = 20_000
 #: Sender name of the tap's own requests (their request events are not shown).
@@ -148,6 +158,57 @@ def discover(root: str) -> dict[str, SandboxInfo]:
             info = out[sid] = SandboxInfo(sid, bus, int(data.get("controller_pid") or 0), containers)
         info.containers.add(name)
     return out
+
+
+class RootWatch:
+    """inotify on a root and on every directory in it: ``fd`` turns readable
+    when a sandbox directory, its ``events.sock`` or its ``state.json``
+    appears. Watches are (re)added by :meth:`refresh`, at every rescan; a
+    directory's watch goes when the directory does."""
+
+    MASK = libc.IN_CREATE | libc.IN_MOVED_TO | libc.IN_ONLYDIR
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.fd = libc.inotify_init1()
+        self.watched: set[str] = set()
+
+    def refresh(self) -> None:
+        """Watch the root (once it exists) and each directory in it, before the
+        rescan looks into them: nothing that appears after is missed."""
+        try:
+            if "" not in self.watched:
+                libc.inotify_add_watch(self.fd, self.root, self.MASK)
+                self.watched.add("")
+            names = os.listdir(self.root)
+        except OSError:
+            return  # no root yet: polled until it exists
+        self.watched &= {"", *names}
+        for name in names:
+            if name not in self.watched:
+                try:
+                    libc.inotify_add_watch(self.fd, os.path.join(self.root, name), self.MASK)
+                except OSError:
+                    continue  # not a directory, gone, or not ours to watch
+                self.watched.add(name)
+
+    def changed(self) -> bool:
+        """Read what is pending (a rescan finds what it was about, an overflow
+        included); True if anything appeared."""
+        seen = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return seen
+            if not data:
+                return seen
+            seen = True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def resolve_ids(root: str, ids: Iterable[str]) -> set[str]:
@@ -357,18 +418,29 @@ class _Stream:
         self.hist_deadline = time.monotonic() + self.tap.history_timeout
         self.tap._poller.register(sock, zmq.POLLIN)
 
+    def controller_gone(self) -> bool:
+        """The controller asked for the ring will never answer: it removed its
+        bus directory (its last act, after its socket closed), or died."""
+        info = self.info
+        if info is None:
+            return True
+        if not os.path.exists(info.endpoints.actor("controller")[len("ipc://"):]):
+            return True
+        return bool(info.controller_pid) and not pid_alive(info.controller_pid)
+
     @property
     def waiting(self) -> bool:
         """Live messages are buffered: the ring is wanted and has not been merged yet."""
         return self.hist_sock is not None or self.hist_since is not None
 
-    def end_history(self) -> list[list[bytes]]:
-        """Stop waiting; the ring's frames (if a reply came) then the buffered live ones."""
+    def end_history(self, wait_ms: int = 0) -> list[list[bytes]]:
+        """Stop waiting (after ``wait_ms`` for a reply on its way); the ring's frames, if a reply came."""
         frames: list[list[bytes]] = []
         sock = self.hist_sock
         if sock is None:
             return frames
-        while sock.poll(0):
+        while sock.poll(wait_ms):
+            wait_ms = 0
             try:
                 env = envmod.decode(sock.recv())
             except (ProtocolError, UnknownMessage):
@@ -433,6 +505,10 @@ class Tap:
         self.buffer_overflow = 0
         self._next_scan = 0.0
         self._first_scan = True
+        self._watch: RootWatch | None = None
+        if root is not None:
+            self._watch = RootWatch(root)
+            self._poller.register(self._watch.fd, zmq.POLLIN)
         if remote is not None:
             if not remote.startswith("tcp://") and not remote.startswith("ipc://"):
                 raise InvalidArgument(f"unsupported tap endpoint {remote!r} (tcp:// with CURVE, or ipc://)")
@@ -447,6 +523,9 @@ class Tap:
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, TAP_RCVHWM)
+        # found the moment events.sock appears (inotify), between the stream's
+        # bind and its listen: refused, retry soon, not after zmq's 100 ms
+        sub.setsockopt(zmq.RECONNECT_IVL, 5)
         if server_key:
             public, secret = keypair or zmq.curve_keypair()
             sub.curve_serverkey = server_key
@@ -472,6 +551,8 @@ class Tap:
             return
         now = time.monotonic()
         self._next_scan = now + self.rescan_interval
+        if self._watch is not None:
+            self._watch.refresh()
         found = discover(self.root)
         for sid, info in found.items():
             if not self.filters.follows(info):
@@ -521,8 +602,8 @@ class Tap:
                     self._ask_history(stream, out)
                 else:
                     timeout_ms = max(0, min(timeout_ms, int((stream.hist_at - now) * 1000) + 1))
-            elif stream.hist_sock is not None and now > stream.hist_deadline:
-                self._finish_history(stream, out)
+            elif stream.hist_sock is not None and (now > stream.hist_deadline or stream.controller_gone()):
+                self._finish_history(stream, out, wait_ms=LAST_REPLY_WAIT_MS)
         if self._poller.sockets:
             ready = dict(self._poller.poll(timeout_ms))
         else:
@@ -530,7 +611,11 @@ class Tap:
             # once from a poll of no sockets, which made the tap spin a core
             time.sleep(timeout_ms / 1000)
             ready = {}
+        rescan = False
         for sock in ready:
+            if self._watch is not None and sock == self._watch.fd:
+                rescan = self._watch.changed() or rescan
+                continue
             stream = self._by_sock.get(sock)
             if stream is None:
                 continue
@@ -551,7 +636,7 @@ class Tap:
                 self._take(stream, frames, out, history=False)
             if stream.hist_since is not None and stream.buffer:
                 self._ask_history(stream, out)  # live messages flow: the subscription is in effect
-        if self.root is not None and time.monotonic() >= self._next_scan:
+        if self.root is not None and (rescan or time.monotonic() >= self._next_scan):
             self.rescan()
         return out
 
@@ -564,9 +649,9 @@ class Tap:
         else:  # no controller to ask: what was buffered goes out now
             self._finish_history(stream, out)
 
-    def _finish_history(self, stream: _Stream, out: list) -> None:
+    def _finish_history(self, stream: _Stream, out: list, wait_ms: int = 0) -> None:
         self._by_sock.pop(stream.hist_sock, None)
-        ring = stream.end_history()
+        ring = stream.end_history(wait_ms)
         for frames in ring:
             self._take(stream, frames, out, history=True)
         buffered, stream.buffer = stream.buffer, []
@@ -616,6 +701,10 @@ class Tap:
     def close(self) -> None:
         for stream in list(self.streams.values()):
             self._close(stream)
+        if self._watch is not None:
+            self._poller.unregister(self._watch.fd)
+            self._watch.close()
+            self._watch = None
         if self._own_ctx:
             self.ctx.term()
 

@@ -15,6 +15,7 @@ containers if the controller dies.)
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import signal
@@ -78,6 +79,9 @@ LOST_STATUS = 128 + signal.SIGKILL
 
 class Controller(Actor):
     name = "controller"
+    # A tap that finds a short-lived sandbox asks for its ring as the last
+    # delete ends the controller: the ring is final then, and still answered.
+    answered_while_stopping = frozenset({History.TAG})
 
     def __init__(self, endpoints: Endpoints, *, sandbox_id: str, store: Store, ready_fd: int) -> None:
         super().__init__(endpoints, sandbox_id=sandbox_id)
@@ -92,6 +96,7 @@ class Controller(Actor):
         self.gofer_pid = 0
         self._sandbox_pidfd = -1
         self._status_reported: set[str] = set()
+        self._history_asked: collections.deque[float] = collections.deque(maxlen=256)  # when (monotonic)
 
     # --- lifecycle -------------------------------------------------------------
     def on_start(self) -> None:
@@ -109,6 +114,9 @@ class Controller(Actor):
             self.stream.join(2)
             # nothing can take our publisher's last bytes now: do not linger for them
             self.events_linger_ms = 0
+
+    def stopping_grace(self) -> float:
+        return self.stream.history_grace(self._history_asked) if self.stream is not None else 0.0
 
     # --- helpers -----------------------------------------------------------------
     def record(self, container_id: str) -> Record:
@@ -288,6 +296,7 @@ class Controller(Actor):
     @handles(History)
     def history(self, msg: History, req: Request) -> Message:
         """The stream's ring since ``since_ns``, newest kept when it would not fit one frame."""
+        self._history_asked.append(time.monotonic())
         frames = self.stream.history(msg.since_ns) if self.stream is not None else []
         budget = codec.MAX_FRAME - 64 * 1024
         kept: list[list[bytes]] = []

@@ -323,6 +323,24 @@ def rename_noreplace(src: str, dst: str) -> None:
     )
 
 
+# --- <sys/inotify.h> -----------------------------------------------------------
+IN_CREATE = 0x00000100
+IN_MOVED_TO = 0x00000080
+IN_ONLYDIR = 0x01000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+
+def inotify_init1(flags: int = IN_NONBLOCK | IN_CLOEXEC) -> int:
+    """inotify_init1(2): a descriptor that turns readable when a watched directory changes."""
+    return _check(_libc.inotify_init1(ctypes.c_int(flags)), "inotify_init1", flags)
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    """inotify_add_watch(2); the watch descriptor (the same one again for a path already watched)."""
+    return _check(_libc.inotify_add_watch(ctypes.c_int(fd), os.fsencode(path), ctypes.c_uint32(mask)), "inotify_add_watch", fd, path, mask)
+
+
 class _CapHeader(ctypes.Structure):
     """struct __user_cap_header_struct { __u32 version; int pid; };"""
 

@@ -19,6 +19,7 @@ import pytest
 import zmq
 
 from helpers.bundle import zentry_command
+from helpers.faults import Fifo, hold_hook
 from helpers.wait import wait_for
 
 pytestmark = pytest.mark.root
@@ -370,3 +371,61 @@ def test_a_tap_started_before_its_root_exists_follows_the_first_sandbox(zentry, 
         for d in (root, root.parent):
             if d.exists():
                 d.rmdir()  # empty once the container is deleted
+
+
+def test_every_quick_run_is_seen_whole_by_a_running_tap(zentry, busybox_bundle):
+    """Short-lived containers that start while a tap runs: each is found the
+    moment its stream appears (not at the next rescan, which it may not live
+    to see), and backfilled from its controller's ring even when the tap asks
+    as the controller ends."""
+    bundle = busybox_bundle(["true"])
+    names = [f"quick{i}" for i in range(10)]
+    tap = TapProcess(zentry, "--format", "json", "--kind", "status", "--timeout", "120")
+    try:
+        time.sleep(1.0)  # the tap is up and has scanned the (empty) root
+        for name in names:
+            r = zentry("run", "--bundle", bundle, name)
+            assert r.returncode == 0, r.stderr
+        out, err = tap.stop(grace=2.0)
+    finally:
+        tap.kill()
+    seen: dict[str, list[str]] = {}
+    for e in events_of(out):
+        if e["type"] == "event.status":
+            seen.setdefault(e["body"]["container_id"], []).append(e["body"]["new"])
+    missed = {n: seen.get(n) for n in names if seen.get(n) != ["created", "running", "stopped"]}
+    assert not missed, (missed, err)
+
+
+def test_a_ring_asked_for_during_the_last_delete_is_still_answered(zentry, busybox_bundle, tmp_path):
+    """The tap finds a sandbox while its controller runs the last delete (held
+    in its poststop hook) and asks for the ring then: the controller answers
+    as it stops, instead of refusing the request it had queued."""
+    from zentry.bus.tap import Tap
+
+    fifo = Fifo(tmp_path / "hold")
+    bundle = busybox_bundle(["true"], hooks={"poststop": [hold_hook(fifo.path)]})
+    with Tap(root=str(zentry.root)) as tap:  # first scan: an empty root; not polled until the hold
+        run = subprocess.Popen([*zentry_command(), "--root", str(zentry.root), "run", "--bundle", str(bundle), "held1"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        got: list = []
+        try:
+            assert fifo.reached(30), "poststop never ran"
+
+            def asked() -> bool:
+                got.extend(tap.poll(50))
+                return any(s.hist_sock is not None for s in tap.streams.values())
+
+            assert wait_for(asked, timeout=10, step=0), "the tap never asked for the ring"
+        finally:
+            fifo.release()
+            _, stderr = run.communicate(timeout=60)
+        assert run.returncode == 0, stderr
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(s.waiting for s in tap.streams.values()):
+            got.extend(tap.poll(50))
+        got.extend(tap.drain(0.5))
+    statuses = [(e.env.body.old, e.env.body.new) for e in got if getattr(e, "kind", "") == "status" and e.container == "held1"]
+    assert statuses == [("creating", "created"), ("created", "running"), ("running", "stopped")], statuses
+    assert all(e.history for e in got if getattr(e, "kind", "") == "status")
+    assert tap.history_truncated == 0
