@@ -32,7 +32,7 @@ from zentry.bus.events import EventStream, unpack_events
 from zentry.bus.message import REGISTRY, Message, doc, message
 
 TEST_TAGS = ("test.echo", "test.slow", "test.fail", "test.missing", "test.later", "test.flaky", "test.flaky_once",
-             "test.bad_reply", "test.huge_reply", "test.echoed")
+             "test.bad_reply", "test.huge_reply", "test.echoed", "test.ask")
 
 
 def _declare() -> SimpleNamespace:
@@ -90,9 +90,17 @@ def _declare() -> SimpleNamespace:
     class HugeReply(Message):
         """A handler bug: return a reply over the frame limit."""
 
+    @message("test.ask", "request")
+    class Ask(Message):
+        """A read-only request the actor still answers while it stops."""
+
     class TestActor(Actor):
         name = "echo"
         heartbeat_interval = 0.2
+        answered_while_stopping = frozenset({"test.ask"})
+
+        def stopping_grace(self) -> float:
+            return 2.0 if os.path.exists(os.path.join(self.marker_dir, "grace")) else 0.0
 
         def __init__(self, *a, marker_dir: str, **kw) -> None:
             super().__init__(*a, **kw)
@@ -102,6 +110,10 @@ def _declare() -> SimpleNamespace:
         @handles(Echo)
         def echo(self, msg: Echo, req: Request) -> Message:
             return Echoed(text=msg.text, pid=os.getpid())
+
+        @handles(Ask)
+        def ask(self, msg: Ask, req: Request) -> Message:
+            return Echoed(text="asked", pid=os.getpid())
 
         @handles(Slow)
         def slow(self, msg: Slow, req: Request) -> Message:
@@ -138,7 +150,7 @@ def _declare() -> SimpleNamespace:
             return M.States(states=[{"x": "y" * 1000}] * 9000)
 
     return SimpleNamespace(**{c.__name__: c for c in (Echo, Echoed, Slow, Fail, Missing, Later, Flaky, FlakyOnce,
-                                                       BadReply, HugeReply, TestActor)})
+                                                       BadReply, HugeReply, Ask, TestActor)})
 
 
 @pytest.fixture(scope="module")
@@ -497,6 +509,35 @@ def test_shutdown_fails_deferred_and_queued_requests(actor, T):
         assert isinstance(replies[mid], M.Error) and replies[mid].code == "actor_gone", replies[mid]
         assert "stopping (test)" in replies[mid].message
     status = actor.wait_exit(5)
+    assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_a_stopping_actor_still_answers_its_read_only_requests(actor, T):
+    """What an actor declares answered_while_stopping (the controller's
+    stream.history) is served when queued at the stop and during its
+    stopping_grace; every other request queued then is refused."""
+    Path(actor.bus_dir, "grace").touch()
+    main = actor.dealer(actor.ep.actor("echo"))
+    try:
+        slow = raw_request(main, T.Slow(seconds=0.4))
+        actor.wait_marker("slow-")
+        with actor.control() as ctl:
+            asked = raw_request(main, T.Ask())
+            echo = raw_request(main, T.Echo(text="queued behind the slow one"))
+            assert isinstance(ctl.request(M.Shutdown(reason="test"), timeout=5), M.Ok)
+        replies = {r.parent: r.body for r in (raw_reply(main) for _ in range(3))}
+        late = raw_request(main, T.Ask())  # the loop has ended: within the grace
+        late_reply = raw_reply(main)
+        refused = raw_request(main, T.Echo(text="too late"))
+        refused_reply = raw_reply(main)
+    finally:
+        main.close()
+    assert isinstance(replies[slow], M.Ok)
+    assert replies[asked] == T.Echoed(text="asked", pid=actor.pid)
+    assert isinstance(replies[echo], M.Error) and replies[echo].code == "actor_gone", replies[echo]
+    assert late_reply.parent == late and late_reply.body == T.Echoed(text="asked", pid=actor.pid)
+    assert refused_reply.parent == refused and refused_reply.body.code == "actor_gone"
+    status = actor.wait_exit(10)
     assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 

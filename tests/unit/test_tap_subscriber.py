@@ -253,6 +253,69 @@ def test_tap_finds_sandboxes_created_after_it_started(tmp_path):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_a_new_sandbox_is_found_when_its_stream_appears_not_at_the_next_rescan():
+    """inotify: a short-lived sandbox can come and go between two rescans."""
+    root = tempfile.mkdtemp(prefix="zt-", dir="/tmp")
+    ctx = zmq.Context()
+    stream = None
+    try:
+        with Tap(root=root, ctx=ctx, rescan_interval=60) as tap:  # no rescan during the test
+            list(tap.drain(0.1))
+            sdir = os.path.join(root, "quick")
+            os.makedirs(sdir)
+            ep = Endpoints(sdir)
+            stream = EventStream(ctx, ep.events_in, ep.events)
+            stream.start()
+            stream.wait_ready()
+            deadline = time.monotonic() + 2
+            while "quick" not in tap.streams and time.monotonic() < deadline:
+                list(tap.poll(50))
+            assert set(tap.streams) == {"quick"}
+    finally:
+        if stream is not None:
+            stream.stop()
+            stream.join(5)
+        ctx.destroy(linger=0)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_ring_from_a_controller_gone_for_good_is_not_waited_for():
+    """The controller the tap asked removed its bus directory (its last act)
+    without answering: the tap goes on at once, not after HISTORY_TIMEOUT."""
+    root = tempfile.mkdtemp(prefix="zt-", dir="/tmp")
+    ctx = zmq.Context()
+    sdir = os.path.join(root, "gone")
+    os.makedirs(sdir)
+    ep = Endpoints(sdir)
+    stream = EventStream(ctx, ep.events_in, ep.events)
+    stream.start()
+    stream.wait_ready()
+    silent = ctx.socket(zmq.ROUTER)  # a controller that never answers
+    silent.setsockopt(zmq.LINGER, 0)
+    silent.bind(ep.actor("controller"))
+    try:
+        with Tap(root=root, ctx=ctx, since_ns=0, history_timeout=30) as tap:
+            followed = tap.streams["gone"]
+            deadline = time.monotonic() + 5
+            while followed.hist_sock is None and time.monotonic() < deadline:
+                list(tap.poll(50))
+            assert followed.hist_sock is not None, "the tap never asked for the ring"
+            assert silent.poll(5000), "the request never reached the controller"
+            silent.close()
+            stream.stop()
+            stream.join(5)
+            shutil.rmtree(sdir)
+            start = time.monotonic()
+            while followed.waiting and time.monotonic() - start < 5:
+                list(tap.poll(50))
+            assert not followed.waiting
+            assert time.monotonic() - start < 2
+    finally:
+        stream.stop()
+        ctx.destroy(linger=0)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_remote_tcp_tap_needs_curve_keys():
     with pytest.raises(InvalidArgument, match="CURVE"):
         Tap(remote="tcp://127.0.0.1:1")
