@@ -180,19 +180,14 @@ def test_whole_life_of_a_container_on_the_tap_with_causality(zentry, busybox_bun
 
 def test_text_output_filters_and_count(zentry, busybox_bundle):
     bundle = busybox_bundle(["sh", "-c", "sleep 0.3"])
-    # created first and followed with --since, so that its controller is
-    # alive while the tap reads its ring: this test is about filtering and
-    # counting, not about discovering a sandbox mid-life
-    assert zentry("create", "--bundle", bundle, "txt1").returncode == 0
-    tap = TapProcess(zentry, "--since", "60s", "--kind", "status", "--count", "3", "--timeout", "30")
+    tap = TapProcess(zentry, "--kind", "status", "--count", "3", "--timeout", "30")
     try:
         time.sleep(1.0)
-        r = zentry("start", "txt1")
+        r = zentry("run", "--bundle", bundle, "txt1")
         assert r.returncode == 0, r.stderr
         out, err = tap.wait(30)
     finally:
         tap.kill()
-        zentry("delete", "--force", "txt1")
     lines = out.splitlines()
     assert len(lines) == 3, out
     assert all(" txt1/txt1 controller status " in l for l in lines), out
