@@ -508,8 +508,6 @@ class EventStream(threading.Thread):
                 self._wake = -1
 
 
-
-
 def _drop_oldest(frames: list[bytes], n: int) -> list[bytes]:
     """A stream message without its first ``n`` events (seq moved on to match)."""
     try:

@@ -4,20 +4,20 @@ A :class:`Tap` follows the event streams (``events.sock``, see
 ``bus/events.py``) of the sandboxes under one ``--root`` — all of them, or
 those named by sandbox or container id — and rescans the root every
 ``rescan_interval`` seconds so that sandboxes created later are followed
-too. The root and each directory in it are watched with inotify, so that
-a sandbox is found the moment its ``events.sock`` (or ``state.json``)
+too; the root and each directory in it are also watched with inotify, so
+that a sandbox is found the moment its ``events.sock`` (or ``state.json``)
 appears, not at the next rescan: a short-lived container can come and go
-between two. A sandbox directory is followed as soon as its ``events.sock`` exists,
-before its ``state.json`` does (``create`` binds the stream first); what it
+between two. A sandbox directory is followed as soon as its ``events.sock``
+exists, before its ``state.json`` does (``create`` binds the stream first); what it
 published before the tap connected is fetched from the controller's ring
 with a ``stream.history`` request and merged in front of the live events
 (duplicates removed by envelope id). The ring is asked for once the tap's
 subscription is known to be in effect (its first live message, or
 ``SUBSCRIBE_WAIT`` of quiet), so that nothing falls between the ring's
 snapshot and the live events. A controller that is stopping still
-answers (``bus/events.py``: HISTORY_ASK_WAIT); one gone for good (its
-bus directory removed, or its pid dead) is not waited for. A remote tap follows one ``tcp://``
-stream (``zentry tap --serve`` on another host) over CURVE instead.
+answers (``bus/events.py``: HISTORY_ASK_WAIT); one gone for good (its bus
+directory removed, or its pid dead) is not waited for. A remote tap follows
+one ``tcp://`` stream (``zentry tap --serve`` on another host) over CURVE instead.
 
 Each stream message is a batch of one publisher's events under one topic
 (``bus/events.py``); the tap unpacks it and handles every event on its own.
@@ -35,6 +35,7 @@ import datetime
 import json
 import os
 import re
+import struct
 import time
 from typing import Any, Iterable, Iterator
 
@@ -64,7 +65,7 @@ HISTORY_TIMEOUT = 10.0
 #: tap's subscription is in effect, or after this many seconds of quiet: an
 #: event the stream forwarded between the ring's snapshot and the
 #: subscription taking effect would otherwise be lost (a seq gap). A
-#: stopping controller answers for this long after a subscription.
+#: stopping controller counts on it (``bus/events.py``).
 SUBSCRIBE_WAIT = HISTORY_ASK_WAIT
 #: A controller found gone while its ring is awaited: how long a reply it
 #: sent just before may still take to arrive (milliseconds).
@@ -163,38 +164,37 @@ def discover(root: str) -> dict[str, SandboxInfo]:
 class RootWatch:
     """inotify on a root and on every directory in it: ``fd`` turns readable
     when a sandbox directory, its ``events.sock`` or its ``state.json``
-    appears. Watches are (re)added by :meth:`refresh`, at every rescan; a
-    directory's watch goes when the directory does."""
+    appears. Watches are added by :meth:`refresh`, at every rescan; a
+    directory's watch goes when the directory does (``IN_IGNORED``), so a
+    directory made again under the same name is watched again."""
 
     MASK = libc.IN_CREATE | libc.IN_MOVED_TO | libc.IN_ONLYDIR
+    _EVENT = struct.Struct("iIII")  # struct inotify_event { int wd; u32 mask, cookie, len; char name[len]; }
 
     def __init__(self, root: str) -> None:
         self.root = root
         self.fd = libc.inotify_init1()
-        self.watched: set[str] = set()
+        self.watched: dict[str, int] = {}  # name ("" for the root) -> watch descriptor
 
     def refresh(self) -> None:
         """Watch the root (once it exists) and each directory in it, before the
         rescan looks into them: nothing that appears after is missed."""
         try:
             if "" not in self.watched:
-                libc.inotify_add_watch(self.fd, self.root, self.MASK)
-                self.watched.add("")
+                self.watched[""] = libc.inotify_add_watch(self.fd, self.root, self.MASK)
             names = os.listdir(self.root)
         except OSError:
             return  # no root yet: polled until it exists
-        self.watched &= {"", *names}
         for name in names:
             if name not in self.watched:
                 try:
-                    libc.inotify_add_watch(self.fd, os.path.join(self.root, name), self.MASK)
+                    self.watched[name] = libc.inotify_add_watch(self.fd, os.path.join(self.root, name), self.MASK)
                 except OSError:
                     continue  # not a directory, gone, or not ours to watch
-                self.watched.add(name)
 
     def changed(self) -> bool:
         """Read what is pending (a rescan finds what it was about, an overflow
-        included); True if anything appeared."""
+        included); True if anything appeared or went."""
         seen = False
         while True:
             try:
@@ -204,6 +204,12 @@ class RootWatch:
             if not data:
                 return seen
             seen = True
+            at = 0
+            while at + self._EVENT.size <= len(data):
+                wd, mask, _cookie, size = self._EVENT.unpack_from(data, at)
+                at += self._EVENT.size + size
+                if mask & libc.IN_IGNORED:
+                    self.watched = {n: w for n, w in self.watched.items() if w != wd}
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -506,17 +512,24 @@ class Tap:
         self._next_scan = 0.0
         self._first_scan = True
         self._watch: RootWatch | None = None
-        if root is not None:
-            self._watch = RootWatch(root)
-            self._poller.register(self._watch.fd, zmq.POLLIN)
         if remote is not None:
             if not remote.startswith("tcp://") and not remote.startswith("ipc://"):
                 raise InvalidArgument(f"unsupported tap endpoint {remote!r} (tcp:// with CURVE, or ipc://)")
             if remote.startswith("tcp://") and not curve_server_key:
                 raise InvalidArgument(f"refusing to connect to {remote} without CURVE keys (--server-key)")
             self._open(remote, remote, curve_server_key, curve_keypair)
+            return
+        try:
+            self._watch = RootWatch(root)
+        except OSError:
+            pass  # no inotify instance left for this user: rescans only
         else:
+            self._poller.register(self._watch.fd, zmq.POLLIN)
+        try:
             self.rescan()
+        except BaseException:
+            self.close()  # e.g. a root others can write: refused, nothing left open
+            raise
 
     # --- streams ----------------------------------------------------------------------
     def _open(self, key: str, endpoint: str, server_key: bytes | None = None, keypair: tuple[bytes, bytes] | None = None) -> _Stream:

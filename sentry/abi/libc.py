@@ -326,6 +326,7 @@ def rename_noreplace(src: str, dst: str) -> None:
 # --- <sys/inotify.h> -----------------------------------------------------------
 IN_CREATE = 0x00000100
 IN_MOVED_TO = 0x00000080
+IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
