@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from helpers.bundle import zentry_command
-from helpers.pool import PoolAgent
+from helpers.pool import PoolAgent, sandboxes, templates
 
 pytestmark = pytest.mark.root
 
@@ -92,7 +92,7 @@ def test_claim_exec_files_release_and_every_handout_starts_clean(make_agent, cli
         # under the container's seccomp filter, in its pid namespace (its init is the exec server)
         status = sb.exec(["cat", "/proc/self/status"]).stdout.decode()
         assert "Seccomp:\t2" in status
-        assert sb.exec(["cat", "/proc/1/cmdline"]).stdout == b"/.zentry-pool-init\0"
+        assert sb.exec(["cat", "/proc/1/cmdline"]).stdout.startswith(b"/.zentry-pool-init\0")
         data = bytes(range(256)) * 1000
         sb.put("/tmp/data.bin", data, mode=0o600)
         assert sb.get("/tmp/data.bin") == data
@@ -101,9 +101,9 @@ def test_claim_exec_files_release_and_every_handout_starts_clean(make_agent, cli
         with pytest.raises(NotFound, match="nope"):
             sb.get("/nope")
         handle = sb.handle
-        assert handle in _containers(agent.root)
-    # released: destroyed (never reused), and the pool refilled
-    _wait(lambda: handle not in _containers(agent.root), what="the released sandbox to be deleted")
+        assert sandboxes(agent.root).get(handle)
+    # released: destroyed (never reused: its processes and cgroup are gone), and the pool refilled
+    _wait(lambda: handle not in sandboxes(agent.root), what="the released sandbox to be deleted")
     agent.wait_warm(60)
     with client.claim("bb") as sb2:
         assert sb2.handle != handle
@@ -147,7 +147,7 @@ def test_ttl_and_idle_expiry(make_agent, client_of):
     for sb in (idle, ttl):
         with pytest.raises(NotFound, match="no claimed sandbox"):
             sb.exec(["true"])
-    _wait(lambda: not ({idle.handle, ttl.handle} & set(_containers(agent.root))), what="expired sandboxes to be deleted")
+    _wait(lambda: not ({idle.handle, ttl.handle} & set(sandboxes(agent.root))), what="expired sandboxes to be deleted")
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'zentry_pool_expired_total{pool="bb",reason="idle"} 1.0' in metrics
     assert 'zentry_pool_expired_total{pool="bb",reason="ttl"} 1.0' in metrics
@@ -179,13 +179,15 @@ def test_restart_cleans_what_a_killed_agent_left(make_agent, client_of, zentry_r
     sb = client.claim("bb")
     assert sb.exec(["true"]).exit_status == 0
     old = set(_containers(zentry_root))
-    assert len(old) >= 2
+    old_sandboxes = sandboxes(zentry_root)
+    assert len(old) == 1 and len(old_sandboxes) >= 2  # the pool's template, its sandboxes
     agent.kill()
     restarted = make_agent({"bb": {"warm": 2, "max": 4}})
     restarted.root = agent.root
     restarted.start()
-    _wait(lambda: not (old & set(_containers(zentry_root))), what="the old sandboxes to be deleted")
-    assert len(_containers(zentry_root)) == 2
+    _wait(lambda: not (old & set(_containers(zentry_root))), what="the old template to be deleted")
+    assert not any(psutil.pid_exists(pid) for pid in old_sandboxes.values())
+    assert len(_containers(zentry_root)) == 1 and len(sandboxes(zentry_root)) == 2
     with pytest.raises(NotFound, match="no claimed sandbox"):
         client.attach(sb.ref).exec(["true"])
     # a second agent on the same root is refused before it binds anything
@@ -348,10 +350,9 @@ def test_a_sandbox_whose_init_dies_is_replaced(make_agent, client_of, zentry_roo
     agent = make_agent({"bb": {"warm": 1, "max": 3}}).start()
     client = client_of(agent.endpoint)
     sb = client.claim("bb")
-    with open(zentry_root / sb.handle / "state.json") as f:
-        init_pid = json.load(f)["init_pid"]
+    init_pid = sandboxes(zentry_root)[sb.handle]
     os.kill(init_pid, signal.SIGKILL)  # e.g. the OOM killer
-    _wait(lambda: sb.handle not in _containers(zentry_root), what="the dead sandbox to be deleted")
+    _wait(lambda: sb.handle not in sandboxes(zentry_root), what="the dead sandbox to be deleted")
     with pytest.raises((NotFound, SystemFailure)):
         sb.exec(["true"])
     agent.wait_warm(60)
@@ -370,4 +371,4 @@ def test_the_agent_goes_on_without_its_zygote(make_agent, client_of, zentry_root
         with client.claim("bb") as sb:
             assert sb.exec(["echo", "ok"]).stdout == b"ok\n"
     agent.wait_warm(60)
-    assert len(_containers(zentry_root)) == 1
+    assert len(_containers(zentry_root)) == 1 and len(sandboxes(zentry_root)) == 1
