@@ -1,6 +1,6 @@
 """Sandbox pools: claim latency, exec latency, sustained claims/s, memory of a warm sandbox.
 
-    python bench/pool.py [--claims N] [--execs N] [--sustain SECONDS] [--warm N] [--no-zygote]
+    python bench/pool.py [--claims N] [--execs N] [--sustain SECONDS] [--warm N]
 
 Starts a node agent (`zentry pool serve`) on a private --root with one
 busybox pool (tests/helpers' rootfs), then measures:
@@ -59,7 +59,6 @@ def main() -> int:
     ap.add_argument("--execs", type=int, default=50)
     ap.add_argument("--sustain", type=float, default=10.0)
     ap.add_argument("--warm", type=int, default=20)
-    ap.add_argument("--no-zygote", action="store_true", help="start every zentry call afresh (as an engine's shim does)")
     args = ap.parse_args()
     zentry = zentry_argv()
     if not zentry:
@@ -76,7 +75,7 @@ def main() -> int:
     agent = runc_id = None
     try:
         bundle = bundle_mod.make_bundle(os.path.join(work, "b"), ["sleep", "1000000"])
-        config = {"node": "bench", "parallel_starts": 2, "zygote": not args.no_zygote,
+        config = {"node": "bench", "parallel_starts": 2,
                   "pools": {"bb": {"bundle": str(bundle), "warm": args.warm, "max": 400,
                                    "overrides": {"root": {"readonly": False}}}}}
         with open(os.path.join(work, "pools.json"), "w") as f:

@@ -37,7 +37,6 @@ import zmq.backend
 from zentry.actors.pool import sandbox as sbmod
 from zentry.actors.pool.config import AgentConfig, PoolConfig
 from zentry.actors.pool.sandbox import EXITED, FAILED, HELLO, LISTENER, OP_EXEC, OP_GET, OP_KILL, OP_PUT, REFUSED, STARTED, Job, PoolSandbox, Template
-from zentry.actors.pool.zygote import Zygote
 from zentry.bus import envelope as envmod
 from zentry.bus.actor import DEFERRED, Actor, Request, _recv_request, handles
 from zentry.bus.codec import MAX_BIN
@@ -169,21 +168,12 @@ class PoolAgent(Actor):
                 self._keys = (read_key(config.server_secret_file, secret=True), read_authorized_keys(config.authorized_keys))
             self.init_bin = sbmod.init_binary()
             self.renice = sbmod.raise_priority()
-            # Forked now, before this process has a ZeroMQ context or a thread.
-            self.zygote: Zygote | None = Zygote() if config.zygote else None
-            try:
-                if self.zygote is not None:
-                    self.zygote.start(zentry, keep=())
-            except Exception as err:
-                log.warning("no zygote (the agent starts each zentry call afresh): %s", err)
-                self.zygote = None
         except BaseException:  # bad keys, no compiler...: nothing of this agent stays behind
             os.close(self._lock_fd)
             self._lock_fd = -1
             if not os.listdir(self.bundles):
                 self._remove_dirs()
             raise
-        self.by_call: dict[int, tuple[Template, str]] = {}
 
     # --- lifecycle ----------------------------------------------------------------
     def on_start(self) -> None:
@@ -196,8 +186,6 @@ class PoolAgent(Actor):
             self._bind_tcp()
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
-        if self.zygote is not None:
-            self.watch_fd(self.zygote.sock.fileno(), self._on_zygote)
         left = self._clean_leftovers()
         self.call_later(0, lambda: self._started(left))
         self.call_later(SWEEP_INTERVAL, self._sweep)
@@ -210,8 +198,6 @@ class PoolAgent(Actor):
 
     def on_stop(self) -> None:
         self._destroy_all()
-        if self.zygote is not None:
-            self.zygote.close()
         for sock in self.tcp:
             sock.close(linger=0)
         if self._auth is not None:
@@ -686,40 +672,10 @@ class PoolAgent(Actor):
             log.warning("cannot delete template %s: %s", tmpl.id, err)
 
     def _cli(self, tmpl: Template, what: str, argv: list[str], fd3: int | None = None) -> None:
-        """Run ``zentry ARGV`` for ``tmpl`` without waiting: forked by the zygote, else spawned."""
-        if self.zygote is not None:
-            try:
-                self.by_call[self.zygote.spawn(argv[1:], fd3=fd3, log_path=tmpl.log_path, renice=self.renice)] = (tmpl, what)
-                return
-            except OSError as err:
-                log.warning("the zygote is gone (%s): zentry calls start afresh from now on", err)
-                self._zygote_gone()
+        """Run ``zentry ARGV`` for ``tmpl`` (its start or its delete) without waiting."""
         pid, pidfd = sbmod.spawn(argv, fd3=fd3, log_path=tmpl.log_path, renice=self.renice)
         self.by_pidfd[pidfd] = (tmpl, what, pid)
         self.watch_fd(pidfd, self._on_pidfd)
-
-    def _on_zygote(self, fd: int) -> None:
-        answers, gone = self.zygote.answers()
-        for answer in answers:
-            if "status" in answer and answer["id"] in self.by_call:
-                tmpl, what = self.by_call.pop(answer["id"])
-                self._child_done(tmpl, what, answer["status"])
-        if gone:
-            log.warning("the zygote ended: zentry calls start afresh from now on")
-            self._zygote_gone()
-
-    def _zygote_gone(self) -> None:
-        if self.zygote is None:
-            return
-        self.unwatch_fd(self.zygote.sock.fileno())
-        self.zygote.close()
-        self.zygote = None
-        calls, self.by_call = self.by_call, {}
-        for tmpl, what in calls.values():
-            if what == "start":
-                self._child_done(tmpl, what, 1 << 8)
-            else:
-                self._delete(tmpl)  # again, spawned
 
     def _on_pidfd(self, fd: int) -> None:
         tmpl, what, pid = self.by_pidfd.pop(fd)
@@ -882,8 +838,7 @@ class PoolAgent(Actor):
         deadline = time.monotonic() + 60
 
         def calls(kind: str | None = None) -> int:
-            whats = [what for _t, what, _pid in self.by_pidfd.values()] + [what for _t, what in self.by_call.values()]
-            return sum(1 for what in whats if kind is None or what == kind)
+            return sum(1 for _t, what, _pid in self.by_pidfd.values() if kind is None or what == kind)
 
         done_starting = False
         while time.monotonic() < deadline:
@@ -893,13 +848,10 @@ class PoolAgent(Actor):
                     self._end_template(tmpl)
             if done_starting and not calls():
                 break
-            watched = list(self.by_pidfd) + ([self.zygote.sock] if self.zygote is not None else [])
-            ready, _, _ = select.select(watched, [], [], 0.5)
-            for item in ready:
-                if self.zygote is not None and item is self.zygote.sock:
-                    self._on_zygote(item.fileno())
-                elif item in self.by_pidfd:
-                    self._on_pidfd(item)
+            ready, _, _ = select.select(list(self.by_pidfd), [], [], 0.5)
+            for fd in ready:
+                if fd in self.by_pidfd:
+                    self._on_pidfd(fd)
 
     # --- capacity and refill --------------------------------------------------------------
     def _counts(self, pool: str) -> dict[str, int]:

@@ -150,6 +150,7 @@ def spawn_request(pool: PoolConfig, rid: int) -> bytes:
     process = pool.config.get("process") or {}
     wanted = process.get("capabilities") or {}
     masks = [caps.mask(wanted.get(kind)) for kind in ("bounding", "effective", "permitted", "inheritable", "ambient")]
+    masks[4] &= masks[2] & masks[3]  # an ambient capability must be permitted and inheritable: others skipped, as runc does
     scratch = (parse_size(pool.overlay, "overlay") + (1 << 20) - 1) >> 20 if pool.overlay else 0
     return _SPAWN.pack(OP_SPAWN, rid, flags, int(bool(process.get("noNewPrivileges"))), *masks, scratch,
                        int(bool((pool.config.get("root") or {}).get("readonly"))))
