@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from helpers.bundle import zentry_command
-from helpers.pool import PoolAgent, sandboxes, templates
+from helpers.pool import PoolAgent, sandboxes
 
 pytestmark = pytest.mark.root
 
