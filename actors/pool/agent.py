@@ -2,21 +2,25 @@
 
 One loop (``bus/actor.py``) serves ``pool.*`` requests on ``pool.sock``
 under ``<root>/pool-agent`` and, with CURVE, on tcp. Nothing in it blocks:
-sandboxes start and end as ``zentry run -d`` / ``zentry delete -f`` child
-processes watched through pidfds; commands run through each sandbox's exec
-server (its init, ``init.c``) over a SOCK_SEQPACKET channel, their output
-read from non-blocking pipes. A claim takes a warm sandbox off a deque.
+each pool's template (a zentry container whose init is the spawner) starts
+and ends as a ``zentry run -d --pool-spawner`` / ``zentry delete -f`` child
+process watched through a pidfd; a sandbox starts as a request to its
+template's spawner and ends with a signal to its init (``sandbox.py``,
+``init.c``); commands run through each sandbox's exec server over a
+SOCK_SEQPACKET channel, their output read from non-blocking pipes. A claim
+takes a warm sandbox off a deque.
 
-Under ``--root`` (which is also the sandboxes' zentry root, so ``zentry
+Under ``--root`` (which is also the templates' zentry root, so ``zentry
 list``/``tap``/``metrics-server`` see them):
 
     pool-agent/            the agent's bus directory (pool.sock, events.sock: ``zentry tap`` follows it)
     pool-agent/agent.lock  held while an agent serves this root
-    pool-agent/bundles/ID  each sandbox's config.json and CLI log; what a restarted agent cleans up
+    pool-agent/bundles/ID  each template's config.json and CLI log; what a restarted agent cleans up
 
-A graceful stop (SIGTERM, ``shutdown``) destroys every sandbox and removes
-``pool-agent``; a killed agent's sandboxes end with their channels (their
-inits exit), and the next agent on the root deletes what is left.
+A graceful stop (SIGTERM, ``shutdown``) ends every template, and with it
+every sandbox, and removes ``pool-agent``; a killed agent's spawners see
+their channels end and take their sandboxes with them, and the next agent
+on the root deletes the templates left.
 """
 
 from __future__ import annotations
@@ -143,6 +147,7 @@ class PoolAgent(Actor):
         self.by_chan: dict[int, PoolSandbox | Template] = {}
         self.by_rid: dict[int, PoolSandbox] = {}  # spawn request -> its sandbox, until the spawner says it exited
         self.cgroups_left: set[str] = set()
+        self.handovers: dict[int, tuple[object, PoolSandbox]] = {}  # fds.sock connections awaiting the sentry's answer
         self.by_pidfd: dict[int, tuple[Template, str, int]] = {}
         self._rid = 0
         self._lock_fd = -1
@@ -573,20 +578,41 @@ class PoolAgent(Actor):
             pass  # already gone: the spawner reports its exit
 
     def _hand_listener(self, sb: PoolSandbox, fd: int) -> None:
-        """Give the sandbox's seccomp listener to its template's sentry (the exec'd-process path of fds.sock)."""
+        """Give the sandbox's seccomp listener to its template's sentry (the exec'd-process
+        path of fds.sock); its answer is read when it comes (a claim never waits for it)."""
         from zentry.bus import fdpass
 
+        conn = None
         try:
-            with fdpass.connect(sb.template.fd_socket(self.root), timeout=5) as conn:
-                fdpass.send_fds(conn, {"kind": "listener", "container_id": sb.template.id, "pid": sb.pid,
-                                       "args": [sbmod.INIT_PATH, sb.id]}, [fd])
-                answer = conn.recv(256)
-            if answer != b"ok":
-                raise SystemFailure(answer.decode(errors="replace") or "no answer")
+            conn = fdpass.connect(sb.template.fd_socket(self.root), timeout=5)
+            fdpass.send_fds(conn, {"kind": "listener", "container_id": sb.template.id, "pid": sb.pid,
+                                   "args": [sbmod.INIT_PATH, sb.id]}, [fd])
         except (OSError, SystemFailure) as err:
+            if conn is not None:
+                conn.close()
             self._start_failed(sb, f"its template's sentry did not take its listener: {err}")
+            return
         finally:
             os.close(fd)
+        conn.setblocking(False)
+        self.handovers[conn.fileno()] = (conn, sb)
+        self.watch_fd(conn.fileno(), self._on_handover)
+
+    def _on_handover(self, fd: int) -> None:
+        conn, sb = self.handovers.pop(fd)
+        self.unwatch_fd(fd)
+        try:
+            answer = conn.recv(256)
+        except OSError as err:
+            answer = str(err).encode()
+        conn.close()
+        if answer != b"ok" and sb.state != "dying":
+            error = f"its template's sentry did not take its listener: {answer.decode(errors='replace') or 'no answer'}"
+            if sb.state == "starting":
+                self._start_failed(sb, error)
+            else:
+                log.warning("pool %s: sandbox %s: %s", sb.pool.name, sb.id, error)
+                self._destroy(sb, "failed", parent=sb.claim_id)
 
     def _channel_ended(self, sb: PoolSandbox) -> None:
         self._unwatch_chan(sb)
