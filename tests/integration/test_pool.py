@@ -425,3 +425,27 @@ def test_sandboxes_are_apart_from_each_other_and_confined_as_runc(make_agent, cl
             assert b"Seccomp:\t2" in a.exec(["cat", "/proc/self/status"]).stdout
     finally:
         subprocess.run([runc, "--root", str(runc_root), "delete", "-f", "pa1"], capture_output=True, timeout=60)
+
+
+def test_a_template_that_dies_takes_its_sandboxes_and_is_replaced(make_agent, client_of, zentry_root):
+    import signal
+
+    from zentry.bus.errors import NotFound, SystemFailure
+
+    from helpers.pool import templates
+
+    agent = make_agent({"bb": {"warm": 2, "max": 4}}).start()
+    client = client_of(agent.endpoint)
+    sb = client.claim("bb")
+    (tid, spawner), = templates(zentry_root).items()
+    old = sandboxes(zentry_root)
+    assert len(old) == 3
+    os.kill(spawner, signal.SIGKILL)  # e.g. an administrator's `zentry kill`
+    with pytest.raises((NotFound, SystemFailure)):
+        sb.exec(["true"])
+    _wait(lambda: tid not in _containers(zentry_root), what="the dead template to be deleted")
+    assert not any(psutil.pid_exists(pid) for pid in old.values())
+    agent.wait_warm(60)
+    assert len(templates(zentry_root)) == 1 and not set(old) & set(sandboxes(zentry_root))
+    with client.claim("bb") as fresh:
+        assert fresh.exec(["echo", "ok"]).stdout == b"ok\n"
