@@ -1,6 +1,6 @@
 """Sandbox pools: claim latency, exec latency, sustained claims/s, memory of a warm sandbox.
 
-    python bench/pool.py [--claims N] [--execs N] [--sustain SECONDS] [--warm N] [--no-zygote]
+    python bench/pool.py [--claims N] [--execs N] [--sustain SECONDS] [--warm N]
 
 Starts a node agent (`zentry pool serve`) on a private --root with one
 busybox pool (tests/helpers' rootfs), then measures:
@@ -11,16 +11,19 @@ busybox pool (tests/helpers' rootfs), then measures:
                  refilled before the next; also the bare `pool.claim` round
                  trip on one DEALER (what the agent itself takes)
   exec           `/bin/true` in a claimed sandbox, interleaved with
-                 `zentry exec` into the same sandbox and `runc exec` into a
+                 `zentry exec` into a zentry container and `runc exec` into a
                  runc container of the same bundle (median, p99)
   claims/s       from warm: the claims of the latency batches, back to back;
                  sustained: claim + release as fast as one client can for --sustain
                  seconds, the refill running (a claim waits for a start when
                  the pool is empty, so this converges to the start rate), and
                  the starts/s the agent achieved
-  PSS            of one idle warm sandbox: its controller, gofer, sandbox
-                 actor and init (from /proc/PID/smaps_rollup), and how many
-                 fit in 16 GiB
+  memory         of one idle warm sandbox: its init's PSS (from
+                 /proc/PID/smaps_rollup) plus what its cgroup is charged
+                 (its tmpfs pages, its kernel objects); and the pool's fixed
+                 cost, its template (controller, gofer, sandbox actor,
+                 spawner), which every sandbox of the pool shares; how many
+                 sandboxes fit in 16 GiB
 
 Targets (2-core host): claim median <= 5 ms, p99 <= 20 ms; exec median
 <= 10 ms; >= 100 claims/s; idle warm sandbox <= 20 MB PSS.
@@ -56,7 +59,6 @@ def main() -> int:
     ap.add_argument("--execs", type=int, default=50)
     ap.add_argument("--sustain", type=float, default=10.0)
     ap.add_argument("--warm", type=int, default=20)
-    ap.add_argument("--no-zygote", action="store_true", help="start every zentry call afresh (as an engine's shim does)")
     args = ap.parse_args()
     zentry = zentry_argv()
     if not zentry:
@@ -64,7 +66,6 @@ def main() -> int:
         return 1
     os.environ.setdefault("ZENTRY_BIN", zentry[0])
     from zentry.actors.pool.client import Client
-    from zentry.bus import envelope as envmod
     from zentry.bus.messages import PoolClaim, PoolRelease
 
     bundle_mod = helpers_bundle()
@@ -74,7 +75,7 @@ def main() -> int:
     agent = runc_id = None
     try:
         bundle = bundle_mod.make_bundle(os.path.join(work, "b"), ["sleep", "1000000"])
-        config = {"node": "bench", "parallel_starts": 2, "zygote": not args.no_zygote,
+        config = {"node": "bench", "parallel_starts": 2,
                   "pools": {"bb": {"bundle": str(bundle), "warm": args.warm, "max": 400,
                                    "overrides": {"root": {"readonly": False}}}}}
         with open(os.path.join(work, "pools.json"), "w") as f:
@@ -123,6 +124,9 @@ def main() -> int:
         # --- exec: pool vs zentry exec vs runc exec, interleaved
         sb = client.claim("bb")
         runc = which("runc")
+        zb = bundle_mod.make_bundle(os.path.join(work, "zb"), ["sleep", "1000000"])
+        subprocess.run([*zentry, "--root", root, "run", "-d", "--bundle", str(zb), "zpb-zentry"], check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if runc:
             runc_id = "zpb-runc"
             rb = bundle_mod.make_bundle(os.path.join(work, "rb"), ["sleep", "1000000"])
@@ -134,25 +138,25 @@ def main() -> int:
             assert sb.exec(["/bin/true"]).exit_status == 0
             pool_t.append(time.perf_counter() - t)
             t = time.perf_counter()
-            subprocess.run([*zentry, "--root", root, "exec", sb.handle, "/bin/true"], check=True, stdin=subprocess.DEVNULL)
+            subprocess.run([*zentry, "--root", root, "exec", "zpb-zentry", "/bin/true"], check=True, stdin=subprocess.DEVNULL)
             zexec_t.append(time.perf_counter() - t)
             if runc:
                 t = time.perf_counter()
                 subprocess.run([runc, "--root", runc_root, "exec", runc_id, "/bin/true"], check=True, stdin=subprocess.DEVNULL)
                 runc_t.append(time.perf_counter() - t)
 
-        # --- PSS of an idle warm sandbox
+        # --- memory of an idle warm sandbox; the pool's fixed cost (its template)
+        import psutil
+
         status = client.status()[endpoint]
-        warm_ids = [name for name in os.listdir(root) if name.startswith("bb-") and name != sb.handle]
-        pss = []
-        for sid in warm_ids[:5]:
-            try:
-                with open(os.path.join(root, sid, "state.json")) as f:
-                    st = json.load(f)
-            except OSError:
-                continue
-            pids = {st.get(k) for k in ("controller_pid", "gofer_pid", "sandbox_pid", "init_pid")} - {None, 0}
-            pss.append(sum(pss_kib(p) for p in pids))
+        with open(os.path.join(root, _template_id(root), "state.json")) as f:
+            tmpl = json.load(f)
+        spawner = psutil.Process(tmpl["pid"])  # the template's init
+        pss, charged = [], []
+        for child in spawner.children()[:10]:  # sandboxes' inits (one is the claimed one)
+            pss.append(pss_kib(child.pid))
+            charged.append(_cgroup_memory_kib(child.pid))
+        fixed = sum(pss_kib(p) for p in {tmpl.get(k) for k in ("controller_pid", "gofer_pid", "sandbox_pid", "pid")} - {None, 0})
         sb.release()
 
         # --- sustained claims/s with refill
@@ -181,12 +185,15 @@ def main() -> int:
         print(f"{'claims/s sustained (claim+release)':<34} {rate:>9.1f} {'':>9}   >= 100   ({n} in {elapsed:.1f}s; "
               f"~{starts / elapsed:.1f} starts/s after the {args.warm} warm)")
         if pss:
-            med = sorted(pss)[len(pss) // 2]
-            print(f"{'idle warm sandbox PSS MiB':<34} {med / 1024:>9.1f} {'':>9}   <= 20   "
-                  f"(4 processes; {int(16 * 1024 * 1024 / med)} fit in 16 GiB)")
+            med = sorted(p + c for p, c in zip(pss, charged))[len(pss) // 2]
+            print(f"{'idle warm sandbox MiB':<34} {med / 1024:>9.2f} {'':>9}   <= 20   "
+                  f"(init PSS {sorted(pss)[len(pss) // 2]} KiB + cgroup {sorted(charged)[len(charged) // 2]} KiB; "
+                  f"{int((16 * 1024 * 1024 - fixed) / med)} fit in 16 GiB)")
+            print(f"{'pool fixed cost (template) MiB':<34} {fixed / 1024:>9.1f}")
         print(f"\n{len(claim_t)} claims, {len(raw_t)} raw claims, {args.execs} interleaved exec rounds; sandboxes before the sustain run: {before}")
         return 0
     finally:
+        subprocess.run([*zentry, "--root", root, "delete", "-f", "zpb-zentry"], capture_output=True)
         if runc_id:
             subprocess.run(["runc", "--root", runc_root, "delete", "-f", runc_id], capture_output=True)
         if agent is not None:
@@ -196,6 +203,18 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 agent.kill()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _template_id(root: str) -> str:
+    return next(name for name in os.listdir(root) if name.startswith("bb-"))
+
+
+def _cgroup_memory_kib(pid: int) -> int:
+    """What the memory cgroup of ``pid`` is charged (v1 usage_in_bytes), in KiB."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        path = next(line.split(":", 2)[2].strip() for line in f if ":memory:" in line)
+    with open(f"/sys/fs/cgroup/memory{path}/memory.usage_in_bytes") as f:
+        return int(f.read()) // 1024
 
 
 if __name__ == "__main__":

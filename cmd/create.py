@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 HELP = "create a container (it waits for start)"
@@ -14,6 +15,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-pivot", action="store_true", help="accepted for runc compatibility")
     p.add_argument("--no-new-keyring", action="store_true", help="accepted for runc compatibility")
     p.add_argument("--preserve-fds", type=int, default=0, help="pass fds 3 .. 3+N-1 to the container (the rest are closed)")
+    # the node agent's own: the container is a pool's template (actors/pool/template.py)
+    p.add_argument("--pool-spawner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("container_id", metavar="ID")
 
 
@@ -25,9 +28,9 @@ def create(args, ctx, config: dict | None = None):
     terminal); read here otherwise.
     """
     from zentry.actors import launch
-    from zentry.actors.oci import PRESERVE_FDS_ANNOTATION, STRACE_ANNOTATION, load_bundle
+    from zentry.actors.oci import PRESERVE_FDS_ANNOTATION, SPAWNER_ANNOTATION, STRACE_ANNOTATION, load_bundle
     from zentry.actors.state import validate_id
-    from zentry.bus.errors import InvalidArgument
+    from zentry.bus.errors import ConfigError, InvalidArgument
     from zentry.cmd.common import check_stdio_options
 
     validate_id(args.container_id)
@@ -38,6 +41,11 @@ def create(args, ctx, config: dict | None = None):
     if terminal and not args.console_socket:
         raise InvalidArgument("cannot allocate a pty without --console-socket (process.terminal is true)")
     check_stdio_options(terminal, args.console_socket, getattr(args, "preserve_fds", 0))
+    annotations = config.get("annotations") or {}
+    if SPAWNER_ANNOTATION in annotations:
+        raise ConfigError(f"annotation {SPAWNER_ANNOTATION} is zentry's own: only its node agent sets it (with --pool-spawner)")
+    if getattr(args, "pool_spawner", False):
+        config.setdefault("annotations", {})[SPAWNER_ANNOTATION] = "true"
     if ctx.strace:
         config.setdefault("annotations", {})[STRACE_ANNOTATION] = "true"
     if getattr(args, "preserve_fds", 0) > 0:  # fds 3 .. 3+N-1 of this call reach the container (actors/sandbox/init.py; `do` has no such flag)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 HELP = "create and start a container, then wait for it (unless --detach)"
@@ -16,6 +17,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-pivot", action="store_true", help="accepted for runc compatibility")
     p.add_argument("--no-new-keyring", action="store_true", help="accepted for runc compatibility")
     p.add_argument("--preserve-fds", type=int, default=0, help="pass fds 3 .. 3+N-1 to the container (the rest are closed)")
+    # the node agent's own: the container is a pool's template (actors/pool/template.py)
+    p.add_argument("--pool-spawner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("container_id", metavar="ID")
 
 

@@ -32,6 +32,10 @@ OCI_VERSION_MAX = (1, 2, 0)
 #: ``--preserve-fds N`` passes fds 3 .. 3+N-1 to the container.
 STRACE_ANNOTATION = "dev.zentry.strace"
 PRESERVE_FDS_ANNOTATION = "dev.zentry.preserve-fds"
+#: ``--pool-spawner``: the init loads no seccomp filter (a pool's template,
+#: whose init makes sandboxes and gives each its filters: actors/pool/).
+#: Only the command line sets it: create refuses it in a config.json.
+SPAWNER_ANNOTATION = "dev.zentry.pool-spawner"
 
 NAMESPACE_TYPES = ("mount", "pid", "network", "uts", "ipc", "user", "cgroup", "time")
 HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")

@@ -2,26 +2,31 @@
 
 One loop (``bus/actor.py``) serves ``pool.*`` requests on ``pool.sock``
 under ``<root>/pool-agent`` and, with CURVE, on tcp. Nothing in it blocks:
-sandboxes start and end as ``zentry run -d`` / ``zentry delete -f`` child
-processes watched through pidfds; commands run through each sandbox's exec
-server (its init, ``init.c``) over a SOCK_SEQPACKET channel, their output
-read from non-blocking pipes. A claim takes a warm sandbox off a deque.
+each pool's template (a zentry container whose init is the spawner) starts
+and ends as a ``zentry run -d --pool-spawner`` / ``zentry delete -f`` child
+process watched through a pidfd; a sandbox starts as a request to its
+template's spawner and ends with a signal to its init (``sandbox.py``,
+``init.c``); commands run through each sandbox's exec server over a
+SOCK_SEQPACKET channel, their output read from non-blocking pipes. A claim
+takes a warm sandbox off a deque.
 
-Under ``--root`` (which is also the sandboxes' zentry root, so ``zentry
+Under ``--root`` (which is also the templates' zentry root, so ``zentry
 list``/``tap``/``metrics-server`` see them):
 
     pool-agent/            the agent's bus directory (pool.sock, events.sock: ``zentry tap`` follows it)
     pool-agent/agent.lock  held while an agent serves this root
-    pool-agent/bundles/ID  each sandbox's config.json and CLI log; what a restarted agent cleans up
+    pool-agent/bundles/ID  each template's config.json and CLI log; what a restarted agent cleans up
 
-A graceful stop (SIGTERM, ``shutdown``) destroys every sandbox and removes
-``pool-agent``; a killed agent's sandboxes end with their channels (their
-inits exit), and the next agent on the root deletes what is left.
+A graceful stop (SIGTERM, ``shutdown``) ends every template, and with it
+every sandbox, and removes ``pool-agent``; a killed agent's spawners see
+their channels end and take their sandboxes with them, and the next agent
+on the root deletes the templates left.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import fcntl
 import json
 import os
@@ -35,8 +40,7 @@ import zmq.backend
 
 from zentry.actors.pool import sandbox as sbmod
 from zentry.actors.pool.config import AgentConfig, PoolConfig
-from zentry.actors.pool.sandbox import EXITED, HELLO, OP_EXEC, OP_GET, OP_KILL, OP_PUT, REFUSED, Job, PoolSandbox
-from zentry.actors.pool.zygote import Zygote
+from zentry.actors.pool.sandbox import EXITED, FAILED, HELLO, LISTENER, OP_EXEC, OP_GET, OP_KILL, OP_PUT, REFUSED, STARTED, Job, PoolSandbox, Template
 from zentry.bus import envelope as envmod
 from zentry.bus.actor import DEFERRED, Actor, Request, _recv_request, handles
 from zentry.bus.codec import MAX_BIN
@@ -139,8 +143,12 @@ class PoolAgent(Actor):
         self.waiting: dict[str, collections.deque[tuple[Request, PoolClaim, float]]] = {name: collections.deque() for name in self.pools}
         self.backoff: dict[str, tuple[float, float]] = {}  # pool -> (retry at, delay) after failed starts
         self.jobs_by_fd: dict[int, Job] = {}
-        self.by_chan: dict[int, PoolSandbox] = {}
-        self.by_pidfd: dict[int, tuple[PoolSandbox, str, int]] = {}
+        self.templates: dict[str, Template] = {}  # pool -> its template
+        self.by_chan: dict[int, PoolSandbox | Template] = {}
+        self.by_rid: dict[int, PoolSandbox] = {}  # spawn request -> its sandbox, until the spawner says it exited
+        self.cgroups_left: set[str] = set()
+        self.handovers: dict[int, tuple[object, PoolSandbox]] = {}  # fds.sock connections awaiting the sentry's answer
+        self.by_pidfd: dict[int, tuple[Template, str, int]] = {}
         self._rid = 0
         self._lock_fd = -1
         self.tcp: list[zmq.Socket] = []
@@ -165,21 +173,12 @@ class PoolAgent(Actor):
                 self._keys = (read_key(config.server_secret_file, secret=True), read_authorized_keys(config.authorized_keys))
             self.init_bin = sbmod.init_binary()
             self.renice = sbmod.raise_priority()
-            # Forked now, before this process has a ZeroMQ context or a thread.
-            self.zygote: Zygote | None = Zygote() if config.zygote else None
-            try:
-                if self.zygote is not None:
-                    self.zygote.start(zentry, keep=())
-            except Exception as err:
-                log.warning("no zygote (the agent starts each zentry call afresh): %s", err)
-                self.zygote = None
         except BaseException:  # bad keys, no compiler...: nothing of this agent stays behind
             os.close(self._lock_fd)
             self._lock_fd = -1
             if not os.listdir(self.bundles):
                 self._remove_dirs()
             raise
-        self.by_call: dict[int, tuple[PoolSandbox, str]] = {}
 
     # --- lifecycle ----------------------------------------------------------------
     def on_start(self) -> None:
@@ -192,22 +191,18 @@ class PoolAgent(Actor):
             self._bind_tcp()
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
-        if self.zygote is not None:
-            self.watch_fd(self.zygote.sock.fileno(), self._on_zygote)
         left = self._clean_leftovers()
         self.call_later(0, lambda: self._started(left))
         self.call_later(SWEEP_INTERVAL, self._sweep)
 
-    def _started(self, left: list[PoolSandbox]) -> None:
-        for sb in left:
-            self.publish(PoolReleaseEvent(pool=sb.pool.name, handle=sb.id, reason="left"), container_id=sb.id)
+    def _started(self, left: list[Template]) -> None:
+        for tmpl in left:
+            self.publish(PoolReleaseEvent(pool=tmpl.pool.name, handle=tmpl.id, reason="left"), container_id=tmpl.id)
         for name in self.pools:
             self._refill(name)
 
     def on_stop(self) -> None:
         self._destroy_all()
-        if self.zygote is not None:
-            self.zygote.close()
         for sock in self.tcp:
             sock.close(linger=0)
         if self._auth is not None:
@@ -255,23 +250,22 @@ class PoolAgent(Actor):
         while self._stopping is None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._serve(sock, _recv_request(sock))
 
-    def _clean_leftovers(self) -> list[PoolSandbox]:
-        """Sandboxes a previous agent left (its channels are gone, so their inits
-        ended): deleted, as they are found in bundles/."""
+    def _clean_leftovers(self) -> list[Template]:
+        """Templates a previous agent left (its channels are gone, so their spawners
+        ended, and every sandbox with them): deleted, as they are found in bundles/."""
         left = []
-        for sid in sorted(os.listdir(self.bundles)):
-            bundle = os.path.join(self.bundles, sid)
+        for tid in sorted(os.listdir(self.bundles)):
+            bundle = os.path.join(self.bundles, tid)
             pool_name = "?"
             try:
                 with open(os.path.join(bundle, "config.json")) as f:
                     pool_name = json.load(f).get("annotations", {}).get(sbmod.POOL_ANNOTATION, "?").rpartition("/")[2]
             except (OSError, ValueError, AttributeError):
                 pass
-            pool = self.pools.get(pool_name) or PoolConfig(name=pool_name, config={})
-            sb = PoolSandbox(pool, sid, bundle)
-            self.sandboxes[sid] = sb
-            self._delete(sb)
-            left.append(sb)
+            tmpl = Template(PoolConfig(name=pool_name, config={}), tid, bundle)
+            tmpl.state = "dying"
+            self._delete(tmpl)
+            left.append(tmpl)
         return left
 
     # --- requests -----------------------------------------------------------------
@@ -528,134 +522,241 @@ class PoolAgent(Actor):
         else:
             req.reply(Ok())
 
-    # --- the channel and the start/delete children ---------------------------------------
+    # --- channels: the templates' spawners and the sandboxes' exec servers ---------------
+    def _watch_chan(self, owner, chan) -> None:
+        self.by_chan[chan.fileno()] = owner
+        self.watch_fd(chan.fileno(), self._on_channel)
+
+    def _unwatch_chan(self, owner) -> None:
+        if owner.chan is not None:
+            self.unwatch_fd(owner.chan.fileno())
+            self.by_chan.pop(owner.chan.fileno(), None)
+            owner.close_channel()
+
     def _on_channel(self, fd: int) -> None:
-        sb = self.by_chan.get(fd)
-        if sb is None or sb.chan is None:
+        owner = self.by_chan.get(fd)
+        if owner is None or owner.chan is None:
             return
-        replies, ended = sb.replies()
-        for kind, rid, _a, b in replies:
-            if kind == HELLO:
+        said, ended = owner.chan.messages()
+        if isinstance(owner, Template):
+            for msg in said:
+                self._on_spawner(owner, msg)
+            if ended and owner.chan is not None:
+                self._template_ended(owner)
+            return
+        sb = owner
+        for msg in said:
+            if msg.pid and not sb.pid:
+                self._know_pid(sb, msg.pid)
+            if msg.kind == LISTENER and msg.fds:
+                self._hand_listener(sb, msg.fds[0])
+            elif msg.kind == HELLO:
                 sb.hello = True
                 self._maybe_ready(sb)
-            elif kind == EXITED:
-                job = sb.jobs.get(rid)
+            elif msg.kind == FAILED:
+                self._start_failed(sb, msg.text or f"setup step {msg.a} failed: {os.strerror(msg.b)}")
+            elif msg.kind == EXITED:
+                job = sb.jobs.get(msg.id)
                 if job is not None:
-                    job.status = b
-                    self._finish(job, b)
-            elif kind == REFUSED:
-                job = sb.jobs.get(rid)
+                    job.status = msg.b
+                    self._finish(job, msg.b)
+            elif msg.kind == REFUSED:
+                job = sb.jobs.get(msg.id)
                 if job is not None:
-                    self._finish(job, None, error=f"sandbox {sb.id}: the exec server refused the request: {os.strerror(b)}")
-        if ended:
+                    self._finish(job, None, error=f"sandbox {sb.id}: the exec server refused the request: {os.strerror(msg.b)}")
+            for extra in msg.fds[1 if msg.kind == LISTENER else 0:]:
+                os.close(extra)
+        if ended and sb.chan is not None:
             self._channel_ended(sb)
 
+    def _know_pid(self, sb: PoolSandbox, pid: int) -> None:
+        """The sandbox's init, as this host numbers it (from its first message's credentials)."""
+        try:
+            sb.pidfd = os.pidfd_open(pid)
+            sb.pid = pid
+        except OSError:
+            pass  # already gone: the spawner reports its exit
+
+    def _hand_listener(self, sb: PoolSandbox, fd: int) -> None:
+        """Give the sandbox's seccomp listener to its template's sentry (the exec'd-process
+        path of fds.sock); its answer is read when it comes (a claim never waits for it)."""
+        from zentry.bus import fdpass
+
+        conn = None
+        try:
+            conn = fdpass.connect(sb.template.fd_socket(self.root), timeout=5)
+            fdpass.send_fds(conn, {"kind": "listener", "container_id": sb.template.id, "pid": sb.pid,
+                                   "args": [sbmod.INIT_PATH, sb.id]}, [fd])
+        except (OSError, SystemFailure) as err:
+            if conn is not None:
+                conn.close()
+            self._start_failed(sb, f"its template's sentry did not take its listener: {err}")
+            return
+        finally:
+            os.close(fd)
+        conn.setblocking(False)
+        self.handovers[conn.fileno()] = (conn, sb)
+        self.watch_fd(conn.fileno(), self._on_handover)
+
+    def _on_handover(self, fd: int) -> None:
+        conn, sb = self.handovers.pop(fd)
+        self.unwatch_fd(fd)
+        try:
+            answer = conn.recv(256)
+        except OSError as err:
+            answer = str(err).encode()
+        conn.close()
+        if answer != b"ok" and sb.state != "dying":
+            error = f"its template's sentry did not take its listener: {answer.decode(errors='replace') or 'no answer'}"
+            if sb.state == "starting":
+                self._start_failed(sb, error)
+            else:
+                log.warning("pool %s: sandbox %s: %s", sb.pool.name, sb.id, error)
+                self._destroy(sb, "failed", parent=sb.claim_id)
+
     def _channel_ended(self, sb: PoolSandbox) -> None:
-        self.unwatch_fd(sb.chan.fileno())
-        self.by_chan.pop(sb.chan.fileno(), None)
-        sb.close_channel()
+        self._unwatch_chan(sb)
         if sb.state == "starting":
-            self._maybe_ready(sb)  # a start that already succeeded fails now; else its exit status tells
+            self._start_failed(sb, "its init ended during setup")
             return
         for job in list(sb.jobs.values()):
             self._finish(job, None, error=f"sandbox {sb.id} ended (its init exited, killed or out of memory)")
         if sb.state in ("warm", "claimed"):
             self._destroy(sb, "failed", parent=sb.claim_id)
 
-    def _cli(self, sb: PoolSandbox, what: str, argv: list[str], fd3: int | None = None) -> None:
-        """Run ``zentry ARGV`` for ``sb`` without waiting: forked by the zygote, else spawned."""
-        if self.zygote is not None:
+    # --- templates ----------------------------------------------------------------------
+    def _on_spawner(self, tmpl: Template, msg) -> None:
+        if msg.kind == HELLO:
+            tmpl.hello = True
             try:
-                self.by_call[self.zygote.spawn(argv[1:], fd3=fd3, log_path=sb.log_path, renice=self.renice)] = (sb, what)
-                return
-            except OSError as err:
-                log.warning("the zygote is gone (%s): zentry calls start afresh from now on", err)
-                self._zygote_gone()
-        pid, pidfd = sbmod.spawn(argv, fd3=fd3, log_path=sb.log_path, renice=self.renice)
-        self.by_pidfd[pidfd] = (sb, what, pid)
+                tmpl.chan.send(sbmod.filters(tmpl.pool))
+            except Exception as err:
+                self._template_failed(tmpl, f"cannot compile its seccomp filters: {err}")
+        elif msg.kind == STARTED and msg.id == 0:  # the filters are loaded: sandboxes can be made
+            tmpl.state = "ready"
+            self.backoff.pop(tmpl.pool.name, None)
+            self._refill(tmpl.pool.name)
+        elif msg.kind == REFUSED and msg.id in self.by_rid:
+            self._start_failed(self.by_rid[msg.id], f"the spawner refused it: {os.strerror(msg.b)}")
+        elif msg.kind == EXITED and msg.id in self.by_rid:
+            self._sandbox_gone(self.by_rid.pop(msg.id))
+
+    def _start_template(self, pool: PoolConfig) -> None:
+        tid = f"{pool.name}-{secrets.token_hex(5)}"
+        tmpl = self.templates[pool.name] = Template(pool, tid, os.path.join(self.bundles, tid))
+        try:
+            theirs = tmpl.prepare(self.init_bin, self.config.node)
+            try:
+                self._cli(tmpl, "start", tmpl.run_argv(self.zentry, self.root), fd3=theirs.fileno())
+            finally:
+                theirs.close()
+        except Exception as err:
+            self._template_failed(tmpl, f"{type(err).__name__}: {err}")
+            return
+        self._watch_chan(tmpl, tmpl.chan)
+
+    def _template_failed(self, tmpl: Template, error: str) -> None:
+        if tmpl.state == "dying":
+            return
+        pool = tmpl.pool.name
+        log.warning("pool %s: its template %s failed: %s", pool, tmpl.id, error)
+        self.metrics.refill_failures.labels(pool).inc()
+        self.publish(PoolRefillEvent(pool=pool, handle=tmpl.id, duration_ns=0, error=error), container_id=tmpl.id)
+        _at, delay = self.backoff.get(pool, (0.0, 0.5))
+        delay = min(delay * 2, 30.0)
+        self.backoff[pool] = (time.monotonic() + delay, delay)
+        self._end_template(tmpl)
+        while self.waiting[pool]:
+            req, _msg, _deadline = self.waiting[pool].popleft()
+            req.reply(Error(code=SystemFailure.code, message=f"node {self.config.node}: pool {pool}: cannot start a sandbox: {error}"))
+
+    def _template_ended(self, tmpl: Template) -> None:
+        """The spawner is gone: so is every sandbox it made."""
+        if tmpl.state == "starting":
+            self._template_failed(tmpl, sbmod.log_tail(tmpl.log_path) or "its spawner ended during start")
+            return
+        self._end_template(tmpl)
+
+    def _end_template(self, tmpl: Template) -> None:
+        if tmpl.state == "dying":
+            return
+        tmpl.state = "dying"
+        self._unwatch_chan(tmpl)  # the spawner kills its sandboxes and exits
+        for sb in [sb for sb in self.sandboxes.values() if sb.template is tmpl]:
+            if sb.state != "dying":
+                self._destroy(sb, "failed" if self._stopping is None else "shutdown", parent=sb.claim_id)
+            self.by_rid.pop(sb.rid, None)
+            self._sandbox_gone(sb)
+        if self.templates.get(tmpl.pool.name) is tmpl:
+            del self.templates[tmpl.pool.name]
+        self._delete(tmpl)
+
+    def _delete(self, tmpl: Template) -> None:
+        try:
+            self._cli(tmpl, "delete", [self.zentry, "--root", self.root, "delete", "--force", tmpl.id])
+        except OSError as err:
+            log.warning("cannot delete template %s: %s", tmpl.id, err)
+
+    def _cli(self, tmpl: Template, what: str, argv: list[str], fd3: int | None = None) -> None:
+        """Run ``zentry ARGV`` for ``tmpl`` (its start or its delete) without waiting."""
+        pid, pidfd = sbmod.spawn(argv, fd3=fd3, log_path=tmpl.log_path, renice=self.renice)
+        self.by_pidfd[pidfd] = (tmpl, what, pid)
         self.watch_fd(pidfd, self._on_pidfd)
 
-    def _on_zygote(self, fd: int) -> None:
-        answers, gone = self.zygote.answers()
-        for answer in answers:
-            if "status" in answer and answer["id"] in self.by_call:
-                sb, what = self.by_call.pop(answer["id"])
-                self._child_done(sb, what, answer["status"])
-        if gone:
-            log.warning("the zygote ended: zentry calls start afresh from now on")
-            self._zygote_gone()
-
-    def _zygote_gone(self) -> None:
-        if self.zygote is None:
-            return
-        self.unwatch_fd(self.zygote.sock.fileno())
-        self.zygote.close()
-        self.zygote = None
-        calls, self.by_call = self.by_call, {}
-        for sb, what in calls.values():
-            if what == "start":
-                self._child_done(sb, what, 1 << 8)
-            else:
-                self._delete(sb)  # again, spawned
-
     def _on_pidfd(self, fd: int) -> None:
-        sb, what, pid = self.by_pidfd.pop(fd)
+        tmpl, what, pid = self.by_pidfd.pop(fd)
         self.unwatch_fd(fd)
         os.close(fd)
         status = 0
-        if pid:
-            try:
-                _, status = os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        self._child_done(sb, what, status)
-
-    def _child_done(self, sb: PoolSandbox, what: str, status: int) -> None:
-        if what == "start":
-            sb.start_status = exit_status(status)
-            if sb.start_status != 0:
-                self._start_failed(sb, sbmod.log_tail(sb.log_path) or f"zentry run exited with {sb.start_status}")
-            else:
-                self._watch_container(sb)
-                self._maybe_ready(sb)
-        elif what == "container":  # the container's process ended (killed, out of memory)
-            sb.container_pidfd = -1
-            if sb.state != "dying" and sb.chan is not None:
-                self._channel_ended(sb)
-        else:  # deleted
-            sbmod.remove_bundle(sb.bundle_dir)
-            self.sandboxes.pop(sb.id, None)
-            self._update_gauges(sb.pool.name)
-            if sb.pool.name in self.pools:
-                self._refill(sb.pool.name)
-
-    def _watch_container(self, sb: PoolSandbox) -> None:
-        """Notice the container's end through its state's pid: the channel alone
-        does not tell (a process the container forked may hold the init's end)."""
         try:
-            with open(os.path.join(self.root, sb.id, "state.json")) as f:
-                pid = int(json.load(f)["pid"])
-            pidfd = os.pidfd_open(pid)
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            log.warning("sandbox %s: cannot watch its process: %s", sb.id, err)
-            return
-        self.by_pidfd[pidfd] = (sb, "container", 0)
-        sb.container_pidfd = pidfd
-        self.watch_fd(pidfd, self._on_pidfd)
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        self._child_done(tmpl, what, status)
 
-    def _unwatch_container(self, sb: PoolSandbox) -> None:
-        fd, sb.container_pidfd = sb.container_pidfd, -1
-        if fd >= 0 and self.by_pidfd.pop(fd, None) is not None:
-            self.unwatch_fd(fd)
-            os.close(fd)
+    def _child_done(self, tmpl: Template, what: str, status: int) -> None:
+        if what == "start":
+            tmpl.start_status = exit_status(status)
+            if tmpl.start_status != 0:
+                self._template_failed(tmpl, sbmod.log_tail(tmpl.log_path) or f"zentry run exited with {tmpl.start_status}")
+        else:  # deleted
+            sbmod.remove_bundle(tmpl.bundle_dir)
+            if tmpl.pool.name in self.pools:
+                self._refill(tmpl.pool.name)
+
+    # --- sandboxes ---------------------------------------------------------------------
+    def _start(self, pool: PoolConfig, parent: str) -> None:
+        tmpl = self.templates[pool.name]
+        sid = f"{pool.name}-{secrets.token_hex(5)}"
+        sb = PoolSandbox(pool, sid, tmpl)
+        sb.parent = parent
+        self._rid = (self._rid + 1) & 0xFFFFFFFF or 1
+        sb.rid = self._rid
+        self.sandboxes[sid] = sb
+        procs: list[int] = []
+        theirs = None
+        try:
+            sb.cgroup = tmpl.cgroup(sid)
+            sb.cgroup.create()
+            sb.cgroup.apply(sbmod.sandbox_resources(pool))
+            procs = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for d in sb.cgroup.dirs()]
+            sb.chan, theirs = sbmod.Channel.pair()
+            tmpl.chan.send(sbmod.spawn_request(pool, sb.rid), [theirs.fileno(), *procs])
+            self.by_rid[sb.rid] = sb
+        except Exception as err:
+            self._start_failed(sb, f"{type(err).__name__}: {err}")
+            self._sandbox_gone(sb)
+            return
+        finally:
+            for fd in procs:
+                os.close(fd)
+            if theirs is not None:
+                theirs.close()
+        self._watch_chan(sb, sb.chan)
+        self._update_gauges(pool.name)
 
     def _maybe_ready(self, sb: PoolSandbox) -> None:
-        if sb.state != "starting" or sb.start_status != 0:
-            return
-        if sb.chan is None:
-            self._start_failed(sb, "its exec server ended at once: " + (sbmod.log_tail(sb.log_path) or "no message"))
-            return
-        if not sb.hello:
+        if sb.state != "starting" or not sb.hello:
             return
         pool = sb.pool.name
         self.backoff.pop(pool, None)
@@ -676,6 +777,8 @@ class PoolAgent(Actor):
         self._refill(pool)
 
     def _start_failed(self, sb: PoolSandbox, error: str) -> None:
+        if sb.state != "starting":
+            return
         pool = sb.pool.name
         self.metrics.refill_failures.labels(pool).inc()
         self.publish(PoolRefillEvent(pool=pool, handle=sb.id, duration_ns=time.perf_counter_ns() - sb.start_ns, error=error),
@@ -684,92 +787,97 @@ class PoolAgent(Actor):
         _at, delay = self.backoff.get(pool, (0.0, 0.5))
         delay = min(delay * 2, 30.0)
         self.backoff[pool] = (time.monotonic() + delay, delay)
-        sb.state = "dying"
-        if sb.chan is not None:
-            self.unwatch_fd(sb.chan.fileno())
-            self.by_chan.pop(sb.chan.fileno(), None)
-            sb.close_channel()
-        self._delete(sb)
+        self._kill(sb)
         if not self._starting(pool) and not self.warm[pool]:
             while self.waiting[pool]:
                 req, _msg, _deadline = self.waiting[pool].popleft()
                 req.reply(Error(code=SystemFailure.code, message=f"node {self.config.node}: pool {pool}: cannot start a sandbox: {error}"))
 
-    def _start(self, pool: PoolConfig, parent: str) -> None:
-        sid = f"{pool.name}-{secrets.token_hex(5)}"
-        sb = PoolSandbox(pool, sid, os.path.join(self.bundles, sid))
-        sb.parent = parent
-        self.sandboxes[sid] = sb
-        try:
-            theirs = sb.prepare(self.init_bin, self.config.node)
-            try:
-                self._cli(sb, "start", sb.run_argv(self.zentry, self.root), fd3=theirs.fileno())
-            finally:
-                theirs.close()
-        except Exception as err:
-            sb.start_status = -1
-            self._start_failed(sb, f"{type(err).__name__}: {err}")
-            return
-        self.by_chan[sb.chan.fileno()] = sb
-        self.watch_fd(sb.chan.fileno(), self._on_channel)
-        self._update_gauges(pool.name)
-
     def _destroy(self, sb: PoolSandbox, reason: str, parent: str = "") -> None:
-        """End a warm or claimed sandbox: its init ends with the channel, ``zentry delete -f`` removes the rest."""
+        """End a warm or claimed sandbox; it is gone when its spawner reports its init's exit."""
         pool = sb.pool.name
         if sb.state == "warm" and sb.id in self.warm.get(pool, ()):
             self.warm[pool].remove(sb.id)
-        sb.state = "dying"
         for job in list(sb.jobs.values()):
             self._finish(job, None, error=f"sandbox {sb.id} was {reason} while the command ran")
-        if sb.chan is not None:
-            self.unwatch_fd(sb.chan.fileno())
-            self.by_chan.pop(sb.chan.fileno(), None)
-            sb.close_channel()
         self.publish(PoolReleaseEvent(pool=pool, handle=sb.id, reason=reason), parent=parent, container_id=sb.id)
-        self._delete(sb)
+        self._kill(sb)
         self._update_gauges(pool)
-        if pool in self.pools:
-            self.call_later(0, lambda: self._refill(pool, parent=parent))
 
-    def _delete(self, sb: PoolSandbox) -> None:
+    def _kill(self, sb: PoolSandbox) -> None:
+        """SIGKILL its init (the pid namespace goes with it); a sandbox still in setup ends with its channel."""
         sb.state = "dying"
-        self._unwatch_container(sb)
-        try:
-            self._cli(sb, "delete", [self.zentry, "--root", self.root, "delete", "--force", sb.id])
-        except OSError as err:
-            log.warning("cannot delete sandbox %s: %s", sb.id, err)
+        self._unwatch_chan(sb)
+        if sb.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(sb.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def _sandbox_gone(self, sb: PoolSandbox) -> None:
+        """Its init has exited (the spawner said so): its cgroup goes, a new one may start."""
+        sb.state = "dying"
+        self._unwatch_chan(sb)
+        if sb.pidfd >= 0:
+            os.close(sb.pidfd)
+            sb.pidfd = -1
+        if self.sandboxes.pop(sb.id, None) is None:
+            return
+        if sb.cgroup is not None:
+            self._remove_cgroup(sb.cgroup, time.monotonic() + 10)
+        self._update_gauges(sb.pool.name)
+        if sb.pool.name in self.pools:
+            self.call_later(0, lambda: self._refill(sb.pool.name, parent=sb.claim_id))
+
+    def _remove_cgroup(self, cg, deadline: float) -> None:
+        """rmdir each of its directories; while the kernel still tears the pid namespace down, later."""
+        busy = False
+        for where in cg.dirs():
+            try:
+                os.rmdir(where)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                if err.errno != errno.EBUSY:
+                    log.warning("cannot remove cgroup %s: %s", where, err)
+                busy = True
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            try:
+                cg.destroy()
+            except Exception as err:
+                log.warning("cannot remove cgroup %s: %s", cg.path, err)
+            return
+        self.cgroups_left.add(cg.path)
+        self.call_later(0.02, lambda: self._retry_cgroup(cg, deadline))
+
+    def _retry_cgroup(self, cg, deadline: float) -> None:
+        self.cgroups_left.discard(cg.path)
+        self._remove_cgroup(cg, deadline)
 
     def _destroy_all(self) -> None:
-        """Stopping: starts finish, then every sandbox ends; the deletes are waited for."""
+        """Stopping: every template ends (its spawner kills its sandboxes); their deletes are waited for."""
         import select
 
         self.pools = {}
         deadline = time.monotonic() + 60
 
         def calls(kind: str | None = None) -> int:
-            whats = [what for _sb, what, _pid in self.by_pidfd.values()] + [what for _sb, what in self.by_call.values()]
-            return sum(1 for what in whats if what != "container" and (kind is None or what == kind))
+            return sum(1 for _t, what, _pid in self.by_pidfd.values() if kind is None or what == kind)
 
         done_starting = False
         while time.monotonic() < deadline:
             if not done_starting and not calls("start"):
                 done_starting = True
-                for sb in list(self.sandboxes.values()):
-                    if sb.state != "dying":
-                        try:
-                            self._destroy(sb, "shutdown")
-                        except Exception:
-                            log.exception("cannot destroy %s", sb.id)
+                for tmpl in list(self.templates.values()):
+                    self._end_template(tmpl)
             if done_starting and not calls():
-                return
-            watched = list(self.by_pidfd) + ([self.zygote.sock] if self.zygote is not None else [])
-            ready, _, _ = select.select(watched, [], [], 0.5)
-            for item in ready:
-                if self.zygote is not None and item is self.zygote.sock:
-                    self._on_zygote(item.fileno())
-                elif item in self.by_pidfd:
-                    self._on_pidfd(item)
+                break
+            ready, _, _ = select.select(list(self.by_pidfd), [], [], 0.5)
+            for fd in ready:
+                if fd in self.by_pidfd:
+                    self._on_pidfd(fd)
 
     # --- capacity and refill --------------------------------------------------------------
     def _counts(self, pool: str) -> dict[str, int]:
@@ -803,6 +911,12 @@ class PoolAgent(Actor):
             return
         retry_at, _delay = self.backoff.get(name, (0.0, 0.0))
         if retry_at > time.monotonic():
+            return
+        tmpl = self.templates.get(name)
+        if tmpl is None:
+            self._start_template(pool)
+            return
+        if tmpl.state != "ready":
             return
         while True:
             want = pool.warm + len(self.waiting[name])

@@ -8,7 +8,6 @@
     max_sandboxes = 200                  # every pool, every state (0: no limit)
     memory_budget = "16g"                # sum of the pools' memory limits (0: no budget)
     parallel_starts = 2                  # sandboxes started at once
-    zygote = true                        # fork zentry calls from a pre-imported process (false: start each afresh)
 
     [pools.python]
     bundle = "/srv/bundles/python"       # or: rootfs = "/srv/rootfs/python" (config: zentry spec's)
@@ -91,7 +90,6 @@ class AgentConfig:
     memory_budget: int = 0
     parallel_starts: int = 2
     zentry: str = ""
-    zygote: bool = True
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -156,7 +154,7 @@ def _template(path: str, name: str, spec: dict) -> dict:
 def load(path: str) -> AgentConfig:
     doc = _read(path)
     known = {"node", "pools", "listen", "server_secret_file", "authorized_keys", "metrics_listen", "max_sandboxes",
-             "memory_budget", "parallel_starts", "zentry", "zygote"}
+             "memory_budget", "parallel_starts", "zentry"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown keys {', '.join(unknown)}")
@@ -208,9 +206,6 @@ def load(path: str) -> AgentConfig:
     max_sandboxes = doc.get("max_sandboxes", 0)
     if not isinstance(max_sandboxes, int) or max_sandboxes < 0:
         raise ConfigError(f"{path}: max_sandboxes must be an integer >= 0")
-    zygote = doc.get("zygote", True)
-    if not isinstance(zygote, bool):
-        raise ConfigError(f"{path}: zygote must be true or false")
     budget = parse_size(doc.get("memory_budget", 0), f"{path}: memory_budget")
     if budget:
         for pool in pools.values():
@@ -227,5 +222,4 @@ def load(path: str) -> AgentConfig:
         memory_budget=budget,
         parallel_starts=parallel,
         zentry=str(doc.get("zentry") or ""),
-        zygote=zygote,
     )

@@ -196,7 +196,8 @@ static void reap(void)
             }
 }
 
-int main(void)
+/* The exec server's loop: requests on CHAN, exits of its children. */
+static int serve(void)
 {
     sigset_t set;
     sigemptyset(&set);
@@ -220,4 +221,433 @@ int main(void)
         }
         if (p[0].revents) request();
     }
+}
+
+/* ---- Spawner mode: the init of a pool's template ----------------------------
+ *
+ * `zentry-pool-init --spawner` is the init of a pool's *template*: a zentry
+ * container made with `zentry run --pool-spawner`, whose init loads no
+ * seccomp filter and keeps every capability, because it makes sandboxes:
+ * each one a child in new mount, pid, ipc, uts (and network) namespaces,
+ * with a fresh in-memory overlay over the template's root and a fresh copy
+ * of the template's mount table, its own cgroup, the pool's capabilities and
+ * the pool's seccomp filters (zentry's with a listener for the template's
+ * sentry). The child then becomes that sandbox's exec server (serve()).
+ * The spawner runs nothing but this code; the sandboxes cannot reach it
+ * (it is outside their pid namespace).
+ *
+ * Requests on fd 3 (the agent's channel), besides EOF (the agent is gone:
+ * every sandbox is killed with the template):
+ *
+ *   op 17 filters: u32 op, u32 count, then per filter: u32 flags, u32 n,
+ *                  struct sock_filter[n].  The last one is loaded with its
+ *                  flags (zentry's: NEW_LISTENER...) and its listener is sent.
+ *   op 16 spawn:   struct spawn_req below; fds: the sandbox's channel, then
+ *                  the cgroup.procs files of its cgroup (opened by the agent)
+ *
+ * Replies on fd 3: kind 1 started (id, a: pid here), kind 3 refused (b: errno),
+ * kind 2 exited (id, b: wait status).  The sandbox itself speaks on its own
+ * channel: kind 5 listener (SCM_RIGHTS), kind 6 failed (a: step, b: errno,
+ * then the message), then kind 0 hello, as any exec server.
+ */
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <linux/capability.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <dirent.h>
+#include <sched.h>
+
+#define OP_SPAWN 16
+#define OP_FILTERS 17
+#define MAX_FILTERS 4
+#define MAX_CG 16
+#define SCRATCH "/dev/.zentry-sandbox"
+
+struct spawn_req {
+    uint32_t op, id, clone_flags, no_new_privs;
+    uint64_t bounding, effective, permitted, inheritable, ambient;
+    uint32_t scratch_mib, readonly_root;
+};
+
+static struct { uint32_t flags; struct sock_fprog prog; } filters[MAX_FILTERS];
+static int nfilters;
+
+/* The sandbox's setup failed: say why on its channel and end it. */
+static void fail(int step, const char *what)
+{
+    char m[600];
+    struct reply r = { 6, 0, step, errno };
+    memcpy(m, &r, sizeof r);
+    int l = snprintf(m + sizeof r, sizeof m - sizeof r, "%s: %s", what, strerror(errno));
+    send(CHAN, m, sizeof r + (l > 0 ? l : 0), MSG_NOSIGNAL);
+    _exit(1);
+}
+
+struct mnt { char *root, *point, *type, *source, *opts, *sopts; };
+
+static void unescape(char *s)  /* mountinfo's \040 and friends */
+{
+    char *o = s;
+    for (; *s; s++, o++) {
+        if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] && s[3]) {
+            *o = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+            s += 3;
+        } else {
+            *o = *s;
+        }
+    }
+    *o = 0;
+}
+
+/* This mount namespace's table, in mountinfo's order (parents first). */
+static int read_mounts(struct mnt *out, int max, char *text, size_t size)
+{
+    int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t len = 0;
+    for (ssize_t n; (n = read(fd, text + len, size - 1 - len)) > 0;) len += n;
+    close(fd);
+    text[len] = 0;
+    int count = 0;
+    for (char *line = text, *next; line && *line && count < max; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        char *f[12] = { 0 };
+        int nf = 0;
+        for (char *tok = strtok(line, " "); tok && nf < 12; tok = strtok(NULL, " ")) {
+            if (strcmp(tok, "-") == 0) {  /* optional fields end: type, source, super options follow */
+                f[6] = strtok(NULL, " "), f[7] = strtok(NULL, " "), f[8] = strtok(NULL, " ");
+                nf = 9;
+                break;
+            }
+            if (nf < 6) f[nf] = tok;
+            nf++;
+        }
+        if (nf < 9 || !f[4] || !f[6] || !f[8]) continue;
+        unescape(f[4]);
+        unescape(f[3]);
+        out[count++] = (struct mnt){ f[3], f[4], f[6], f[7], f[5], f[8] };
+    }
+    return count;
+}
+
+static unsigned long mount_flags(const char *opts)
+{
+    static const struct { const char *name; unsigned long flag; } known[] = {
+        { "ro", MS_RDONLY }, { "nosuid", MS_NOSUID }, { "nodev", MS_NODEV }, { "noexec", MS_NOEXEC },
+        { "noatime", MS_NOATIME }, { "nodiratime", MS_NODIRATIME }, { "relatime", MS_RELATIME },
+    };
+    unsigned long flags = 0;
+    char copy[512];
+    snprintf(copy, sizeof copy, "%s", opts);
+    for (char *save, *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+            if (strcmp(tok, known[i].name) == 0) flags |= known[i].flag;
+    return flags;
+}
+
+/* A filesystem's own options without rw/ro (those are per mount). */
+static void data_of(const char *sopts, char *out, size_t size)
+{
+    char copy[512];
+    snprintf(copy, sizeof copy, "%s", sopts);
+    out[0] = 0;
+    for (char *save, *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (strcmp(tok, "rw") == 0 || strcmp(tok, "ro") == 0) continue;
+        size_t l = strlen(out);
+        snprintf(out + l, size - l, "%s%s", l ? "," : "", tok);
+    }
+}
+
+/* A new tmpfs gets what the template's had, minus what is mounted on it
+ * (those come as mounts of their own): directories, symlinks, device nodes
+ * (placeholders where mknod is not allowed), small files. */
+static void copy_tree(const char *from, const char *to, dev_t dev, int depth)
+{
+    DIR *d = opendir(from);
+    if (!d || depth > 8) { if (d) closedir(d); return; }
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char src[4096], dst[4096];
+        snprintf(src, sizeof src, "%s/%s", from, e->d_name);
+        if (strcmp(src, SCRATCH) == 0) continue;
+        snprintf(dst, sizeof dst, "%s/%s", to, e->d_name);
+        struct stat st;
+        if (lstat(src, &st) < 0) continue;
+        if (st.st_dev != dev) {  /* a mount point: its placeholder */
+            if (S_ISDIR(st.st_mode)) mkdir(dst, st.st_mode & 07777);
+            else close(open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+            continue;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            mkdir(dst, st.st_mode & 07777);
+            copy_tree(src, dst, dev, depth + 1);
+        } else if (S_ISLNK(st.st_mode)) {
+            char target[4096];
+            ssize_t n = readlink(src, target, sizeof target - 1);
+            if (n < 0) continue;
+            target[n] = 0;
+            if (symlink(target, dst) < 0) continue;
+        } else if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) || S_ISFIFO(st.st_mode)) {
+            if (mknod(dst, st.st_mode, st.st_rdev) < 0)
+                close(open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+        } else if (S_ISREG(st.st_mode) && st.st_size <= 65536) {
+            int in = open(src, O_RDONLY | O_CLOEXEC), out = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+            if (in >= 0 && out >= 0) copy(in, out);
+            if (in >= 0) close(in);
+            if (out >= 0) close(out);
+        } else {
+            continue;
+        }
+        lchown(dst, st.st_uid, st.st_gid);
+        if (!S_ISLNK(st.st_mode)) chmod(dst, st.st_mode & 07777);
+    }
+    closedir(d);
+}
+
+/* The sandbox's root: an overlay of the template's root with its upper layer
+ * in a new tmpfs, and on it every mount of the template's table again —
+ * fresh instances of what is per sandbox (proc, sysfs, mqueue, devpts,
+ * tmpfs, cgroup), binds of the rest — then pivot_root into it. */
+static void make_root(const struct spawn_req *r)
+{
+    static char text[1 << 17];
+    static struct mnt m[512];
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) fail(10, "make / private");
+    int n = read_mounts(m, 512, text, sizeof text);
+    if (n < 0) fail(11, "read /proc/self/mountinfo");
+    if (mkdir(SCRATCH, 0700) < 0 && errno != EEXIST) fail(12, "mkdir " SCRATCH);
+    char opts[128];
+    snprintf(opts, sizeof opts, "mode=0700,size=%um", r->scratch_mib ? r->scratch_mib : 64);
+    if (mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0) fail(13, "mount the overlay's tmpfs");
+    struct stat top;
+    if (stat("/", &top) < 0) fail(14, "stat /");
+    if (mkdir(SCRATCH "/upper", top.st_mode & 07777) < 0 || mkdir(SCRATCH "/work", 0700) < 0 || mkdir(SCRATCH "/root", 0700) < 0)
+        fail(14, "mkdir in the overlay's tmpfs");
+    chown(SCRATCH "/upper", top.st_uid, top.st_gid);
+    chmod(SCRATCH "/upper", top.st_mode & 07777);
+    if (mount("overlay", SCRATCH "/root", "overlay", r->readonly_root ? MS_RDONLY : 0,
+              "lowerdir=/,upperdir=" SCRATCH "/upper,workdir=" SCRATCH "/work") < 0)
+        fail(15, "mount the root overlay");
+    for (int i = 0; i < n; i++) {
+        const char *p = m[i].point, *t = m[i].type;
+        if (strcmp(p, "/") == 0) continue;
+        char target[4096], data[512];
+        snprintf(target, sizeof target, SCRATCH "/root%s", p);
+        unsigned long flags = mount_flags(m[i].opts);
+        data_of(m[i].sopts, data, sizeof data);
+        int done = -1;
+        if (strcmp(m[i].root, "/") != 0) {
+            /* a bind of part of a filesystem (a masked path's /dev/null...): bound again below */
+        } else if (strcmp(t, "proc") == 0) {
+            done = mount("proc", target, "proc", flags, NULL);
+        } else if (strcmp(t, "sysfs") == 0 && (r->clone_flags & CLONE_NEWNET)) {
+            done = mount("sysfs", target, "sysfs", flags, NULL);
+        } else if (strcmp(t, "mqueue") == 0 && (r->clone_flags & CLONE_NEWIPC)) {
+            done = mount("mqueue", target, "mqueue", flags, NULL);
+        } else if (strcmp(t, "devpts") == 0) {
+            char o[600];
+            snprintf(o, sizeof o, "newinstance%s%s", data[0] ? "," : "", data);
+            done = mount("devpts", target, "devpts", flags, o);
+        } else if (strcmp(t, "tmpfs") == 0) {
+            struct stat st;
+            done = mount("tmpfs", target, "tmpfs", flags & ~MS_RDONLY, data);
+            if (done == 0 && stat(p, &st) == 0) {
+                copy_tree(p, target, st.st_dev, 0);
+                if (flags & MS_RDONLY) mount(NULL, target, NULL, MS_REMOUNT | flags, data);
+            }
+        } else if (strcmp(t, "cgroup") == 0 || strcmp(t, "cgroup2") == 0) {
+            done = mount(t, target, t, flags, data);
+        }
+        if (done == 0) continue;
+        /* everything else (and a fresh mount refused): a bind of the template's */
+        if (mount(p, target, NULL, MS_BIND, NULL) < 0) {
+            char what[4200];
+            snprintf(what, sizeof what, "mount %s (%s)", p, t);
+            fail(16, what);
+        }
+        mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | flags, NULL);
+    }
+    if (chdir(SCRATCH "/root") < 0 || syscall(SYS_pivot_root, ".", ".") < 0) fail(17, "pivot_root");
+    if (umount2(".", MNT_DETACH) < 0) fail(18, "detach the template's root");
+    if (chdir("/") < 0) fail(18, "chdir /");
+}
+
+static void loopback_up(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct ifreq ifr = { 0 };
+    strcpy(ifr.ifr_name, "lo");
+    if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0) fail(20, "the loopback interface");
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) fail(20, "bring the loopback interface up");
+    close(s);
+}
+
+/* The pool's capabilities and filters; the listener goes to the agent. */
+static void lock_down(const struct spawn_req *r)
+{
+    if (r->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fail(30, "no_new_privs");
+    for (int cap = 0; cap <= 63; cap++)
+        if (!(r->bounding & (1ULL << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+            fail(31, "drop from the bounding set");
+    int listener = -1;
+    for (int i = 0; i < nfilters; i++) {
+        long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, filters[i].flags, &filters[i].prog);
+        if (fd < 0) fail(32, "load a seccomp filter");
+        if (filters[i].flags & SECCOMP_FILTER_FLAG_NEW_LISTENER) listener = (int)fd;
+    }
+    /* from here on a trapped call waits for the sentry: hand the listener over first */
+    if (listener >= 0) {
+        char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
+        struct reply rep = { 5, 0, getpid(), 0 };
+        struct iovec iov = { &rep, sizeof rep };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &listener, sizeof(int));
+        if (sendmsg(CHAN, &mh, MSG_NOSIGNAL) < 0) fail(33, "hand over the listener");
+        close(listener);
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) fail(34, "clear ambient capabilities");
+    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct d[2] = {
+        { (uint32_t)r->effective, (uint32_t)r->permitted, (uint32_t)r->inheritable },
+        { (uint32_t)(r->effective >> 32), (uint32_t)(r->permitted >> 32), (uint32_t)(r->inheritable >> 32) },
+    };
+    if (syscall(SYS_capset, &h, d) < 0) fail(35, "set capabilities");
+    for (int cap = 0; cap <= 63; cap++)
+        if ((r->ambient & (1ULL << cap)) && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
+            fail(36, "raise an ambient capability");
+}
+
+/* In the child of a spawn: become the sandbox (never returns). */
+static void become_sandbox(const struct spawn_req *r, int *cg, int ncg)
+{
+    for (int i = 0; i < ncg; i++) {
+        if (write(cg[i], "0", 1) < 0) fail(1, "join the sandbox's cgroup");
+        close(cg[i]);
+    }
+    syscall(SYS_close_range, CHAN + 1, ~0U, 0);  /* the spawner's signalfd and the other sandboxes' fds */
+    if (unshare(CLONE_NEWCGROUP) < 0) fail(2, "new cgroup namespace");
+    make_root(r);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0) fail(19, "open /dev/null");
+    for (int i = 0; i < 3; i++) dup2(null, i);
+    close(null);
+    if (r->clone_flags & CLONE_NEWNET) loopback_up();
+    lock_down(r);
+    _exit(serve());
+}
+
+static struct { pid_t pid; uint32_t id; } sandboxes[MAX_KIDS];
+
+static void spawn_request(void)
+{
+    int fds[1 + MAX_CG], nfds = 0;
+    char cbuf[CMSG_SPACE(sizeof fds)];
+    struct iovec iov = { buf, sizeof buf };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
+    ssize_t n = recvmsg(CHAN, &mh, MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) return;
+    if (n <= 0) {  /* the agent is gone: the template ends, and every sandbox with it */
+        kill(-1, SIGKILL);
+        _exit(0);
+    }
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            memcpy(fds, CMSG_DATA(c), nfds * sizeof(int));
+        }
+    uint32_t op = n >= 4 ? ((uint32_t *)buf)[0] : 0;
+    if (op == OP_FILTERS && n >= 8) {
+        uint32_t count = ((uint32_t *)buf)[1];
+        size_t off = 8;
+        for (uint32_t i = 0; i < count && i < MAX_FILTERS && off + 8 <= (size_t)n; i++) {
+            uint32_t flags = *(uint32_t *)(buf + off), len = *(uint32_t *)(buf + off + 4);
+            off += 8;
+            if (off + (size_t)len * sizeof(struct sock_filter) > (size_t)n) break;
+            struct sock_filter *prog = malloc(len * sizeof *prog);
+            if (!prog) break;
+            memcpy(prog, buf + off, len * sizeof *prog);
+            off += len * sizeof *prog;
+            filters[nfilters].flags = flags;
+            filters[nfilters].prog = (struct sock_fprog){ (unsigned short)len, prog };
+            nfilters++;
+        }
+        say(1, 0, nfilters, 0);
+        goto done;
+    }
+    struct spawn_req r;
+    if (op != OP_SPAWN || (size_t)n < sizeof r || nfds < 1) {
+        say(3, n >= 8 ? ((uint32_t *)buf)[1] : 0, 0, EINVAL);
+        goto done;
+    }
+    memcpy(&r, buf, sizeof r);
+    int slot = -1;
+    for (int i = 0; i < MAX_KIDS; i++)
+        if (sandboxes[i].pid == 0) { slot = i; break; }
+    if (slot < 0) { say(3, r.id, 0, EAGAIN); goto done; }
+    pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)(r.clone_flags | SIGCHLD), NULL, NULL, NULL, 0);
+    if (pid == 0) {
+        if (dup2(fds[0], CHAN) < 0) _exit(1);
+        become_sandbox(&r, fds + 1, nfds - 1);
+    }
+    if (pid < 0) { say(3, r.id, 0, errno); goto done; }
+    sandboxes[slot].pid = pid;
+    sandboxes[slot].id = r.id;
+    say(1, r.id, pid, 0);
+done:
+    for (int i = 0; i < nfds; i++) close(fds[i]);
+}
+
+static void reap_sandboxes(void)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+        for (int i = 0; i < MAX_KIDS; i++)
+            if (sandboxes[i].pid == pid) {
+                say(2, sandboxes[i].id, pid, status);
+                sandboxes[i].pid = 0;
+                break;
+            }
+}
+
+static int spawner(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGPIPE);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0 || fcntl(CHAN, F_SETFD, FD_CLOEXEC) < 0) {
+        dprintf(2, "zentry pool spawner: %s\n", strerror(errno));
+        return 1;
+    }
+    say(0, 0, getpid(), 0);
+    struct pollfd p[2] = { { CHAN, POLLIN, 0 }, { sfd, POLLIN, 0 } };
+    for (;;) {
+        if (poll(p, 2, -1) < 0) continue;
+        if (p[1].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) > 0)
+                ;
+            reap_sandboxes();
+        }
+        if (p[0].revents) spawn_request();
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--spawner") == 0)
+        return spawner();
+    return serve();
 }

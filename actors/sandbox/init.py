@@ -48,7 +48,7 @@ from zentry.bus import fdpass
 from zentry.bus.errors import ConfigError, ExecNotFound, ExecPermission, SystemFailure, ZentryError, to_wire
 from zentry.actors.gofer import devices
 from zentry.actors.gofer import rootfs as rootfs_mod
-from zentry.actors.oci import PRESERVE_FDS_ANNOTATION, STRACE_ANNOTATION
+from zentry.actors.oci import PRESERVE_FDS_ANNOTATION, SPAWNER_ANNOTATION, STRACE_ANNOTATION
 from zentry.actors.oci.config import sysctl_path
 from zentry.sentry import filter as sentry_filter
 from zentry.sentry.abi import libc
@@ -399,10 +399,13 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
         # not needed then); the listener is handed over at once, with no
         # trapped call in between (seccomp-notify pitfall 7). Dropping to
         # the user afterwards uses only calls the filter allows.
-        names = uts_names()
-        listener = install_sentry(config, bool(process.get("noNewPrivileges")))
-        fdpass.send_fds(chan, {"kind": "listener", **names}, [listener])
-        os.close(listener)
+        if (config.get("annotations") or {}).get(SPAWNER_ANNOTATION) != "true":
+            names = uts_names()
+            listener = install_sentry(config, bool(process.get("noNewPrivileges")))
+            fdpass.send_fds(chan, {"kind": "listener", **names}, [listener])
+            os.close(listener)
+        # else a pool's template: its init (actors/pool/init.c) runs no code of
+        # the container's and gives each sandbox it makes the filters itself
         apply_user(process)
         if user_ns:
             # Changing ids made us non-dumpable: our /proc entries now belong to

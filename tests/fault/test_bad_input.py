@@ -277,6 +277,8 @@ def _semantic_cases(base: dict) -> list[Case]:
             {"path": "/dev/../../etc/zentry-corpus", "type": "c", "major": 1, "minor": 3, "fileMode": 438}])),
         Case("personality unknown domain", config=_set(c, "linux.personality", {"domain": "LINUX64"})),
         Case("ociVersion prerelease of 2", config=_set(c, "ociVersion", "2.0.0-rc1")),
+        # only the node agent's --pool-spawner sets it (its init would load no seccomp filter)
+        Case("the pool spawner's annotation", config=_set(c, "annotations", {"dev.zentry.pool-spawner": "true"})),
     ]
     # Over the bus's limits (bus/codec.py), each just past it.
     cases += [

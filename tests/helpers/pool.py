@@ -93,3 +93,38 @@ class PoolAgent:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+
+def templates(root: os.PathLike | str) -> dict[str, int]:
+    """The pools' templates under ``root`` (zentry containers): id -> its init (the spawner)."""
+    r = subprocess.run([*zentry_command(), "--root", str(root), "list", "--format", "json"], capture_output=True, text=True, check=True)
+    return {c["id"]: c["pid"] for c in json.loads(r.stdout or "[]") if c.get("status") == "running"}
+
+
+def sandboxes(root: os.PathLike | str) -> dict[str, int]:
+    """The live sandboxes under ``root``: id -> its init's pid, found where the agent
+    puts them, each in a cgroup of its own below its template's (memory hierarchy)."""
+    out = {}
+    for pid in templates(root).values():
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                path = next(line.split(":", 2)[2].strip() for line in f if ":memory:" in line)
+        except (OSError, StopIteration):
+            continue
+        top = f"/sys/fs/cgroup/memory{path}"
+        for name in os.listdir(top) if os.path.isdir(top) else []:
+            if not os.path.isdir(os.path.join(top, name)):
+                continue
+            with open(os.path.join(top, name, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+            inits = [p for p in pids if _ppid(p) == pid]
+            out[name] = inits[0] if inits else 0
+    return out
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from helpers.bundle import zentry_command
-from helpers.pool import PoolAgent
+from helpers.pool import PoolAgent, sandboxes
 
 pytestmark = pytest.mark.root
 
@@ -71,14 +71,10 @@ def _wait(pred, timeout=30.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.parametrize("zygote", [True, False], ids=["zygote", "spawned"])
-def test_claim_exec_files_release_and_every_handout_starts_clean(make_agent, client_of, zygote):
+def test_claim_exec_files_release_and_every_handout_starts_clean(make_agent, client_of):
     from zentry.bus.errors import NotFound
 
-    agent = make_agent(zygote=zygote).start()
-    # the zygote: the agent's child that forks its zentry calls (a fork of the agent: the same argv)
-    zygotes = [p for p in psutil.Process(agent.proc.pid).children() if "serve" in p.cmdline()]
-    assert len(zygotes) == (1 if zygote else 0)
+    agent = make_agent().start()
     client = client_of(agent.endpoint)
     with client.claim("bb", owner="t") as sb:
         r = sb.exec(["sh", "-c", 'echo "out $1 $FOO $(pwd)"; echo err >&2; read line; echo "in $line"; exit 7', "sh", "arg"],
@@ -92,7 +88,7 @@ def test_claim_exec_files_release_and_every_handout_starts_clean(make_agent, cli
         # under the container's seccomp filter, in its pid namespace (its init is the exec server)
         status = sb.exec(["cat", "/proc/self/status"]).stdout.decode()
         assert "Seccomp:\t2" in status
-        assert sb.exec(["cat", "/proc/1/cmdline"]).stdout == b"/.zentry-pool-init\0"
+        assert sb.exec(["cat", "/proc/1/cmdline"]).stdout.startswith(b"/.zentry-pool-init\0")
         data = bytes(range(256)) * 1000
         sb.put("/tmp/data.bin", data, mode=0o600)
         assert sb.get("/tmp/data.bin") == data
@@ -101,9 +97,9 @@ def test_claim_exec_files_release_and_every_handout_starts_clean(make_agent, cli
         with pytest.raises(NotFound, match="nope"):
             sb.get("/nope")
         handle = sb.handle
-        assert handle in _containers(agent.root)
-    # released: destroyed (never reused), and the pool refilled
-    _wait(lambda: handle not in _containers(agent.root), what="the released sandbox to be deleted")
+        assert sandboxes(agent.root).get(handle)
+    # released: destroyed (never reused: its processes and cgroup are gone), and the pool refilled
+    _wait(lambda: handle not in sandboxes(agent.root), what="the released sandbox to be deleted")
     agent.wait_warm(60)
     with client.claim("bb") as sb2:
         assert sb2.handle != handle
@@ -147,7 +143,7 @@ def test_ttl_and_idle_expiry(make_agent, client_of):
     for sb in (idle, ttl):
         with pytest.raises(NotFound, match="no claimed sandbox"):
             sb.exec(["true"])
-    _wait(lambda: not ({idle.handle, ttl.handle} & set(_containers(agent.root))), what="expired sandboxes to be deleted")
+    _wait(lambda: not ({idle.handle, ttl.handle} & set(sandboxes(agent.root))), what="expired sandboxes to be deleted")
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'zentry_pool_expired_total{pool="bb",reason="idle"} 1.0' in metrics
     assert 'zentry_pool_expired_total{pool="bb",reason="ttl"} 1.0' in metrics
@@ -179,13 +175,15 @@ def test_restart_cleans_what_a_killed_agent_left(make_agent, client_of, zentry_r
     sb = client.claim("bb")
     assert sb.exec(["true"]).exit_status == 0
     old = set(_containers(zentry_root))
-    assert len(old) >= 2
+    old_sandboxes = sandboxes(zentry_root)
+    assert len(old) == 1 and len(old_sandboxes) >= 2  # the pool's template, its sandboxes
     agent.kill()
     restarted = make_agent({"bb": {"warm": 2, "max": 4}})
     restarted.root = agent.root
     restarted.start()
-    _wait(lambda: not (old & set(_containers(zentry_root))), what="the old sandboxes to be deleted")
-    assert len(_containers(zentry_root)) == 2
+    _wait(lambda: not (old & set(_containers(zentry_root))), what="the old template to be deleted")
+    assert not any(psutil.pid_exists(pid) for pid in old_sandboxes.values())
+    assert len(_containers(zentry_root)) == 1 and len(sandboxes(zentry_root)) == 2
     with pytest.raises(NotFound, match="no claimed sandbox"):
         client.attach(sb.ref).exec(["true"])
     # a second agent on the same root is refused before it binds anything
@@ -348,26 +346,106 @@ def test_a_sandbox_whose_init_dies_is_replaced(make_agent, client_of, zentry_roo
     agent = make_agent({"bb": {"warm": 1, "max": 3}}).start()
     client = client_of(agent.endpoint)
     sb = client.claim("bb")
-    with open(zentry_root / sb.handle / "state.json") as f:
-        init_pid = json.load(f)["init_pid"]
+    init_pid = sandboxes(zentry_root)[sb.handle]
     os.kill(init_pid, signal.SIGKILL)  # e.g. the OOM killer
-    _wait(lambda: sb.handle not in _containers(zentry_root), what="the dead sandbox to be deleted")
+    _wait(lambda: sb.handle not in sandboxes(zentry_root), what="the dead sandbox to be deleted")
     with pytest.raises((NotFound, SystemFailure)):
         sb.exec(["true"])
     agent.wait_warm(60)
     assert agent.status().pools[0]["claimed"] == 0
 
 
-def test_the_agent_goes_on_without_its_zygote(make_agent, client_of, zentry_root):
+def test_sandboxes_are_apart_from_each_other_and_confined_as_runc(make_agent, client_of, busybox_bundle, tmp_path):
+    """Two sandboxes of one pool share nothing writable and no namespace; each is
+    as confined as a runc container of the same bundle and limits (same commands,
+    same answers), with zentry's seccomp filter on top."""
+    import shutil
+
+    runc = shutil.which("runc")
+    if not runc:
+        pytest.skip("runc not installed")
+    # (the built-in config: ambient capabilities, a writable root, no cgroup namespace)
+    bundle = busybox_bundle(["sleep", "1000000"], use_cli=False)
+    agent = make_agent({"bb": {"bundle": str(bundle), "warm": 2, "max": 3, "memory": "48m"}}).start()
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"].setdefault("resources", {})["memory"] = {"limit": 48 << 20}
+    rbundle = tmp_path / "rb"
+    rbundle.mkdir()
+    (rbundle / "config.json").write_text(json.dumps(dict(config, root=dict(config["root"], path=str(bundle / "rootfs")))))
+    runc_root = tmp_path / "runc"
+    subprocess.run([runc, "--root", str(runc_root), "run", "-d", "--bundle", str(rbundle), "pa1"], check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+    def in_runc(*argv):
+        r = subprocess.run([runc, "--root", str(runc_root), "exec", "pa1", *argv], capture_output=True, timeout=60)
+        return r.returncode, r.stdout
+
+    try:
+        client = client_of(agent.endpoint)
+        with client.claim("bb") as a, client.claim("bb") as b:
+            def ns(sb):
+                return sb.exec(["sh", "-c", "for n in mnt pid net ipc uts cgroup; do readlink /proc/self/ns/$n; done"]).stdout.split()
+            host = [os.readlink(f"/proc/self/ns/{n}").encode() for n in ("mnt", "pid", "net", "ipc", "uts", "cgroup")]
+            assert all(x != y and x != h for x, y, h in zip(ns(a), ns(b), host)), (ns(a), ns(b), host)
+            # nothing written in one is seen in the other: the root, /tmp, /dev, /dev/shm, processes
+            r = a.exec(["sh", "-c", "echo 1 > /etc/a && echo 1 > /tmp/a && echo 1 > /dev/a && echo 1 > /dev/shm/a && "
+                                    "setsid sleep 1000 </dev/null >/dev/null 2>&1 &"])
+            assert r.exit_status == 0, r
+            r = b.exec(["sh", "-c", "ls /etc/a /tmp/a /dev/a /dev/shm/a 2>&1; ps -o comm | grep -c sleep"])
+            assert r.stdout.count(b"No such file") == 4 and r.stdout.endswith(b"0\n"), r.stdout
+            # the same answers as runc's container gives
+            for argv in (["sh", "-c", "grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs):' /proc/self/status"],
+                         ["sh", "-c", "id; hostname; ulimit -n; cat /proc/self/oom_score_adj"],
+                         ["unshare", "-n", "true"], ["mount", "-t", "tmpfs", "t", "/tmp"], ["cat", "/proc/kcore"],
+                         ["sh", "-c", "echo 1 > /proc/sys/kernel/domainname"], ["sh", "-c", "echo 1 > /sys/kernel/uevent_helper"],
+                         ["sh", "-c", "ls /dev | sort"], ["sh", "-c", "ls -l /dev/null /dev/zero /dev/tty | cut -c1-10"],
+                         ["sh", "-c", "head -c 1 /dev/kmsg 2>&1 >/dev/null; echo $?"]):
+                theirs = in_runc(*argv)
+                ours = b.exec(argv)
+                assert (ours.exit_status, ours.stdout) == theirs, (argv, ours, theirs)
+            # every mount runc makes is there, of the same type, with at least its flags (zentry masks
+            # paths with nosuid,nodev,noexec too); zentry adds only its exec server
+            def mounts(text: bytes) -> dict:
+                out = {}
+                for line in text.decode().splitlines():
+                    f = line.split()
+                    flags = {o for o in f[5].split(",") if o in ("ro", "nosuid", "nodev", "noexec")}
+                    out.setdefault((f[4], f[f.index("-") + 1]), set()).update(flags)
+                return out
+            theirs = mounts(in_runc("cat", "/proc/self/mountinfo")[1])
+            ours = mounts(a.exec(["cat", "/proc/self/mountinfo"]).stdout)
+            # the root: the bundle's there; here an overlay of it with a fresh upper layer in memory
+            assert ours.pop(("/", "overlay")) == theirs.pop(next(m for m in theirs if m[0] == "/"))
+            assert set(ours) - set(theirs) == {("/.zentry-pool-init", "ext4")} and set(theirs) <= set(ours), (ours, theirs)
+            assert all(ours[m] >= theirs[m] for m in theirs), [(m, ours[m], theirs[m]) for m in theirs if not ours[m] >= theirs[m]]
+            # the pool's memory limit: a process that grows past it is killed in both
+            assert a.exec(["tail", "/dev/zero"], timeout=60).exit_status == 137
+            assert in_runc("tail", "/dev/zero")[0] == 137
+            # zentry's seccomp filter (runc's container here has no profile at all)
+            assert b"Seccomp:\t2" in a.exec(["cat", "/proc/self/status"]).stdout
+    finally:
+        subprocess.run([runc, "--root", str(runc_root), "delete", "-f", "pa1"], capture_output=True, timeout=60)
+
+
+def test_a_template_that_dies_takes_its_sandboxes_and_is_replaced(make_agent, client_of, zentry_root):
     import signal
 
-    agent = make_agent({"bb": {"warm": 1, "max": 3}}).start()
-    zygote, = [p for p in psutil.Process(agent.proc.pid).children() if "serve" in p.cmdline()]
-    zygote.send_signal(signal.SIGKILL)
-    zygote.wait(10)
+    from zentry.bus.errors import NotFound, SystemFailure
+
+    from helpers.pool import templates
+
+    agent = make_agent({"bb": {"warm": 2, "max": 4}}).start()
     client = client_of(agent.endpoint)
-    for _ in range(3):  # each release deletes and refills: without the zygote, by spawning
-        with client.claim("bb") as sb:
-            assert sb.exec(["echo", "ok"]).stdout == b"ok\n"
+    sb = client.claim("bb")
+    (tid, spawner), = templates(zentry_root).items()
+    old = sandboxes(zentry_root)
+    assert len(old) == 3
+    os.kill(spawner, signal.SIGKILL)  # e.g. an administrator's `zentry kill`
+    with pytest.raises((NotFound, SystemFailure)):
+        sb.exec(["true"])
+    _wait(lambda: tid not in _containers(zentry_root), what="the dead template to be deleted")
+    assert not any(psutil.pid_exists(pid) for pid in old.values())
     agent.wait_warm(60)
-    assert len(_containers(zentry_root)) == 1
+    assert len(templates(zentry_root)) == 1 and not set(old) & set(sandboxes(zentry_root))
+    with client.claim("bb") as fresh:
+        assert fresh.exec(["echo", "ok"]).stdout == b"ok\n"

@@ -21,8 +21,7 @@ import time
 import pytest
 import zmq
 
-from helpers.bundle import zentry_command
-from helpers.pool import PoolAgent
+from helpers.pool import PoolAgent, sandboxes, templates
 
 pytestmark = pytest.mark.root
 
@@ -127,16 +126,15 @@ def test_sixty_claims_across_three_hosts_and_one_host_dies(network, tmp_path, le
         # host 0 dies: its agent, then every process of its sandboxes
         victim = agents[0]
         victim_ep = f"tcp://{NET}.10:{PORT}"
-        listed = json.loads(subprocess.run([*zentry_command(), "--root", victim.root, "list", "--format", "json"],
-                                           capture_output=True, text=True, check=True).stdout)
-        left = {c["id"] for c in listed}
+        left = templates(victim.root)  # its pool's template (its spawner)
+        left_sandboxes = sandboxes(victim.root)
+        assert len(left) == 1 and len(left_sandboxes) >= 3
         victim.kill()
-        for c in listed:
-            if c.get("pid"):
-                try:
-                    os.kill(c["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        for pid in [*left.values(), *left_sandboxes.values()]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         client.stdin.write("go\n")
         client.stdin.flush()
         line = client.stdout.readline()
@@ -159,7 +157,8 @@ def test_sixty_claims_across_three_hosts_and_one_host_dies(network, tmp_path, le
 
         # the killed host's agent, restarted, cleans up what it left
         victim.start(wait_warm=True, timeout=180)
-        _wait_gone(victim, left)
+        _wait_gone(victim, set(left))
+        assert not set(left_sandboxes) & set(sandboxes(victim.root))
     finally:
         if client is not None and client.poll() is None:
             client.kill()
@@ -168,20 +167,16 @@ def test_sixty_claims_across_three_hosts_and_one_host_dies(network, tmp_path, le
             agent.stop()
 
 
-def _ids(agent) -> set[str]:
-    r = subprocess.run([*zentry_command(), "--root", agent.root, "list", "--format", "json"], capture_output=True, text=True, check=True)
-    return {c["id"] for c in json.loads(r.stdout or "[]")}
-
-
 def _wait_count(agent, n: int, timeout: float = 60) -> None:
+    """Its one template, and ``n`` sandboxes."""
     deadline = time.monotonic() + timeout
-    while len(_ids(agent)) != n and time.monotonic() < deadline:
+    while len(sandboxes(agent.root)) != n and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(_ids(agent)) == n, _ids(agent)
+    assert len(templates(agent.root)) == 1 and len(sandboxes(agent.root)) == n, sandboxes(agent.root)
 
 
 def _wait_gone(agent, ids: set[str], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while _ids(agent) & ids and time.monotonic() < deadline:
+    while set(templates(agent.root)) & ids and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not (_ids(agent) & ids)
+    assert not (set(templates(agent.root)) & ids)
