@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import signal
+import struct
 import threading
 import time
 
@@ -549,8 +550,10 @@ class PoolAgent(Actor):
         for msg in said:
             if msg.pid and not sb.pid:
                 self._know_pid(sb, msg.pid)
-            if msg.kind == LISTENER and msg.fds:
-                self._hand_listener(sb, msg.fds[0])
+            if msg.kind == LISTENER and msg.fds and sb.state == "starting" and not sb.listener_sent:
+                # (only from the setup, before anything of a user's ran: never again)
+                sb.listener_sent = True
+                self._hand_listener(sb, msg.fds.pop(0))
             elif msg.kind == HELLO:
                 sb.hello = True
                 self._maybe_ready(sb)
@@ -565,7 +568,7 @@ class PoolAgent(Actor):
                 job = sb.jobs.get(msg.id)
                 if job is not None:
                     self._finish(job, None, error=f"sandbox {sb.id}: the exec server refused the request: {os.strerror(msg.b)}")
-            for extra in msg.fds[1 if msg.kind == LISTENER else 0:]:
+            for extra in msg.fds:
                 os.close(extra)
         if ended and sb.chan is not None:
             self._channel_ended(sb)
@@ -630,10 +633,15 @@ class PoolAgent(Actor):
         if msg.kind == HELLO:
             tmpl.hello = True
             try:
-                tmpl.chan.send(sbmod.filters(tmpl.pool))
+                request = sbmod.filters(tmpl.pool)
+                tmpl.filters = struct.unpack_from("II", request)[1]
+                tmpl.chan.send(request)
             except Exception as err:
                 self._template_failed(tmpl, f"cannot compile its seccomp filters: {err}")
         elif msg.kind == STARTED and msg.id == 0:  # the filters are loaded: sandboxes can be made
+            if msg.a != tmpl.filters:
+                self._template_failed(tmpl, f"its spawner took {msg.a} of {tmpl.filters} seccomp filters")
+                return
             tmpl.state = "ready"
             self.backoff.pop(tmpl.pool.name, None)
             self._refill(tmpl.pool.name)
@@ -758,6 +766,9 @@ class PoolAgent(Actor):
 
     def _maybe_ready(self, sb: PoolSandbox) -> None:
         if sb.state != "starting" or not sb.hello:
+            return
+        if not sb.listener_sent:  # never without the sentry
+            self._start_failed(sb, "its exec server started without handing over a seccomp listener")
             return
         pool = sb.pool.name
         self.backoff.pop(pool, None)

@@ -311,6 +311,7 @@ static int read_mounts(struct mnt *out, int max, char *text, size_t size)
     for (ssize_t n; (n = read(fd, text + len, size - 1 - len)) > 0;) len += n;
     close(fd);
     text[len] = 0;
+    if (len >= size - 1) return max;  /* truncated: the caller refuses it */
     int count = 0;
     for (char *line = text, *next; line && *line && count < max; line = next) {
         next = strchr(line, '\n');
@@ -419,6 +420,7 @@ static void make_root(const struct spawn_req *r)
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) fail(10, "make / private");
     int n = read_mounts(m, 512, text, sizeof text);
     if (n < 0) fail(11, "read /proc/self/mountinfo");
+    if (n >= 512) { errno = E2BIG; fail(11, "the template's mount table"); }
     if (mkdir(SCRATCH, 0700) < 0 && errno != EEXIST) fail(12, "mkdir " SCRATCH);
     char opts[128];
     snprintf(opts, sizeof opts, "mode=0700,size=%um", r->scratch_mib ? r->scratch_mib : 64);
@@ -439,37 +441,43 @@ static void make_root(const struct spawn_req *r)
         snprintf(target, sizeof target, SCRATCH "/root%s", p);
         unsigned long flags = mount_flags(m[i].opts);
         data_of(m[i].sopts, data, sizeof data);
-        int done = -1;
-        if (strcmp(m[i].root, "/") != 0) {
-            /* a bind of part of a filesystem (a masked path's /dev/null...): bound again below */
+        /* what must be the sandbox's own is made fresh, or the sandbox is not made:
+         * a bind of the template's would share it between sandboxes */
+        int own = strcmp(m[i].root, "/") == 0;
+        if (!own) {
+            /* a bind of part of a filesystem (a masked path's /dev/null, a view): bound again below */
         } else if (strcmp(t, "proc") == 0) {
-            done = mount("proc", target, "proc", flags, NULL);
+            if (mount("proc", target, "proc", flags, NULL) < 0) fail(16, "mount proc");
+            continue;
         } else if (strcmp(t, "sysfs") == 0 && (r->clone_flags & CLONE_NEWNET)) {
-            done = mount("sysfs", target, "sysfs", flags, NULL);
+            if (mount("sysfs", target, "sysfs", flags, NULL) < 0) fail(16, "mount sysfs");
+            continue;
         } else if (strcmp(t, "mqueue") == 0 && (r->clone_flags & CLONE_NEWIPC)) {
-            done = mount("mqueue", target, "mqueue", flags, NULL);
+            if (mount("mqueue", target, "mqueue", flags, NULL) < 0) fail(16, "mount mqueue");
+            continue;
         } else if (strcmp(t, "devpts") == 0) {
             char o[600];
             snprintf(o, sizeof o, "newinstance%s%s", data[0] ? "," : "", data);
-            done = mount("devpts", target, "devpts", flags, o);
+            if (mount("devpts", target, "devpts", flags, o) < 0) fail(16, "mount devpts");
+            continue;
         } else if (strcmp(t, "tmpfs") == 0) {
             struct stat st;
-            done = mount("tmpfs", target, "tmpfs", flags & ~MS_RDONLY, data);
-            if (done == 0 && stat(p, &st) == 0) {
-                copy_tree(p, target, st.st_dev, 0);
-                if (flags & MS_RDONLY) mount(NULL, target, NULL, MS_REMOUNT | flags, data);
-            }
+            if (mount("tmpfs", target, "tmpfs", flags & ~MS_RDONLY, data) < 0) fail(16, "mount tmpfs");
+            if (stat(p, &st) == 0) copy_tree(p, target, st.st_dev, 0);
+            if ((flags & MS_RDONLY) && mount(NULL, target, NULL, MS_REMOUNT | flags, data) < 0) fail(16, "remount tmpfs read-only");
+            continue;
         } else if (strcmp(t, "cgroup") == 0 || strcmp(t, "cgroup2") == 0) {
-            done = mount(t, target, t, flags, data);
+            /* its own cgroup namespace's view; where the kernel refuses (v1 in a user
+             * namespace) nothing: the template's would show the other sandboxes' */
+            mount(t, target, t, flags, data);
+            continue;
         }
-        if (done == 0) continue;
-        /* everything else (and a fresh mount refused): a bind of the template's */
-        if (mount(p, target, NULL, MS_BIND, NULL) < 0) {
+        /* everything else: a bind of the template's, with its flags */
+        if (mount(p, target, NULL, MS_BIND, NULL) < 0 || mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | flags, NULL) < 0) {
             char what[4200];
-            snprintf(what, sizeof what, "mount %s (%s)", p, t);
+            snprintf(what, sizeof what, "bind %s (%s)", p, t);
             fail(16, what);
         }
-        mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | flags, NULL);
     }
     if (chdir(SCRATCH "/root") < 0 || syscall(SYS_pivot_root, ".", ".") < 0) fail(17, "pivot_root");
     if (umount2(".", MNT_DETACH) < 0) fail(18, "detach the template's root");
@@ -565,6 +573,10 @@ static void spawn_request(void)
             memcpy(fds, CMSG_DATA(c), nfds * sizeof(int));
         }
     uint32_t op = n >= 4 ? ((uint32_t *)buf)[0] : 0;
+    if (mh.msg_flags & MSG_CTRUNC) {  /* fds lost: a sandbox must not miss one of its cgroups */
+        say(3, n >= 8 ? ((uint32_t *)buf)[1] : 0, 0, EMSGSIZE);
+        goto done;
+    }
     if (op == OP_FILTERS && n >= 8) {
         uint32_t count = ((uint32_t *)buf)[1];
         size_t off = 8;

@@ -311,6 +311,7 @@ class Template:
         self.chan: Channel | None = None
         self.start_status: int | None = None
         self.hello = False
+        self.filters = 0  # how many seccomp programs its spawner was given
         self.error = ""
 
     @property
@@ -360,7 +361,7 @@ class PoolSandbox:
         self.pidfd = -1
         self.cgroup = None
         self.hello = False
-        self.exited = False
+        self.listener_sent = False
         self.start_ns = time.perf_counter_ns()
         self.claimed_mono = 0.0
         self.last_used = 0.0
