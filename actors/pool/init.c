@@ -409,6 +409,39 @@ static void copy_tree(const char *from, const char *to, dev_t dev, int depth)
     closedir(d);
 }
 
+/* An id as mountinfo gives it (the host's number) in this user namespace's
+ * numbers, through /proc/self/{uid,gid}_map; -1 if it is not mapped. */
+static long map_id(const char *which, unsigned long host)
+{
+    char path[64], line[128];
+    snprintf(path, sizeof path, "/proc/self/%s_map", which);
+    FILE *f = fopen(path, "re");
+    long found = -1;
+    unsigned long inside, outside, count;
+    while (f && found < 0 && fgets(line, sizeof line, f))
+        if (sscanf(line, "%lu %lu %lu", &inside, &outside, &count) == 3 && host >= outside && host - outside < count)
+            found = (long)(inside + (host - outside));
+    if (f) fclose(f);
+    return found;
+}
+
+/* A filesystem's options with its uid=/gid= in this user namespace's numbers. */
+static void ids_inside(char *data, size_t size)
+{
+    char out[512] = "", copy[512];
+    snprintf(copy, sizeof copy, "%s", data);
+    for (char *save, *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char item[128];
+        int uid = strncmp(tok, "uid=", 4) == 0, gid = strncmp(tok, "gid=", 4) == 0;
+        long id = uid || gid ? map_id(uid ? "uid" : "gid", strtoul(tok + 4, NULL, 10)) : 0;
+        if ((uid || gid) && id < 0) continue;  /* not mapped here: the kernel's default owner */
+        if (uid || gid) snprintf(item, sizeof item, "%s=%ld", uid ? "uid" : "gid", id);
+        else snprintf(item, sizeof item, "%s", tok);
+        snprintf(out + strlen(out), sizeof out - strlen(out), "%s%s", out[0] ? "," : "", item);
+    }
+    snprintf(data, size, "%s", out);
+}
+
 /* The sandbox's root: an overlay of the template's root with its upper layer
  * in a new tmpfs, and on it every mount of the template's table again —
  * fresh instances of what is per sandbox (proc, sysfs, mqueue, devpts,
@@ -441,6 +474,7 @@ static void make_root(const struct spawn_req *r)
         snprintf(target, sizeof target, SCRATCH "/root%s", p);
         unsigned long flags = mount_flags(m[i].opts);
         data_of(m[i].sopts, data, sizeof data);
+        ids_inside(data, sizeof data);
         /* what must be the sandbox's own is made fresh, or the sandbox is not made:
          * a bind of the template's would share it between sandboxes */
         int own = strcmp(m[i].root, "/") == 0;
@@ -463,7 +497,10 @@ static void make_root(const struct spawn_req *r)
         } else if (strcmp(t, "tmpfs") == 0) {
             struct stat st;
             if (mount("tmpfs", target, "tmpfs", flags & ~MS_RDONLY, data) < 0) fail(16, "mount tmpfs");
-            if (stat(p, &st) == 0) copy_tree(p, target, st.st_dev, 0);
+            if (stat(p, &st) == 0) {
+                if (chown(target, st.st_uid, st.st_gid) < 0 || chmod(target, st.st_mode & 07777) < 0) fail(16, "own tmpfs");
+                copy_tree(p, target, st.st_dev, 0);
+            }
             if ((flags & MS_RDONLY) && mount(NULL, target, NULL, MS_REMOUNT | flags, data) < 0) fail(16, "remount tmpfs read-only");
             continue;
         } else if (strcmp(t, "cgroup") == 0 || strcmp(t, "cgroup2") == 0) {
