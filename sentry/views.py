@@ -24,6 +24,11 @@ works the same with a container user namespace: ``allow_other`` admits the
 container's processes, and the files are owned by host root, as procfs's
 are (``nobody`` as seen from a user namespace, as under runc).
 
+A pool's template (docs/pools.md) is served with a ``view_for``: the
+request's pid (the caller, as the host numbers it) picks the view, so each
+of its sandboxes, whose mount tables carry the template's binds, is shown
+its own cgroup's limits.
+
 Each open renders the file once (the reads of one open see one snapshot, as
 procfs's seq files give). Names and attributes are valid for 0 s, so every
 path walk asks the server again: the LOOKUP's answer renders the content
