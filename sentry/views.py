@@ -24,6 +24,11 @@ works the same with a container user namespace: ``allow_other`` admits the
 container's processes, and the files are owned by host root, as procfs's
 are (``nobody`` as seen from a user namespace, as under runc).
 
+A pool's template (docs/pools.md) is served with a ``view_for``: the
+request's pid (the caller, as the host numbers it) picks the view, so each
+of its sandboxes, whose mount tables carry the template's binds, is shown
+its own cgroup's limits.
+
 Each open renders the file once (the reads of one open see one snapshot, as
 procfs's seq files give). Names and attributes are valid for 0 s, so every
 path walk asks the server again: the LOOKUP's answer renders the content
@@ -141,10 +146,13 @@ def mount_views(dev_fd: int, targets: dict[str, str], created=lambda: None) -> l
 class Server:
     """Serves one FUSE connection (one container's views) in a daemon thread."""
 
-    def __init__(self, dev_fd: int, view, render=procfs.RENDERERS) -> None:
+    def __init__(self, dev_fd: int, view, render=procfs.RENDERERS, view_for=None) -> None:
         self.fd = dev_fd
         self.view = view
         self.render = render
+        #: ``view_for(pid)``: the view to render for the caller ``pid`` (host pid namespace), or None
+        #: for ``view``; must be quick and never raise (a pool's template: its sandboxes' own limits)
+        self.view_for = view_for
         self._open: dict[int, bytes] = {}
         #: (node, pid) -> the content rendered at that caller's last lookup (its open takes it)
         self._lookups: dict[tuple[int, int], bytes] = {}
@@ -185,11 +193,16 @@ class Server:
         mode = 0o40555 if node == ROOT_ID else 0o100444
         return ATTR.pack(node, size, 0, 0, 0, 0, 0, 0, 0, mode, 2 if node == ROOT_ID else 1, 0, 0, 0, 4096, 0)
 
+    def _render(self, node: int, pid: int) -> bytes:
+        """``node``'s content as the caller ``pid`` is shown it."""
+        view = self.view_for(pid) if self.view_for is not None else None
+        return self.render[_BY_ID[node]](view or self.view)
+
     def _rendered(self, node: int, pid: int) -> bytes:
         """A fresh rendering for ``pid``, kept for its open of ``node`` that follows the lookup."""
         if len(self._lookups) > 1024:  # lookups never followed by an open (stat)
             self._lookups.clear()
-        content = self._lookups[(node, pid)] = self.render[_BY_ID[node]](self.view)
+        content = self._lookups[(node, pid)] = self._render(node, pid)
         return content
 
     def _handle(self, req: bytes) -> None:
@@ -228,7 +241,7 @@ class Server:
                 return self._reply(unique, errno.EISDIR if node == ROOT_ID else errno.ENOENT)
             fh = self._next_fh
             self._next_fh += 1
-            self._open[fh] = self._lookups.pop((node, pid), None) or self.render[name](self.view)
+            self._open[fh] = self._lookups.pop((node, pid), None) or self._render(node, pid)
             return self._reply(unique, data=OPEN_OUT.pack(fh, 0, 0))
         if op == FUSE_READ:
             fh, offset, size = READ_IN.unpack_from(body)
@@ -252,8 +265,9 @@ def open_device() -> int:
     return os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
 
 
-def attach(init_pid: int, view) -> Server:
+def attach(init_pid: int, view, view_for=None) -> Server:
     """Serve ``view`` over a new FUSE connection and bind its files into ``init_pid``'s mount namespace.
+    ``view_for``: see ``Server`` (a pool's template: each sandbox is shown its own cgroup's limits).
 
     Called by the sandbox (multi-threaded: the mounts are made by a forked helper,
     which alone can join another mount namespace). Raises OSError if the helper fails.
@@ -262,7 +276,7 @@ def attach(init_pid: int, view) -> Server:
         # never on the host: the binds would cover the host's own /proc files
         raise OSError(errno.EINVAL, "the container shares the sandbox's mount namespace: no views mounted")
     dev = open_device()
-    server = Server(dev, view)
+    server = Server(dev, view, view_for=view_for)
     root = mntns = r = w = -1
     try:
         root = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -37,6 +37,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CHAN 3
@@ -228,7 +229,7 @@ static int serve(void)
  * `zentry-pool-init --spawner` is the init of a pool's *template*: a zentry
  * container made with `zentry run --pool-spawner`, whose init loads no
  * seccomp filter and keeps every capability, because it makes sandboxes:
- * each one a child in new mount, pid, ipc, uts (and network) namespaces,
+ * each one a child in new mount, pid, ipc, uts, time (and network) namespaces,
  * with a fresh in-memory overlay over the template's root and a fresh copy
  * of the template's mount table, its own cgroup, the pool's capabilities and
  * the pool's seccomp filters (zentry's with a listener for the template's
@@ -243,7 +244,9 @@ static int serve(void)
  *                  struct sock_filter[n].  The last one is loaded with its
  *                  flags (zentry's: NEW_LISTENER...) and its listener is sent.
  *   op 16 spawn:   struct spawn_req below; fds: the sandbox's channel, then
- *                  the cgroup.procs files of its cgroup (opened by the agent)
+ *                  the cgroup.procs files of its cgroup (opened by the agent).
+ *                  clone_flags: clone(2)'s namespaces, and CLONE_NEWTIME for a
+ *                  time namespace of the sandbox's own (new_time_namespace)
  *
  * Replies on fd 3: kind 1 started (id, a: pid here), kind 3 refused (b: errno),
  * kind 2 exited (id, b: wait status).  The sandbox itself speaks on its own
@@ -592,6 +595,48 @@ static void become_sandbox(const struct spawn_req *r, int *cg, int ncg)
 
 static struct { pid_t pid; uint32_t id; } sandboxes[MAX_KIDS];
 
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x80
+#endif
+/* The spawner's own boot clock offset from the host's (its time namespace's),
+ * read before its first unshare (after it, timens_offsets shows the children's). */
+static int64_t own_boottime_ns;
+
+static void read_own_offset(void)
+{
+    FILE *f = fopen("/proc/self/timens_offsets", "re");
+    char name[32];
+    long long sec, nsec;
+    if (!f) return;  /* no time namespaces: new_time_namespace() fails and says why */
+    while (fscanf(f, "%31s %lld %lld", name, &sec, &nsec) == 3)
+        if (strcmp(name, "boottime") == 0 || strcmp(name, "7") == 0)
+            own_boottime_ns = sec * 1000000000LL + nsec;
+    fclose(f);
+}
+
+/* The next child starts a time namespace whose boot clock starts now (at 1 s:
+ * an offset may not make it negative), as a zentry container's does
+ * (sentry/views.py enter_time_namespace): /proc/uptime and the start times in
+ * /proc/PID/stat count from the sandbox's start. Each call makes a new one;
+ * only children made after it enter it. */
+static int new_time_namespace(void)
+{
+    struct timespec now;
+    if (clock_gettime(CLOCK_BOOTTIME, &now) < 0 || unshare(CLONE_NEWTIME) < 0) return -1;
+    /* offsets are from the host's clock: ours is the host's plus our own offset */
+    int64_t host = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec - own_boottime_ns;
+    int64_t seconds = host / 1000000000LL - 1;
+    char line[64];
+    int len = snprintf(line, sizeof line, "boottime %lld 0\n", (long long)-(seconds > 0 ? seconds : 0));
+    int fd = open("/proc/self/timens_offsets", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = write(fd, line, len);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return n == len ? 0 : -1;
+}
+
 static void spawn_request(void)
 {
     int fds[1 + MAX_CG], nfds = 0;
@@ -642,7 +687,9 @@ static void spawn_request(void)
     for (int i = 0; i < MAX_KIDS; i++)
         if (sandboxes[i].pid == 0) { slot = i; break; }
     if (slot < 0) { say(3, r.id, 0, EAGAIN); goto done; }
-    pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)(r.clone_flags | SIGCHLD), NULL, NULL, NULL, 0);
+    if ((r.clone_flags & CLONE_NEWTIME) && new_time_namespace() < 0) { say(3, r.id, 0, errno); goto done; }
+    /* clone(2)'s flags cannot carry CLONE_NEWTIME (its bits are the exit signal's): unshared above */
+    pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)((r.clone_flags & ~CLONE_NEWTIME) | SIGCHLD), NULL, NULL, NULL, 0);
     if (pid == 0) {
         if (dup2(fds[0], CHAN) < 0) _exit(1);
         become_sandbox(&r, fds + 1, nfds - 1);
@@ -680,6 +727,7 @@ static int spawner(void)
         dprintf(2, "zentry pool spawner: %s\n", strerror(errno));
         return 1;
     }
+    read_own_offset();
     say(0, 0, getpid(), 0);
     struct pollfd p[2] = { { CHAN, POLLIN, 0 }, { sfd, POLLIN, 0 } };
     for (;;) {

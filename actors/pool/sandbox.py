@@ -8,7 +8,8 @@ end of a SOCK_SEQPACKET pair whose other end the agent keeps. Its
 controller, sandbox actor (and sentry) and gofer are the pool's: made once.
 
 A **sandbox** is a child the spawner makes on request: new mount, pid, ipc,
-uts (and, as the pool's config asks, network) namespaces; a fresh root,
+uts, time (unless the config has one) and, as the pool's config asks,
+network namespaces; a fresh root,
 an overlay of the template's with its upper layer in a new tmpfs; a fresh
 copy of the template's mount table; its own cgroup below the template's,
 with the pool's limits, made by the agent, which hands the spawner its
@@ -137,7 +138,8 @@ def filters(pool: PoolConfig) -> bytes:
 
 
 #: clone(2) flags (<linux/sched.h>)
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x04000000, 0x08000000, 0x20000000, 0x40000000
+CLONE_NEWTIME, CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = (
+    0x80, 0x20000, 0x04000000, 0x08000000, 0x20000000, 0x40000000)
 _SPAWN = struct.Struct("4I5Q2I")
 
 
@@ -147,6 +149,9 @@ def spawn_request(pool: PoolConfig, rid: int) -> bytes:
     flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
     if any(ns.get("type") == "network" and not ns.get("path") for ns in namespaces):
         flags |= CLONE_NEWNET
+    if not any(ns.get("type") == "time" for ns in namespaces):
+        # its boot clock starts with it, as a zentry container's (a config's own time namespace is kept)
+        flags |= CLONE_NEWTIME
     process = pool.config.get("process") or {}
     wanted = process.get("capabilities") or {}
     masks = [caps.mask(wanted.get(kind)) for kind in ("bounding", "effective", "permitted", "inheritable", "ambient")]

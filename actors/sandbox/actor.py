@@ -74,7 +74,7 @@ LOST_STATUS = 128 + signal.SIGKILL
 class Box:
     """One container as the sandbox holds it."""
 
-    __slots__ = ("container_id", "config", "pid", "pidfd", "chan", "cgroup", "exit_status")
+    __slots__ = ("container_id", "config", "pid", "pidfd", "chan", "cgroup", "exit_status", "sandboxes")
 
     def __init__(self, container_id: str, config: dict, pid: int, pidfd: int, chan: socket.socket | None, cgroup: object | None,
                  exit_status: int | None = None) -> None:
@@ -85,6 +85,8 @@ class Box:
         self.chan = chan
         self.cgroup = cgroup
         self.exit_status = exit_status
+        #: a pool's template: the views of the sandboxes in the cgroups below its own
+        self.sandboxes: SandboxViews | None = None
 
 
 class Sandbox(Actor):
@@ -199,30 +201,31 @@ class Sandbox(Actor):
                     pass
 
     def _add_listener(self, container_id: str, fd: int, config: dict, names: dict | None = None):
-        """Hand a listener to the sentry; returns the container's view (None without a sentry)."""
+        """Hand a listener to the sentry; returns the container's view (None without a sentry).
+
+        In a pool's template, the listener of one of its sandboxes (``names["pid"]``, the
+        sandbox's init, in a cgroup below the template's) gets that sandbox's view."""
         if self.sentry is None:
             os.close(fd)
             return None
-        from zentry.sentry.kernel import ContainerView
-
         box = self.boxes.get(container_id)
-        cg = box.cgroup if box is not None else None
-        cpus = _call(cg, "cpu_quota")  # CPUs' worth, or None
-        view = ContainerView(
-            container_id=container_id,
+        pid = int((names or {}).get("pid") or 0)
+        view = box.sandboxes.view_for(pid) if box is not None and box.sandboxes is not None and pid else None
+        if view is None:
+            view = self._view(container_id, config, names)
+        self.sentry.add_listener(fd, view)
+        return view
+
+    def _view(self, container_id: str, config: dict, names: dict | None = None):
+        """The container's view: its names and its cgroup's limits (read now)."""
+        box = self.boxes.get(container_id)
+        return container_view(
+            container_id, box.cgroup if box is not None else None,
             # the tracee's uts namespace as it was when it loaded the filter
             # (a namespace joined by path has no hostname in the config)
             hostname=str((names or {}).get("nodename") or config.get("hostname") or ""),
             domainname=str((names or {}).get("domainname") or config.get("domainname") or ""),
-            memory_limit_bytes=_call(cg, "memory_limit"),
-            cpu_quota_us=int(cpus * 100_000) if cpus else None,
-            cpu_period_us=100_000 if cpus else None,
-            cpuset=",".join(str(c) for c in _call(cg, "cpuset") or []) or None,
-            init_pid=box.pid if box is not None else None,
-            memory_usage_bytes=(lambda cg=cg: _memory_usage(cg)) if cg is not None else None,
-        )
-        self.sentry.add_listener(fd, view)
-        return view
+            init_pid=box.pid if box is not None else None)
 
     # --- the fd socket: intermediates of new inits, listeners of exec'd processes ---
     def _on_fd_connection(self, _fd: int) -> None:
@@ -387,13 +390,19 @@ class Sandbox(Actor):
                         os.close(fd)
                 continue
             line = data.decode(errors="replace")
+            if line == "views":
+                # a pool's template (whose init loads no filter): views without a listener,
+                # each of its sandboxes shown its own cgroup's limits
+                view = self._view(box.container_id, box.config)
+                box.sandboxes = SandboxViews(box.cgroup, view)
+                continue
             if line == "ready":
                 if view is not None:
                     # the live /proc and /sys views, bound into the container's mount namespace
                     from zentry.sentry import views
 
                     try:
-                        views.attach(box.pid, view)
+                        views.attach(box.pid, view, box.sandboxes.view_for if box.sandboxes is not None else None)
                     except OSError as err:
                         raise SystemFailure(f"container {box.container_id!r}: {err.strerror or err}") from err
                 return
@@ -598,6 +607,94 @@ def _call(obj: object | None, name: str):
         return fn()
     except Exception:
         return None
+
+
+def container_view(container_id: str, cg, *, hostname: str = "", domainname: str = "", init_pid: int | None = None):
+    """A ``ContainerView`` with the limits of cgroup ``cg`` (None: none), read now."""
+    from zentry.sentry.kernel import ContainerView
+
+    cpus = _call(cg, "cpu_quota")  # CPUs' worth, or None
+    return ContainerView(
+        container_id=container_id,
+        hostname=hostname,
+        domainname=domainname,
+        memory_limit_bytes=_call(cg, "memory_limit"),
+        cpu_quota_us=int(cpus * 100_000) if cpus else None,
+        cpu_period_us=100_000 if cpus else None,
+        cpuset=",".join(str(c) for c in _call(cg, "cpuset") or []) or None,
+        init_pid=init_pid,
+        memory_usage_bytes=(lambda cg=cg: _memory_usage(cg)) if cg is not None else None,
+    )
+
+
+class SandboxViews:
+    """The views of a pool's template's sandboxes (docs/pools.md).
+
+    Each sandbox has its own cgroup, ``<the template's>/<sandbox id>``, made by
+    the node agent, so a process's cgroup says whose limits it is shown: a
+    process below the template's cgroup gets its sandbox's view, any other
+    (None) the template's own. A sandbox's limits are read once per ``TTL``
+    (the agent sets them before the sandbox starts); the caller's cgroup is
+    read at every call (pids are reused). Called on the views' FUSE thread:
+    reads a few small kernel files, never raises.
+    """
+
+    TTL = 2.0
+    MAX = 4096
+
+    def __init__(self, cgroup, template_view) -> None:
+        self.cgroup = cgroup
+        self.template = template_view
+        h = cgroup.hierarchy
+        if h.version == 2:
+            self.controller, mount = "", h.root
+        else:
+            self.controller = "memory" if "memory" in h.mounts else next(iter(h.mounts))
+            mount = h.mounts[self.controller]
+        # the template's cgroup as /proc/PID/cgroup names it
+        self.prefix = os.path.join("/", os.path.relpath(cgroup.dir(self.controller), mount), "")
+        #: sandbox cgroup path -> (when read, the view's limits)
+        self._limits: dict[str, tuple[float, dict]] = {}
+
+    def sandbox_cgroup(self, pid: int) -> str | None:
+        """The cgroup path of ``pid``'s sandbox, or None (not in one, or gone)."""
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                text = f.read()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            _num, controllers, path = line.split(":", 2)
+            if (controllers.split(",") if controllers else [""]).count(self.controller) and path.startswith(self.prefix):
+                return self.prefix + path[len(self.prefix):].split("/", 1)[0]
+        return None
+
+    def view_for(self, pid: int):
+        """``pid``'s sandbox's view (``init_pid`` is ``pid``: its procfs lists the sandbox's pids),
+        or None when ``pid`` is not in a sandbox."""
+        from zentry.actors.sandbox.cgroups import Cgroup
+        from zentry.sentry.kernel import ContainerView
+
+        path = self.sandbox_cgroup(pid)
+        if path is None:
+            return None
+        now = time.monotonic()
+        cached = self._limits.get(path)
+        if cached is None or now - cached[0] > self.TTL:
+            if len(self._limits) >= self.MAX:
+                self._limits = {p: v for p, v in self._limits.items() if now - v[0] <= self.TTL}
+            try:
+                view = container_view(self.template.container_id, Cgroup(path, self.cgroup.hierarchy))
+            except Exception as err:  # never on the FUSE thread's path: the template's view then
+                log.warning("views of %s: cgroup %s: %s", self.template.container_id, path, err)
+                return None
+            cached = self._limits[path] = (now, {name: getattr(view, name) for name in _LIMITS})
+        return ContainerView(container_id=self.template.container_id, hostname=self.template.hostname,
+                             domainname=self.template.domainname, init_pid=pid, **cached[1])
+
+
+#: the fields of a view that come from its cgroup
+_LIMITS = ("memory_limit_bytes", "cpu_quota_us", "cpu_period_us", "cpuset", "memory_usage_bytes")
 
 
 def _memory_usage(cg) -> int:

@@ -404,8 +404,12 @@ def container_init(chan: socket.socket, config: dict, rootfs: str, gofer_pid: in
             listener = install_sentry(config, bool(process.get("noNewPrivileges")))
             fdpass.send_fds(chan, {"kind": "listener", **names}, [listener])
             os.close(listener)
-        # else a pool's template: its init (actors/pool/init.c) runs no code of
-        # the container's and gives each sandbox it makes the filters itself
+        else:
+            # a pool's template: its init (actors/pool/init.c) runs no code of the
+            # container's and gives each sandbox it makes the filters itself; the
+            # views go on without a listener, and the sandboxes get them with the
+            # template's mount table, each rendered from its own cgroup
+            send_line(chan, "views")
         apply_user(process)
         if user_ns:
             # Changing ids made us non-dumpable: our /proc entries now belong to
