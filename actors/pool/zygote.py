@@ -7,8 +7,8 @@ and the actors' code, and each of a sandbox's three actors then holds its
 own private copy of what it imported. Forked from the zygote instead, a call
 starts with all of that in place, and the pages stay shared (copy-on-write)
 between the zygote and every sandbox's actors: faster refills, less memory
-per warm sandbox. The call itself is ``zentry.cmd.main.main(argv)``, the
-CLI's own entry, so it behaves exactly as the command would.
+per warm sandbox. The call itself is ``zentry.cmd.main.call(argv)``, what the
+CLI's own entry runs, so it behaves and exits exactly as the command would.
 
 The zygote is forked by the agent before the agent makes its ZeroMQ context
 or any thread (a process with either must not fork code that uses them),
@@ -199,26 +199,12 @@ def _call(req: dict, fd3: int | None, sock: socket.socket, zentry: str, *spare: 
         sys.stdout = open(1, "w", closefd=False)
         sys.stderr = open(2, "w", closefd=False)
         sys.argv = [zentry, *req["argv"]]
-        import gc
+        from zentry.cmd.main import call
 
-        gc.disable()  # as the CLI's entry: a short-lived process
-        from zentry.cmd.main import main
-
-        try:
-            code = main(list(req["argv"]))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        from zentry.bus.log import shutdown
-
-        shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        code = call(list(req["argv"]))
     except BaseException:
         import traceback
 
         traceback.print_exc()
     finally:
-        os._exit(code if isinstance(code, int) else 1)
+        os._exit(code)
