@@ -17,7 +17,12 @@ thread confines itself when it starts (``confine_thread``, first thing in
   ``SECCOMP_FILTER_FLAG_TSYNC``, so it binds the sentry thread and threads it
   would create, never the actor's main thread, which must go on forking
   container inits (a whole-process allowlist would be inherited by each);
-* ``PR_SET_NO_NEW_PRIVS`` is set on the same thread first. It too is per
+* it drops every capability but those it uses (``KEEP_CAPS``: tracee memory
+  and /proc files, signals to a failed container, its cgroup files): no
+  CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_RAWIO (no mapping at page 0), ...
+  Capabilities are per thread too; the main thread keeps what forking inits
+  needs;
+* ``PR_SET_NO_NEW_PRIVS`` is set on the same thread, before the filter. It too is per
   thread (``task->atomic_flags``), so it does not reach the main thread or
   the inits it forks; the sentry thread never execs (``execve`` is not
   allowed), so it costs nothing, and the filter then loads without
@@ -102,6 +107,15 @@ IOCTLS = {
     "TCGETS (isatty, when Python opens a file)": 0x5401,
 }
 
+#: the capabilities the thread keeps (<linux/capability.h> numbers); every other one it drops
+KEEP_CAPS = {
+    "CAP_DAC_OVERRIDE": 1,  # write a failed container's cgroup files and the log whoever owns them
+    "CAP_DAC_READ_SEARCH": 2,
+    "CAP_KILL": 5,  # SIGKILL a container whose listener failed (its processes' uids are not ours)
+    "CAP_SYS_PTRACE": 19,  # process_vm_readv/writev and /proc/PID/timens_offsets of any container's process
+}
+_KEEP_MASK = sum(1 << n for n in KEEP_CAPS.values())
+
 #: clone(2) flags: a new thread, never a process or a namespace
 CLONE_THREAD = 0x00010000
 _CLONE_MASK = CLONE_THREAD | sum(CLONE_NS_FLAGS.values())
@@ -132,10 +146,14 @@ def program() -> LoadedProgram:
 
 
 def confine_thread(prog: LoadedProgram) -> None:
-    """Confine the calling thread (only it, and threads it creates): no_new_privs, then the filter.
+    """Confine the calling thread (only it, and threads it creates): drop every
+    capability but ``KEEP_CAPS``, set no_new_privs, then load the filter.
 
-    After this, the thread can load no further filter (``seccomp`` is not
-    allowed), so this is done once, at the thread's start.
+    All three are per thread. After this the thread can change none of them
+    (``capset``, ``prctl`` and ``seccomp`` are not allowed), so this is done
+    once, at the thread's start.
     """
+    effective, permitted, _inheritable = libc.thread_capget()
+    libc.thread_capset(effective & _KEEP_MASK, permitted & _KEEP_MASK, 0)
     libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
     prog.load(0)

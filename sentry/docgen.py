@@ -126,11 +126,12 @@ is confined the gVisor way, by an allowlist (next section).
 
 The sentry thread reads every served container's memory inside a sandbox
 actor that runs as root, so it confines itself when it starts, before it
-receives a notification (`sentry/confine.py`): `PR_SET_NO_NEW_PRIVS`, then a
-seccomp filter loaded **without** `SECCOMP_FILTER_FLAG_TSYNC`. Both are per
-thread in Linux: they bind the sentry thread (and any thread it would
-create), never the actor's main thread, which forks container inits; a
-whole-process allowlist would be inherited by every container. The filter is
+receives a notification (`sentry/confine.py`): it drops every capability
+but {kept}, sets `PR_SET_NO_NEW_PRIVS`, then loads a seccomp filter
+**without** `SECCOMP_FILTER_FLAG_TSYNC`. All three are per thread in Linux:
+they bind the sentry thread (and any thread it would create), never the
+actor's main thread, which forks container inits; a whole-process allowlist
+would be inherited by every container. The filter is
 an allowlist compiled by the same compiler as the table above; anything not
 listed fails with EPERM: `execve`/`execveat`, `fork`/`vfork`, `clone` for
 anything but a thread (namespace flags included), `unshare`/`setns`,
@@ -190,7 +191,8 @@ def render(table: SyscallTable = TABLE) -> str:
     )
     rows = "\n".join(f"| {r.nr} | `{r.name}` | {r.disposition.describe()} | {r.disposition.note} |" for r in table)
     max_nr = max(r.nr for r in table)
-    return _HEADER.format(summary=summary, rows=rows, max_nr=max_nr, sentry_rows=sentry_rows())
+    return _HEADER.format(summary=summary, rows=rows, max_nr=max_nr, sentry_rows=sentry_rows(),
+                          kept=", ".join(f"`{name}`" for name in confine.KEEP_CAPS))
 
 
 def sentry_rows() -> str:

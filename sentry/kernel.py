@@ -26,9 +26,9 @@ while strace is on -- is copied into
 ``self._notif`` and handled here exactly as without the extension. Python
 keeps the policy, the slow path and the fail-closed handling.
 
-Confined: the thread's first act is to load its own seccomp allowlist
-(``confine.confine_thread``; per thread, no TSYNC: the rest of the process
-is not bound by it), and ``start()`` returns only once it has, raising if it
+Confined: the thread's first act is to drop its capabilities and load its
+own seccomp allowlist (``confine.confine_thread``; per thread, no TSYNC: the
+rest of the process is not bound by it), and ``start()`` returns only once it has, raising if it
 could not: the sentry never serves a notification unconfined. Everything
 the loop, the handlers, ``on_event`` and ``on_fatal`` do on this thread must
 stay within ``confine.ALLOWED`` (anything else fails with EPERM).

@@ -1,7 +1,8 @@
 """The sentry thread of a real sandbox actor runs under its own filter, and only it
-(``sentry/confine.py``): its task is the one with a seccomp filter and
-no_new_privs, while the actor's other threads, which fork container inits,
-have neither; and the confined sentry still serves the container.
+(``sentry/confine.py``): its task is the one with a seccomp filter,
+no_new_privs and only a few capabilities, while the actor's other threads,
+which fork container inits, keep all of theirs; and the confined sentry
+still serves the container.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 
 import pytest
 
+from zentry.sentry.confine import KEEP_CAPS
 from zentry.sentry.kernel import THREAD_NAME
 
 pytestmark = [
@@ -30,7 +32,7 @@ def _tasks(pid: int) -> dict[int, dict]:
                 status = {k: v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
         except FileNotFoundError:
             continue  # a thread that just ended
-        out[tid] = {"comm": comm, **{k: status[k] for k in ("Seccomp", "Seccomp_filters", "NoNewPrivs")}}
+        out[tid] = {"comm": comm, "CapEff": int(status["CapEff"], 16), **{k: status[k] for k in ("Seccomp", "Seccomp_filters", "NoNewPrivs")}}
     return out
 
 
@@ -49,6 +51,9 @@ def test_the_sentry_thread_alone_is_confined_and_still_serves(zentry, busybox_bu
         assert (sentry["Seccomp"], sentry["Seccomp_filters"], sentry["NoNewPrivs"]) == ("2", "1", "1"), tasks
         others = {tid: t for tid, t in tasks.items() if tid not in sentries}
         assert others and all((t["Seccomp"], t["NoNewPrivs"]) == ("0", "0") for t in others.values()), tasks
+        # capabilities: the sentry thread kept only confine.KEEP_CAPS; the others, CAP_SYS_ADMIN (21) among all
+        assert sentry["CapEff"] == sum(1 << n for n in KEEP_CAPS.values()), tasks
+        assert all(t["CapEff"] & 1 << 21 for t in others.values()), tasks
 
         assert zentry("start", cid).returncode == 0
         # uname is trapped in every container: the confined sentry answers it (and sysinfo, busybox uptime)

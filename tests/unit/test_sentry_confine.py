@@ -145,11 +145,12 @@ def test_the_filter_binds_the_confined_thread_only():
 
     def body() -> dict:
         out = {}
+        before = _status()["CapEff"]
 
         def confined():
             confine.confine_thread(prog)
             out["tid"] = threading.get_native_id()
-            out["thread"] = {k: v for k, v in _status(out["tid"]).items() if k in ("Seccomp", "Seccomp_filters", "NoNewPrivs")}
+            out["thread"] = {k: v for k, v in _status(out["tid"]).items() if k in ("Seccomp", "Seccomp_filters", "NoNewPrivs", "CapEff", "CapPrm")}
             # a thread of its own still starts (clone with CLONE_THREAD; clone3 answers ENOSYS) and inherits the filter
             inner = {}
             t = threading.Thread(target=lambda: inner.update(_status(threading.get_native_id())))
@@ -161,7 +162,8 @@ def test_the_filter_binds_the_confined_thread_only():
         t = threading.Thread(target=confined)
         t.start()
         t.join()
-        out["main"] = {k: v for k, v in _status().items() if k in ("Seccomp", "Seccomp_filters", "NoNewPrivs")}
+        out["main"] = {k: v for k, v in _status().items() if k in ("Seccomp", "Seccomp_filters", "NoNewPrivs", "CapEff")}
+        out["before"] = before
         pid = os.fork()
         if pid == 0:
             try:
@@ -173,9 +175,12 @@ def test_the_filter_binds_the_confined_thread_only():
         return out
 
     out = _in_child(body)
+    caps = {k: int(out["thread"].pop(k), 16) for k in ("CapEff", "CapPrm")}
     assert out["thread"] == {"Seccomp": "2", "Seccomp_filters": "1", "NoNewPrivs": "1"}, out
+    keep = sum(1 << n for n in confine.KEEP_CAPS.values())
+    assert caps["CapEff"] == caps["CapPrm"] == int(out["before"], 16) & keep, out  # every other capability dropped
     assert out["its thread"] == "2", out
-    assert out["main"] == {"Seccomp": "0", "Seccomp_filters": "0", "NoNewPrivs": "0"}, out
+    assert out["main"] == {"Seccomp": "0", "Seccomp_filters": "0", "NoNewPrivs": "0", "CapEff": out["before"]}, out
     assert out["main execs"] == 7, out
 
 
