@@ -299,20 +299,26 @@ def _main(argv: list[str], verb: str | None, prefork) -> int:
         return fail(log, f"internal error: {type(err).__name__}: {err}")
 
 
-def entry() -> None:
-    """The console script: main(), then exit without the interpreter's teardown.
+def call(argv: list[str] | None = None) -> int:
+    """One CLI call to its end: main(argv), its exit status, the log shut down, output flushed.
 
-    A CLI call lives for a fraction of a second; freeing every module and
-    object at exit took ~70 ms of it. Buffered output and the log are
-    flushed first; no zentry code relies on atexit or finalizers here.
+    The console script (``entry``) and the agent's zygote (a forked call,
+    ``actors/pool/zygote.py``) both end their process with this, then
+    ``os._exit`` with what it returns. A SystemExit (argparse's --help, a
+    command's ``sys.exit``) becomes a status as Python's own rule has it:
+    None is 0, an int is itself, anything else is 1 with the value on stderr.
     """
     gc.disable()  # a short-lived process: collection pauses buy nothing (actors re-enable it)
     try:
-        code = main()
-    except SystemExit as exc:  # argparse errors and --help/--version
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if exc.code is not None and not isinstance(exc.code, int):
+        code = main(argv)
+    except SystemExit as exc:
+        if exc.code is None:
+            code = 0
+        elif isinstance(exc.code, int):
+            code = exc.code
+        else:
             print(exc.code, file=sys.stderr)
+            code = EXIT_FAILURE
     from zentry.bus.log import shutdown
 
     shutdown()
@@ -321,7 +327,17 @@ def entry() -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(code)
+    return code
+
+
+def entry() -> None:
+    """The console script: call(), then exit without the interpreter's teardown.
+
+    A CLI call lives for a fraction of a second; freeing every module and
+    object at exit took ~70 ms of it. Buffered output and the log are
+    flushed first (``call``); no zentry code relies on atexit or finalizers here.
+    """
+    os._exit(call())
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@ import argparse
 import pathlib
 import sys
 
+from . import confine
 from .table import TABLE, Action, SyscallTable
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "syscalls.md"
 
 _HEADER = """# Syscalls under zentry (x86_64)
 
-Generated from `sentry/table.py` by `python -m zentry.sentry.docgen`; do not edit.
+Generated from `sentry/table.py` and `sentry/confine.py` by `python -m zentry.sentry.docgen`; do not edit.
 `tests/unit/test_sentry_oci.py` fails when this file and the table disagree.
 
 Every container process runs under two stacked seccomp filters: the OCI
@@ -118,12 +119,35 @@ PER_LINUX32, UNAME26 and the query, `socket(AF_VSOCK)`. Stricter than Docker:
 the mount API whatever the capabilities. gVisor runs its own kernel and lets
 its Sentry make only a small allowlist of host syscalls; zentry's container
 processes talk to the host kernel directly, so its surface is Docker's shape
-(allow most, refuse the dangerous), not gVisor's. gVisor's host allowlist is
-the model for a filter on the sentry thread itself (not loaded yet): since the
-sentry no longer opens files for containers, that thread needs no `openat2`,
-`setfsuid`, `setfsgid`, `setgroups` nor `capset` — only poll, the listener
-ioctls, `process_vm_readv`/`writev` and `pidfd_*` (the views are served by
-another thread).
+(allow most, refuse the dangerous), not gVisor's. The sentry thread itself
+is confined the gVisor way, by an allowlist (next section).
+
+## The sentry thread's own filter
+
+The sentry thread reads every served container's memory inside a sandbox
+actor that runs as root, so it confines itself when it starts, before it
+receives a notification (`sentry/confine.py`): it drops every capability
+but {kept}, sets `PR_SET_NO_NEW_PRIVS`, then loads a seccomp filter
+**without** `SECCOMP_FILTER_FLAG_TSYNC`. All three are per thread in Linux:
+they bind the sentry thread (and any thread it would create), never the
+actor's main thread, which forks container inits; a whole-process allowlist
+would be inherited by every container. The filter is
+an allowlist compiled by the same compiler as the table above; anything not
+listed fails with EPERM: `execve`/`execveat`, `fork`/`vfork`, `clone` for
+anything but a thread (namespace flags included), `unshare`/`setns`,
+`ptrace`, the mount API, `bpf`, `kexec_*`, module loading, the keyrings,
+`seccomp` (no further filter, no new listener), `prctl`, `capset` and every
+credential change, `pidfd_getfd`, `memfd_create`, `socket`. The views are
+served by another thread (FUSE) and are not under this filter.
+`process_vm_writev` stays allowed: writing into the tracee's buffer is how
+`uname` and `sysinfo` are emulated. What a compromised sentry thread could
+still do: read and write the memory of processes root may trace, signal
+them, and open files as root (`openat` serves its /proc reads, a failed
+container's `cgroup.kill` and the log); seccomp cannot look at paths.
+
+| syscalls | why the sentry thread makes them |
+|---|---|
+{sentry_rows}
 
 ## Remaining differences from Linux
 
@@ -167,7 +191,20 @@ def render(table: SyscallTable = TABLE) -> str:
     )
     rows = "\n".join(f"| {r.nr} | `{r.name}` | {r.disposition.describe()} | {r.disposition.note} |" for r in table)
     max_nr = max(r.nr for r in table)
-    return _HEADER.format(summary=summary, rows=rows, max_nr=max_nr)
+    return _HEADER.format(summary=summary, rows=rows, max_nr=max_nr, sentry_rows=sentry_rows(),
+                          kept=", ".join(f"`{name}`" for name in confine.KEEP_CAPS))
+
+
+def sentry_rows() -> str:
+    """The sentry thread's allowlist (``confine``) as table rows."""
+    groups: dict[str, list[str]] = {}
+    for name, why in confine.ALLOWED.items():
+        groups.setdefault(why, []).append(name)
+    rows = [f"| {', '.join(f'`{n}`' for n in names)} | {why} |" for why, names in groups.items()]
+    rows.append("| `ioctl` | only " + ", ".join(f"{name} (`{req:#x}`)" for name, req in confine.IOCTLS.items()) + " |")
+    rows.append("| `clone` | a new thread only: `CLONE_THREAD` set and no namespace flag |")
+    rows.append("| `clone3` | refused with ENOSYS (its flags are in memory, out of BPF's reach): glibc falls back to `clone` |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,13 @@ while strace is on -- is copied into
 ``self._notif`` and handled here exactly as without the extension. Python
 keeps the policy, the slow path and the fail-closed handling.
 
+Confined: the thread's first act is to drop its capabilities and load its
+own seccomp allowlist (``confine.confine_thread``; per thread, no TSYNC: the
+rest of the process is not bound by it), and ``start()`` returns only once it has, raising if it
+could not: the sentry never serves a notification unconfined. Everything
+the loop, the handlers, ``on_event`` and ``on_fatal`` do on this thread must
+stay within ``confine.ALLOWED`` (anything else fails with EPERM).
+
 Fail closed (pitfall 4): if a listener closes while its container runs, the
 trapped calls return ENOSYS and the program runs on unmediated. So:
 
@@ -44,6 +51,7 @@ trapped calls return ENOSYS and the program runs on unmediated. So:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -56,6 +64,7 @@ from typing import Callable
 from zentry.bus.log import get_logger
 from zentry.bus.value import Value
 
+from . import confine
 from .abi import libc
 from .abi.seccomp import (
     NOTIF,
@@ -86,6 +95,8 @@ def native_available() -> bool:
     """Whether the native fast path (``zentry.sentry._fast``) is built and current."""
     return _fast is not None and getattr(_fast, "ABI", None) == NATIVE_ABI
 
+#: the sentry thread's name (its ``comm``, at most 15 bytes)
+THREAD_NAME = b"zentry-sentry"
 _ZERO_NOTIF = bytes(NOTIF.size)
 _POLL_IN = select.POLLIN
 _POLL_BAD = select.POLLHUP | select.POLLERR | select.POLLNVAL
@@ -189,10 +200,17 @@ class Sentry:
         self._wake()
 
     def start(self) -> None:
+        """Start the sentry thread; returns once it has confined itself (``confine``), raises if it cannot."""
         if self._thread is not None:
             raise RuntimeError("sentry already started")
-        self._thread = threading.Thread(target=self._main, name="zentry-sentry", daemon=True)
+        prog = confine.program()  # compiled here: the confined thread could not (libseccomp opens a memfd)
+        confined = threading.Event()
+        self._thread = threading.Thread(target=self._main, args=(prog, confined), name=THREAD_NAME.decode(), daemon=True)
         self._thread.start()
+        confined.wait()
+        if self.error is not None:
+            self._thread.join()
+            raise RuntimeError(f"the sentry thread cannot confine itself: {self.error}") from self.error
 
     def stop(self, timeout: float = 5.0, *, kill_tracees: bool = True) -> None:
         """Stop serving. Containers still attached are killed first (fail closed)."""
@@ -257,7 +275,16 @@ class Sentry:
             pass
 
     # --- the loop (sentry thread) -------------------------------------------------------
-    def _main(self) -> None:
+    def _main(self, prog, confined: threading.Event) -> None:
+        try:
+            name = ctypes.create_string_buffer(THREAD_NAME)
+            libc.prctl(libc.PR_SET_NAME, ctypes.addressof(name))  # ps -L, /proc/PID/task/TID/comm
+            confine.confine_thread(prog)
+        except OSError as exc:  # serve nothing unconfined: start() raises
+            self.error = exc
+            return
+        finally:
+            confined.set()
         try:
             self._loop()
         except BaseException as exc:  # the thread is dying: fail closed for every container
