@@ -302,8 +302,7 @@ def _main(argv: list[str], verb: str | None, prefork) -> int:
 def call(argv: list[str] | None = None) -> int:
     """One CLI call to its end: main(argv), its exit status, the log shut down, output flushed.
 
-    The console script (``entry``) and the agent's zygote (a forked call,
-    ``actors/pool/zygote.py``) both end their process with this, then
+    The console script (``entry``) ends its process with this, then
     ``os._exit`` with what it returns. A SystemExit (argparse's --help, a
     command's ``sys.exit``) becomes a status as Python's own rule has it:
     None is 0, an int is itself, anything else is 1 with the value on stderr.
