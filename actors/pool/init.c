@@ -197,8 +197,9 @@ static void reap(void)
             }
 }
 
-/* The exec server's loop: requests on CHAN, exits of its children. */
-static int serve(void)
+/* The loop of the exec server and the spawner alike: requests on CHAN
+ * (on_request reads one), exits of their children (reap). */
+static int loop(void (*on_request)(void))
 {
     sigset_t set;
     sigemptyset(&set);
@@ -210,7 +211,7 @@ static int serve(void)
         dprintf(2, "zentry pool init: %s\n", strerror(errno));
         return 1;
     }
-    say(0, 0, getpid(), 0);  /* hello: the agent knows the exec server is up */
+    say(0, 0, getpid(), 0);  /* hello: the agent knows we are up */
     struct pollfd p[2] = { { CHAN, POLLIN, 0 }, { sfd, POLLIN, 0 } };
     for (;;) {
         if (poll(p, 2, -1) < 0) continue;
@@ -220,8 +221,13 @@ static int serve(void)
                 ;
             reap();
         }
-        if (p[0].revents) request();
+        if (p[0].revents) on_request();
     }
+}
+
+static int serve(void)
+{
+    return loop(request);
 }
 
 /* ---- Spawner mode: the init of a pool's template ----------------------------
@@ -582,6 +588,7 @@ static void become_sandbox(const struct spawn_req *r, int *cg, int ncg)
         close(cg[i]);
     }
     syscall(SYS_close_range, CHAN + 1, ~0U, 0);  /* the spawner's signalfd and the other sandboxes' fds */
+    memset(kids, 0, sizeof kids);  /* the spawner's children are not ours */
     if (unshare(CLONE_NEWCGROUP) < 0) fail(2, "new cgroup namespace");
     make_root(r);
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -593,7 +600,6 @@ static void become_sandbox(const struct spawn_req *r, int *cg, int ncg)
     _exit(serve());
 }
 
-static struct { pid_t pid; uint32_t id; } sandboxes[MAX_KIDS];
 
 #ifndef CLONE_NEWTIME
 #define CLONE_NEWTIME 0x80
@@ -685,7 +691,7 @@ static void spawn_request(void)
     memcpy(&r, buf, sizeof r);
     int slot = -1;
     for (int i = 0; i < MAX_KIDS; i++)
-        if (sandboxes[i].pid == 0) { slot = i; break; }
+        if (kids[i].pid == 0) { slot = i; break; }
     if (slot < 0) { say(3, r.id, 0, EAGAIN); goto done; }
     if ((r.clone_flags & CLONE_NEWTIME) && new_time_namespace() < 0) { say(3, r.id, 0, errno); goto done; }
     /* clone(2)'s flags cannot carry CLONE_NEWTIME (its bits are the exit signal's): unshared above */
@@ -695,51 +701,17 @@ static void spawn_request(void)
         become_sandbox(&r, fds + 1, nfds - 1);
     }
     if (pid < 0) { say(3, r.id, 0, errno); goto done; }
-    sandboxes[slot].pid = pid;
-    sandboxes[slot].id = r.id;
+    kids[slot].pid = pid;
+    kids[slot].id = r.id;
     say(1, r.id, pid, 0);
 done:
     for (int i = 0; i < nfds; i++) close(fds[i]);
 }
 
-static void reap_sandboxes(void)
-{
-    int status;
-    pid_t pid;
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-        for (int i = 0; i < MAX_KIDS; i++)
-            if (sandboxes[i].pid == pid) {
-                say(2, sandboxes[i].id, pid, status);
-                sandboxes[i].pid = 0;
-                break;
-            }
-}
-
 static int spawner(void)
 {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGCHLD);
-    sigaddset(&set, SIGPIPE);
-    sigprocmask(SIG_BLOCK, &set, NULL);
-    int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (sfd < 0 || fcntl(CHAN, F_SETFD, FD_CLOEXEC) < 0) {
-        dprintf(2, "zentry pool spawner: %s\n", strerror(errno));
-        return 1;
-    }
     read_own_offset();
-    say(0, 0, getpid(), 0);
-    struct pollfd p[2] = { { CHAN, POLLIN, 0 }, { sfd, POLLIN, 0 } };
-    for (;;) {
-        if (poll(p, 2, -1) < 0) continue;
-        if (p[1].revents) {
-            struct signalfd_siginfo si;
-            while (read(sfd, &si, sizeof si) > 0)
-                ;
-            reap_sandboxes();
-        }
-        if (p[0].revents) spawn_request();
-    }
+    return loop(spawn_request);
 }
 
 int main(int argc, char **argv)
