@@ -147,7 +147,7 @@ class PoolAgent(Actor):
         self.templates: dict[str, Template] = {}  # pool -> its template
         self.by_chan: dict[int, PoolSandbox | Template] = {}
         self.by_rid: dict[int, PoolSandbox] = {}  # spawn request -> its sandbox, until the spawner says it exited
-        self.cgroups_left: set[str] = set()
+        self.cgroups = CgroupWorker()  # mkdir/rmdir in cgroupfs wait on the kernel's cgroup mutex: never in this loop
         self.refill_due: set[str] = set()  # pools whose refill waits for the queued requests
         self.handovers: dict[int, tuple[object, PoolSandbox]] = {}  # fds.sock connections awaiting the sentry's answer
         self.by_pidfd: dict[int, tuple[Template, str, int]] = {}
@@ -193,6 +193,7 @@ class PoolAgent(Actor):
             self._bind_tcp()
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
+        self.watch_fd(self.cgroups.done_fd, lambda _fd: self.cgroups.deliver())
         left = self._clean_leftovers()
         self.call_later(0, lambda: self._started(left))
         self.call_later(SWEEP_INTERVAL, self._sweep)
@@ -212,6 +213,7 @@ class PoolAgent(Actor):
         self.metrics.close()
         if getattr(self, "stream", None) is not None:
             self.stream.stop()
+            self.stream.join(2)  # before the loop closes the context under its sockets
 
     def on_failure(self, exc: BaseException) -> None:
         self._destroy_all()
@@ -735,34 +737,40 @@ class PoolAgent(Actor):
 
     # --- sandboxes ---------------------------------------------------------------------
     def _start(self, pool: PoolConfig, parent: str) -> None:
+        """A new sandbox: its cgroup made by the worker thread, then the spawner's request."""
         tmpl = self.templates[pool.name]
         sid = f"{pool.name}-{secrets.token_hex(5)}"
         sb = PoolSandbox(pool, sid, tmpl)
         sb.parent = parent
         self._rid = (self._rid + 1) & 0xFFFFFFFF or 1
         sb.rid = self._rid
+        sb.cgroup = tmpl.cgroup(sid)
         self.sandboxes[sid] = sb
-        procs: list[int] = []
+        self.cgroups.submit(lambda: _make_cgroup(sb.cgroup, sbmod.sandbox_resources(pool)), lambda procs, err: self._spawn(sb, procs, err))
+        self._update_gauges(pool.name)
+
+    def _spawn(self, sb: PoolSandbox, procs: list[int] | None, err: BaseException | None) -> None:
+        """Its cgroup is ready (``procs``: its cgroup.procs files): ask the template's spawner."""
         theirs = None
         try:
-            sb.cgroup = tmpl.cgroup(sid)
-            sb.cgroup.create()
-            sb.cgroup.apply(sbmod.sandbox_resources(pool))
-            procs = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for d in sb.cgroup.dirs()]
+            if err is not None:
+                raise err
+            if sb.state != "starting" or sb.template.chan is None:  # ended meanwhile
+                self._sandbox_gone(sb)
+                return
             sb.chan, theirs = sbmod.Channel.pair()
-            tmpl.chan.send(sbmod.spawn_request(pool, sb.rid), [theirs.fileno(), *procs])
+            sb.template.chan.send(sbmod.spawn_request(sb.pool, sb.rid), [theirs.fileno(), *procs])
             self.by_rid[sb.rid] = sb
-        except Exception as err:
-            self._start_failed(sb, f"{type(err).__name__}: {err}")
+        except Exception as exc:
+            self._start_failed(sb, f"{type(exc).__name__}: {exc}")
             self._sandbox_gone(sb)
             return
         finally:
-            for fd in procs:
+            for fd in procs or ():
                 os.close(fd)
             if theirs is not None:
                 theirs.close()
         self._watch_chan(sb, sb.chan)
-        self._update_gauges(pool.name)
 
     def _maybe_ready(self, sb: PoolSandbox) -> None:
         if sb.state != "starting" or not sb.hello:
@@ -836,37 +844,10 @@ class PoolAgent(Actor):
         if self.sandboxes.pop(sb.id, None) is None:
             return
         if sb.cgroup is not None:
-            self._remove_cgroup(sb.cgroup, time.monotonic() + 10)
+            self.cgroups.submit(lambda: _remove_cgroup(sb.cgroup, time.monotonic() + 10), _logged)
         self._update_gauges(sb.pool.name)
         if sb.pool.name in self.pools:
             self.call_later(0, lambda: self._refill(sb.pool.name, parent=sb.claim_id))
-
-    def _remove_cgroup(self, cg, deadline: float) -> None:
-        """rmdir each of its directories; while the kernel still tears the pid namespace down, later."""
-        busy = False
-        for where in cg.dirs():
-            try:
-                os.rmdir(where)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                if err.errno != errno.EBUSY:
-                    log.warning("cannot remove cgroup %s: %s", where, err)
-                busy = True
-        if not busy:
-            return
-        if time.monotonic() > deadline:
-            try:
-                cg.destroy()
-            except Exception as err:
-                log.warning("cannot remove cgroup %s: %s", cg.path, err)
-            return
-        self.cgroups_left.add(cg.path)
-        self.call_later(0.02, lambda: self._retry_cgroup(cg, deadline))
-
-    def _retry_cgroup(self, cg, deadline: float) -> None:
-        self.cgroups_left.discard(cg.path)
-        self._remove_cgroup(cg, deadline)
 
     def _destroy_all(self) -> None:
         """Stopping: every template ends (its spawner kills its sandboxes); their deletes are waited for."""
@@ -890,6 +871,7 @@ class PoolAgent(Actor):
             for fd in ready:
                 if fd in self.by_pidfd:
                     self._on_pidfd(fd)
+        self.cgroups.close(timeout=max(1.0, deadline - time.monotonic()))  # the sandboxes' cgroups are gone
 
     # --- capacity and refill --------------------------------------------------------------
     def _counts(self, pool: str) -> dict[str, int]:
@@ -979,6 +961,90 @@ class PoolAgent(Actor):
         counts = self._counts(pool)
         for state in ("warm", "claimed", "starting"):
             self.metrics.sandboxes.labels(pool, state).set(counts[state])
+
+
+class CgroupWorker:
+    """One thread that makes and removes the sandboxes' cgroups: a mkdir or rmdir
+    in cgroupfs waits on the kernel's cgroup mutex behind every other one on the
+    host (tens of ms while sandboxes are torn down), and the agent's loop must
+    answer claims meanwhile. ``submit(job, then)``: ``then(result, error)`` runs in
+    the loop (``deliver``, when ``done_fd`` is readable)."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self.done_fd, self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, name="pool-cgroups", daemon=True)
+        self._thread.start()
+
+    def submit(self, job, then) -> None:
+        self._jobs.put((job, then))
+
+    def _run(self) -> None:
+        while True:
+            job, then = self._jobs.get()
+            if job is None:
+                return
+            try:
+                outcome = (job(), None)
+            except Exception as err:
+                outcome = (None, err)
+            self._done.put((then, outcome))
+            try:
+                os.write(self._wake, b"x")
+            except BlockingIOError:  # the loop has 64 KiB of wake-ups to read already
+                pass
+
+    def deliver(self) -> None:
+        try:
+            while os.read(self.done_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while not self._done.empty():
+            then, (result, error) = self._done.get()
+            then(result, error)
+
+    def close(self, timeout: float) -> None:
+        """The jobs submitted so far are done, and their callbacks run."""
+        self._jobs.put((None, None))
+        self._thread.join(timeout)
+        self.deliver()
+
+
+def _make_cgroup(cg, resources: dict) -> list[int]:
+    """Make ``cg`` with ``resources``; its cgroup.procs files, open for the spawner."""
+    cg.create()
+    cg.apply(resources)
+    return [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for d in cg.dirs()]
+
+
+def _remove_cgroup(cg, deadline: float) -> None:
+    """rmdir each of its directories, again while the kernel still tears the pid namespace down."""
+    while True:
+        busy = False
+        for where in cg.dirs():
+            try:
+                os.rmdir(where)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                if err.errno != errno.EBUSY:
+                    raise SystemFailure(f"cannot remove cgroup {where}: {err.strerror}") from err
+                busy = True
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            cg.destroy()  # kills what is left
+            return
+        time.sleep(0.02)
+
+
+def _logged(_result, error: BaseException | None) -> None:
+    if error is not None:
+        log.warning("%s", error)
 
 
 class _Metrics:

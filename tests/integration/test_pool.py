@@ -37,6 +37,7 @@ def make_agent(zentry_root, tmp_path, busybox_rootfs):
     yield make
     for agent in agents:
         assert agent.stop() == 0, agent.log()
+        assert "Traceback" not in agent.log(), agent.log()  # e.g. a thread killed under its sockets at stop
     for agent in agents:
         assert not os.path.exists(agent.root) or os.listdir(agent.root) == [], os.listdir(agent.root)
 
