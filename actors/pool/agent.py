@@ -74,6 +74,8 @@ log = get_logger("zentry.pool")
 AGENT_DIR = "pool-agent"
 #: how long a claim waits for a sandbox being started before it is refused
 CLAIM_WAIT = 30.0
+#: how many ended sandboxes' handles are remembered, to say how they ended
+ENDED_KEPT = 4096
 #: output kept per command when not streamed (more is cut, and said so on stderr)
 OUTPUT_LIMIT = 3 * 1024 * 1024
 SWEEP_INTERVAL = 0.2
@@ -151,6 +153,7 @@ class PoolAgent(Actor):
         self.refill_due: set[str] = set()  # pools whose refill waits for the queued requests
         self.handovers: dict[int, tuple[object, PoolSandbox]] = {}  # fds.sock connections awaiting the sentry's answer
         self.by_pidfd: dict[int, tuple[Template, str, int]] = {}
+        self.ended: collections.OrderedDict[str, str] = collections.OrderedDict()  # recent handles -> how they ended
         self._rid = 0
         self._lock_fd = -1
         self.tcp: list[zmq.Socket] = []
@@ -405,6 +408,9 @@ class PoolAgent(Actor):
     def _claimed(self, handle: str) -> PoolSandbox:
         sb = self.sandboxes.get(handle)
         if sb is None or sb.state != "claimed":
+            how = self.ended.get(handle)
+            if how:
+                raise NotFound(f"node {self.config.node}: no claimed sandbox {handle!r}: it {how}")
             raise NotFound(f"node {self.config.node}: no claimed sandbox {handle!r} (released, expired, or never claimed)")
         sb.last_used = time.monotonic()
         return sb
@@ -618,17 +624,18 @@ class PoolAgent(Actor):
                 self._start_failed(sb, error)
             else:
                 log.warning("pool %s: sandbox %s: %s", sb.pool.name, sb.id, error)
-                self._destroy(sb, "failed", parent=sb.claim_id)
+                self._destroy(sb, "failed", parent=sb.claim_id, how=f"ended: {error}")
 
     def _channel_ended(self, sb: PoolSandbox) -> None:
+        tmpl = sb.template
+        if tmpl.chan is not None:  # its template's end, if already said, is the cause: it tells the claimant
+            self._on_channel(tmpl.chan.fileno())
         self._unwatch_chan(sb)
         if sb.state == "starting":
             self._start_failed(sb, "its init ended during setup")
             return
-        for job in list(sb.jobs.values()):
-            self._finish(job, None, error=f"sandbox {sb.id} ended (its init exited, killed or out of memory)")
         if sb.state in ("warm", "claimed"):
-            self._destroy(sb, "failed", parent=sb.claim_id)
+            self._destroy(sb, "failed", parent=sb.claim_id, how=_INIT_EXITED.format(template=tmpl.id))
 
     # --- templates ----------------------------------------------------------------------
     def _on_spawner(self, tmpl: Template, msg) -> None:
@@ -695,7 +702,11 @@ class PoolAgent(Actor):
         self._unwatch_chan(tmpl)  # the spawner kills its sandboxes and exits
         for sb in [sb for sb in self.sandboxes.values() if sb.template is tmpl]:
             if sb.state != "dying":
-                self._destroy(sb, "failed" if self._stopping is None else "shutdown", parent=sb.claim_id)
+                if self._stopping is None:
+                    self._destroy(sb, "failed", parent=sb.claim_id,
+                                  how=f"ended with its template {tmpl.id} (its spawner, controller or sentry died)")
+                else:
+                    self._destroy(sb, "shutdown", parent=sb.claim_id, how=f"ended: node {self.config.node} is stopping")
             self.by_rid.pop(sb.rid, None)
             self._sandbox_gone(sb)
         if self.templates.get(tmpl.pool.name) is tmpl:
@@ -813,13 +824,19 @@ class PoolAgent(Actor):
                 req, _msg, _deadline = self.waiting[pool].popleft()
                 req.reply(Error(code=SystemFailure.code, message=f"node {self.config.node}: pool {pool}: cannot start a sandbox: {error}"))
 
-    def _destroy(self, sb: PoolSandbox, reason: str, parent: str = "") -> None:
-        """End a warm or claimed sandbox; it is gone when its spawner reports its init's exit."""
+    def _destroy(self, sb: PoolSandbox, reason: str, parent: str = "", how: str = "") -> None:
+        """End a warm or claimed sandbox; it is gone when its spawner reports its init's exit.
+        ``how`` it ended, as its claimant is told (by default: "was released", "expired (ttl)"...)."""
         pool = sb.pool.name
         if sb.state == "warm" and sb.id in self.warm.get(pool, ()):
             self.warm[pool].remove(sb.id)
+        how = how or ("was released" if reason == "released" else f"expired ({reason})")
+        if sb.state == "claimed":
+            self.ended[sb.id] = how
+            while len(self.ended) > ENDED_KEPT:
+                self.ended.popitem(last=False)
         for job in list(sb.jobs.values()):
-            self._finish(job, None, error=f"sandbox {sb.id} was {reason} while the command ran")
+            self._finish(job, None, error=f"sandbox {sb.id} {how} while the command ran")
         self.publish(PoolReleaseEvent(pool=pool, handle=sb.id, reason=reason), parent=parent, container_id=sb.id)
         self._kill(sb)
         self._update_gauges(pool)
@@ -835,7 +852,12 @@ class PoolAgent(Actor):
                 pass
 
     def _sandbox_gone(self, sb: PoolSandbox) -> None:
-        """Its init has exited (the spawner said so): its cgroup goes, a new one may start."""
+        """Its init has exited (the spawner said so): its cgroup goes, a new one may start.
+        (The spawner's report may come before its channel's end: its claimant is told here then.)"""
+        if sb.state in ("warm", "claimed"):
+            self._destroy(sb, "failed", parent=sb.claim_id, how=_INIT_EXITED.format(template=sb.template.id))
+        elif sb.state == "starting":
+            self._start_failed(sb, "its init ended during setup")
         sb.state = "dying"
         self._unwatch_chan(sb)
         if sb.pidfd >= 0:
@@ -1040,6 +1062,9 @@ def _remove_cgroup(cg, deadline: float) -> None:
             cg.destroy()  # kills what is left
             return
         time.sleep(0.02)
+
+
+_INIT_EXITED = "ended: its init exited (killed, out of memory, or its template {template} ended)"
 
 
 def _logged(_result, error: BaseException | None) -> None:
