@@ -101,6 +101,11 @@ class _Node:
 
     def recv_for(self, mid: str, deadline: float) -> Message | None:
         """The next message answering ``mid`` before ``deadline``, else None (errors raised)."""
+        env = self.recv_any((mid,), deadline)
+        return None if env is None else _body(env)
+
+    def recv_any(self, mids, deadline: float):
+        """The next envelope answering one of ``mids`` before ``deadline``, else None."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
@@ -111,11 +116,9 @@ class _Node:
                 env = envmod.decode(self.sock.recv())
             except ProtocolError:
                 continue
-            if env.parent != mid:
-                continue  # a late answer to an abandoned request
-            if isinstance(env.body, Error):
-                raise from_wire(env.body.code, env.body.message, env.body.details)
-            return env.body
+            if env.parent in mids:
+                return env
+            # else a late answer to an abandoned request
 
     def request(self, msg: Message, timeout: float) -> Message:
         mid = self.send(msg)
@@ -127,6 +130,12 @@ class _Node:
 
     def close(self) -> None:
         self.sock.close(linger=0)
+
+
+def _body(env) -> Message:
+    if isinstance(env.body, Error):
+        raise from_wire(env.body.code, env.body.message, env.body.details)
+    return env.body
 
 
 class Sandbox:
@@ -165,10 +174,21 @@ class Sandbox:
                 return reply
             if deadline is not None and time.monotonic() >= deadline:
                 raise NodeUnreachable(f"sandbox {self.handle}: no answer to {msg.TAG} from {node.name} ({node.endpoint}) within {timeout:g}s")
-            try:  # still working, or gone? (a reply to the probe says alive)
-                node.request(PoolStatus(), NODE_TIMEOUT)
-            except NodeUnreachable:
-                raise NodeUnreachable(f"sandbox {self.handle}: its node {node.name} ({node.endpoint}) stopped answering; the sandbox is lost") from None
+            # still working, or gone? (a reply to the probe says alive; the request's own may come first)
+            probe = node.send(PoolStatus())
+            probe_deadline = time.monotonic() + NODE_TIMEOUT
+            while True:
+                env = node.recv_any((mid, probe), probe_deadline)
+                if env is None:
+                    node.down_until = time.monotonic() + DOWN_FOR
+                    raise NodeUnreachable(f"sandbox {self.handle}: its node {node.name} ({node.endpoint}) stopped answering; the sandbox is lost")
+                if env.parent == probe:
+                    break
+                reply = _body(env)
+                if not isinstance(reply, PoolOutput):
+                    return reply
+                if on_output is not None:
+                    on_output(reply.fd, reply.data)
 
     @staticmethod
     def _check_size(what: str, data: bytes) -> None:

@@ -22,6 +22,7 @@ its birth or at a chosen system call of its setup, and kills it there.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -52,7 +53,9 @@ def agent(zentry_root, tmp_path, busybox_rootfs):
     pools = {name: dict(spec, rootfs=str(busybox_rootfs())) for name, spec in POOL.items()}
     made = PoolAgent(zentry_root, tmp_path, pools, name="fault").start()
     yield made
+    live_templates = list(templates(made.root)) if made.proc is not None else []
     assert made.stop() == 0, made.log()
+    assert not [d for tid in live_templates for d in template_cgroups(tid)]  # the sandboxes' cgroups went with it
     assert "Traceback" not in made.log(), made.log()
     assert not os.path.exists(made.root) or os.listdir(made.root) == [], os.listdir(made.root)
 
@@ -177,6 +180,18 @@ class Scene:
         raise KeyError(name)
 
 
+@contextlib.contextmanager
+def stalled_agent(agent: PoolAgent, stalled: bool = True):
+    """The agent stopped (SIGSTOP) inside the block, when ``stalled``."""
+    if stalled:
+        os.kill(agent.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if stalled:
+            os.kill(agent.proc.pid, signal.SIGCONT)
+
+
 def assert_clear_error(err: BaseException, sb, *says: str) -> None:
     """A NotFound, SystemFailure or NodeUnreachable naming the sandbox, saying ``says``."""
     from zentry.bus.errors import NodeUnreachable, NotFound, SystemFailure
@@ -205,17 +220,20 @@ def assert_recovered(agent: PoolAgent, client, old_tid: str) -> None:
 TEMPLATE_VICTIMS = ["controller", "sandbox", "spawner"]
 
 
-@pytest.mark.parametrize("victim", TEMPLATE_VICTIMS)
-def test_a_template_actor_killed_takes_its_sandboxes_and_is_replaced(victim, agent, client):
+@pytest.mark.parametrize("victim, stalled", [*((v, False) for v in TEMPLATE_VICTIMS), ("spawner", True)],
+                         ids=[*TEMPLATE_VICTIMS, "spawner-agent-stalled"])
+def test_a_template_actor_killed_takes_its_sandboxes_and_is_replaced(victim, stalled, agent, client):
     """The template's controller, sentry host or init dies: every sandbox of it
     ends within seconds (none runs on with its listener unserved), the claimed
-    handle fails clearly, and a new template serves the pool."""
+    handle fails clearly, and a new template serves the pool. With the agent
+    stalled meanwhile (SIGSTOP), it learns every end at once, in any order."""
     from zentry.bus.errors import NotFound
 
     scene = Scene(agent, client)
-    os.kill(scene.victim(victim), signal.SIGKILL)
-    killed = time.monotonic()
-    assert_gone_within(scene.processes, FAIL_CLOSED_WITHIN, "sandbox processes")
+    with stalled_agent(agent, stalled):
+        os.kill(scene.victim(victim), signal.SIGKILL)
+        killed = time.monotonic()
+        assert_gone_within(scene.processes, FAIL_CLOSED_WITHIN, "sandbox processes")
     err = scene.running.outcome(EXEC_ANSWER_WITHIN - (time.monotonic() - killed))
     assert_clear_error(err, scene.sb, f"template {scene.tid}")
     with pytest.raises(NotFound) as later:
@@ -235,16 +253,11 @@ def test_a_sandbox_whose_init_is_killed_mid_command(stalled, agent, client):
     scene = Scene(agent, client)
     own = {scene.sandboxes[scene.sb.handle], scene.sleep}
     others = {sid: pid for sid, pid in scene.sandboxes.items() if sid != scene.sb.handle}
-    if stalled:
-        os.kill(agent.proc.pid, signal.SIGSTOP)
-    try:
+    with stalled_agent(agent, stalled):
         os.kill(scene.victim("sandbox-init"), signal.SIGKILL)
         assert_gone_within(own, FAIL_CLOSED_WITHIN, "the sandbox's processes")
         # reaped by the spawner: its report is waiting for the agent
         assert wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in own), timeout=FAIL_CLOSED_WITHIN)
-    finally:
-        if stalled:
-            os.kill(agent.proc.pid, signal.SIGCONT)
     err = scene.running.outcome(EXEC_ANSWER_WITHIN)
     assert_clear_error(err, scene.sb, "its init exited")
     with pytest.raises(NotFound) as later:

@@ -33,6 +33,8 @@ class FakeNode(threading.Thread):
         self.claims = 0
         self.alive = True
         self.refuse = False
+        self.long_exec = False  # pool.exec answered only when the next pool.status comes, just before it
+        self.held: list[bytes] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -45,6 +47,8 @@ class FakeNode(threading.Thread):
             env = envmod.decode(frame)
             msg = env.body
             if isinstance(msg, PoolStatus):
+                while self.held:  # the command ended while the probe was on its way
+                    self.sock.send_multipart([ident, self.held.pop()])
                 reply = PoolStatusReply(node=self.name, pools=[{"name": "py", "warm": self.warm, "claimed": self.claimed, "starting": 0,
                                                                 "target": 2, "max": self.capacity}],
                                         sandboxes=self.warm + self.claimed, max_sandboxes=0, memory_budget=0, memory_reserved=0,
@@ -56,6 +60,10 @@ class FakeNode(threading.Thread):
                     self.claims += 1
                     self.claimed += 1
                     reply = PoolClaimed(handle=f"{self.name}-{self.claims}", pool=msg.pool, node=self.name, expires_ns=0)
+            elif isinstance(msg, PoolExec) and self.long_exec:
+                self.held.append(envmod.encode_message(PoolExited(handle=msg.handle, exit_status=3, stdout=b"", stderr=b""),
+                                                       sender="pool", parent=env.id)[1])
+                continue
             elif isinstance(msg, PoolExec):
                 reply = PoolExited(handle=msg.handle, exit_status=0, stdout=self.name.encode(), stderr=b"")
             elif isinstance(msg, PoolRelease):
@@ -131,6 +139,21 @@ def test_failover_when_a_node_stops_answering(nodes):
         assert time.monotonic() - t < 0.5
         fresh = client.claim("py")
         assert fresh.node_name == "b"
+
+
+def test_a_long_command_whose_answer_comes_during_a_probe(nodes):
+    """While a command runs the client asks its node's status every second: the
+    command's answer that arrives while it waits for the probe's is kept, not lost."""
+    a = nodes("a", warm=1)
+    a.long_exec = True
+    with Client([a.endpoint]) as client:
+        sb = client.claim("py")
+        result = []
+        worker = threading.Thread(target=lambda: result.append(sb.exec(["x"])), daemon=True)
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive(), "the answer was lost: exec waits on"
+        assert result[0].exit_status == 3
 
 
 def test_no_node_answers(nodes, tmp_path):
