@@ -13,11 +13,17 @@ sandboxes are warm and one is claimed with a command running, then:
 5. ``zentry list`` on the agent's root shows the live template alone.
 
 Victims: the template's controller, its sandbox actor (the sentry's host),
-its gofer, its init (the spawner), the claimed sandbox's init, and the node
-agent itself (restarted on the same root, which must clean up). A sandbox
-killed during its setup is held there deterministically: the test traces
-the spawner (ptrace, no hook in zentry), so that each new sandbox stops at
-its birth or at a chosen system call of its setup, and kills it there.
+its init (the spawner), the claimed sandbox's init (each also with the
+agent stalled by SIGSTOP meanwhile, so that it learns every end at once, in
+any order), and the node agent itself (restarted on the same root, which
+must clean up). The template's gofer is a victim too, but as for any
+container its death ends nothing: there the command must run on and the
+pool go on serving. A sandbox killed during its setup is held there
+deterministically: the test traces the spawner (ptrace, helpers/trace.py,
+no hook in zentry), so that its next sandbox stops at its birth or at a
+chosen system call of its setup, and kills it there.
+
+One agent per test (the leak guard judges each test alone); ~40 s in all.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ import time
 
 import pytest
 
-from helpers.bundle import zentry_command
 from helpers import trace
+from helpers.bundle import zentry_command
 from helpers.faults import cgroup_pids, container_cgroups, gone, read_record
 from helpers.pool import PoolAgent, sandboxes, templates
 from helpers.wait import wait_for
@@ -85,8 +91,6 @@ class Running:
     def __init__(self, endpoint: str, ref: str, args: list[str]) -> None:
         self.error: BaseException | None = None
         self.result = None
-        self.started = time.monotonic()
-        self.ended = 0.0
         self.thread = threading.Thread(target=self._run, args=(endpoint, ref, args), daemon=True)
         self.thread.start()
 
@@ -98,8 +102,6 @@ class Running:
                 self.result = c.attach(ref).exec(args)
         except BaseException as err:  # judged by the test
             self.error = err
-        finally:
-            self.ended = time.monotonic()
 
     def outcome(self, timeout: float) -> BaseException:
         self.thread.join(timeout)
