@@ -227,10 +227,7 @@ CASES = [(f"{where}-{point}", victim) for where in ("lone", "pod") for point, (_
 # Cases that find a bug not fixed yet (each routed to its owner). They are
 # skipped, with the bug as the reason, unless ZENTRY_FAULT_KNOWN_BUGS=1: run
 # them so, and remove an entry once its case passes.
-KNOWN_BUGS = {
-    "pod-createRuntime-cli": ("intermittent (1 run in 3): after delete --force of member and pod, a process "
-                              "forked by the pod's `run -d` stays >= 10 s"),
-}
+KNOWN_BUGS: dict[str, str] = {}
 RUN_KNOWN_BUGS = os.environ.get("ZENTRY_FAULT_KNOWN_BUGS", "") not in ("", "0")
 
 
@@ -298,7 +295,7 @@ def test_fault(case_id, victim, zentry, busybox_bundle, tmp_path, leak_guard):
             assert observer.status() == "absent", f"{observer.roles.cid} deleted, yet state still shows it"
         everyone = set().union(*(roles.refresh().everyone() for roles in all_roles)) - {os.getpid()}
         assert wait_for(lambda: all(gone(p) for p in everyone), timeout=10), \
-            f"left after delete: {held.roles.describe(p for p in everyone if not gone(p))}"
+            f"left after delete: {held.roles.describe((p for p in everyone if not gone(p)), others=tuple(all_roles))}"
         assert wait_for(lambda: not any(container_cgroups(c) for c in case.ids()), timeout=5), \
             [container_cgroups(c) for c in case.ids()]
         assert zentry("list", "-q").stdout.split() == []

@@ -66,6 +66,15 @@ def gone(pid: int) -> bool:
     return proc_state(pid) in ("", "Z", "X")
 
 
+def ppid(pid: int) -> int:
+    """The parent of ``pid`` (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -199,8 +208,30 @@ class Roles:
     def everyone(self) -> set[int]:
         return {self.cli, *self.actors.values(), *self.extras, *self.container} - {0}
 
-    def describe(self, pids) -> str:
-        return ", ".join(f"{p} ({proc_state(p)}) {cmdline(p)[:80]}" for p in sorted(pids)) or "none"
+    def role_of(self, pid: int) -> str:
+        """What ``pid`` was for this container ("" if nothing known)."""
+        for name, p in self.actors.items():
+            if p == pid:
+                return f"{name} of {self.cid}"
+        if pid == self.cli:
+            return f"cli of {self.cid}"
+        if pid in self.container:
+            return f"process of {self.cid}"
+        if pid in self.extras:
+            return "zentry call on the root"
+        return ""
+
+    def describe(self, pids, others: tuple["Roles", ...] = ()) -> str:
+        """Each of ``pids``: state, parent, role (here or in ``others``) and command
+        (after ``--root <root>``: the command word and the id, the part that tells
+        one zentry call from another)."""
+        out = []
+        for p in sorted(pids):
+            role = next((r for r in (roles.role_of(p) for roles in (self, *others)) if r), "")
+            command = cmdline(p)
+            command = command.split(f"--root {self.root} ", 1)[-1]
+            out.append(f"{p} ({proc_state(p)}, ppid {ppid(p)}{', ' + role if role else ''}) {command[:80]}")
+        return ", ".join(out) or "none"
 
 
 # ---------------------------------------------------------------- holding a point
