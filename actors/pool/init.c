@@ -359,19 +359,6 @@ static unsigned long mount_flags(const char *opts)
     return flags;
 }
 
-/* A filesystem's own options without rw/ro (those are per mount). */
-static void data_of(const char *sopts, char *out, size_t size)
-{
-    char copy[512];
-    snprintf(copy, sizeof copy, "%s", sopts);
-    out[0] = 0;
-    for (char *save, *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (strcmp(tok, "rw") == 0 || strcmp(tok, "ro") == 0) continue;
-        size_t l = strlen(out);
-        snprintf(out + l, size - l, "%s%s", l ? "," : "", tok);
-    }
-}
-
 /* A new tmpfs gets what the template's had, minus what is mounted on it
  * (those come as mounts of their own): directories, symlinks, device nodes
  * (placeholders where mknod is not allowed), small files. */
@@ -418,37 +405,53 @@ static void copy_tree(const char *from, const char *to, dev_t dev, int depth)
     closedir(d);
 }
 
-/* An id as mountinfo gives it (the host's number) in this user namespace's
- * numbers, through /proc/self/{uid,gid}_map; -1 if it is not mapped. */
-static long map_id(const char *which, unsigned long host)
+/* This user namespace's id maps (/proc/self/{uid,gid}_map), read once per sandbox. */
+#define MAX_IDMAP 340  /* the kernel's limit of lines in an id map */
+struct idmap { int n; unsigned long inside[MAX_IDMAP], outside[MAX_IDMAP], count[MAX_IDMAP]; };
+
+static void read_idmap(const char *which, struct idmap *map)
 {
     char path[64], line[128];
     snprintf(path, sizeof path, "/proc/self/%s_map", which);
     FILE *f = fopen(path, "re");
-    long found = -1;
-    unsigned long inside, outside, count;
-    while (f && found < 0 && fgets(line, sizeof line, f))
-        if (sscanf(line, "%lu %lu %lu", &inside, &outside, &count) == 3 && host >= outside && host - outside < count)
-            found = (long)(inside + (host - outside));
+    map->n = 0;
+    while (f && map->n < MAX_IDMAP && fgets(line, sizeof line, f))
+        if (sscanf(line, "%lu %lu %lu", &map->inside[map->n], &map->outside[map->n], &map->count[map->n]) == 3)
+            map->n++;
     if (f) fclose(f);
-    return found;
 }
 
-/* A filesystem's options with its uid=/gid= in this user namespace's numbers. */
-static void ids_inside(char *data, size_t size)
+/* An id as mountinfo gives it (the host's number) in the namespace's numbers; -1 if not mapped. */
+static long map_id(const struct idmap *map, unsigned long host)
 {
-    char out[512] = "", copy[512];
-    snprintf(copy, sizeof copy, "%s", data);
+    for (int i = 0; i < map->n; i++)
+        if (host >= map->outside[i] && host - map->outside[i] < map->count[i])
+            return (long)(map->inside[i] + (host - map->outside[i]));
+    return -1;
+}
+
+/* A filesystem's own options (mountinfo's super options) for a new mount of it here:
+ * without rw/ro (those are per mount), its uid=/gid= in this namespace's numbers
+ * (left out when not mapped: the kernel's default owner then). */
+static void data_of(const char *sopts, const struct idmap *uids, const struct idmap *gids, char *out, size_t size)
+{
+    char copy[512];
+    snprintf(copy, sizeof copy, "%s", sopts);
+    out[0] = 0;
     for (char *save, *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         char item[128];
         int uid = strncmp(tok, "uid=", 4) == 0, gid = strncmp(tok, "gid=", 4) == 0;
-        long id = uid || gid ? map_id(uid ? "uid" : "gid", strtoul(tok + 4, NULL, 10)) : 0;
-        if ((uid || gid) && id < 0) continue;  /* not mapped here: the kernel's default owner */
-        if (uid || gid) snprintf(item, sizeof item, "%s=%ld", uid ? "uid" : "gid", id);
-        else snprintf(item, sizeof item, "%s", tok);
-        snprintf(out + strlen(out), sizeof out - strlen(out), "%s%s", out[0] ? "," : "", item);
+        if (strcmp(tok, "rw") == 0 || strcmp(tok, "ro") == 0) continue;
+        if (uid || gid) {
+            long id = map_id(uid ? uids : gids, strtoul(tok + 4, NULL, 10));
+            if (id < 0) continue;
+            snprintf(item, sizeof item, "%s=%ld", uid ? "uid" : "gid", id);
+        } else {
+            snprintf(item, sizeof item, "%s", tok);
+        }
+        size_t l = strlen(out);
+        snprintf(out + l, size - l, "%s%s", l ? "," : "", item);
     }
-    snprintf(data, size, "%s", out);
 }
 
 /* The sandbox's root: an overlay of the template's root with its upper layer
@@ -463,6 +466,9 @@ static void make_root(const struct spawn_req *r)
     int n = read_mounts(m, 512, text, sizeof text);
     if (n < 0) fail(11, "read /proc/self/mountinfo");
     if (n >= 512) { errno = E2BIG; fail(11, "the template's mount table"); }
+    static struct idmap uids, gids;
+    read_idmap("uid", &uids);
+    read_idmap("gid", &gids);
     if (mkdir(SCRATCH, 0700) < 0 && errno != EEXIST) fail(12, "mkdir " SCRATCH);
     char opts[128];
     snprintf(opts, sizeof opts, "mode=0700,size=%um", r->scratch_mib ? r->scratch_mib : 64);
@@ -482,8 +488,7 @@ static void make_root(const struct spawn_req *r)
         char target[4096], data[512];
         snprintf(target, sizeof target, SCRATCH "/root%s", p);
         unsigned long flags = mount_flags(m[i].opts);
-        data_of(m[i].sopts, data, sizeof data);
-        ids_inside(data, sizeof data);
+        data_of(m[i].sopts, &uids, &gids, data, sizeof data);
         /* what must be the sandbox's own is made fresh, or the sandbox is not made:
          * a bind of the template's would share it between sandboxes */
         int own = strcmp(m[i].root, "/") == 0;
