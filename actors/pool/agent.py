@@ -32,7 +32,6 @@ import json
 import os
 import secrets
 import signal
-import struct
 import threading
 import time
 
@@ -541,7 +540,8 @@ class PoolAgent(Actor):
         if owner.chan is not None:
             self.unwatch_fd(owner.chan.fileno())
             self.by_chan.pop(owner.chan.fileno(), None)
-            owner.close_channel()
+            owner.chan.close()
+            owner.chan = None
 
     def _on_channel(self, fd: int) -> None:
         owner = self.by_chan.get(fd)
@@ -640,10 +640,8 @@ class PoolAgent(Actor):
     # --- templates ----------------------------------------------------------------------
     def _on_spawner(self, tmpl: Template, msg) -> None:
         if msg.kind == HELLO:
-            tmpl.hello = True
             try:
-                request = sbmod.filters(tmpl.pool)
-                tmpl.filters = struct.unpack_from("II", request)[1]
+                request, tmpl.filters = sbmod.filters(tmpl.pool)
                 tmpl.chan.send(request)
             except Exception as err:
                 self._template_failed(tmpl, f"cannot compile its seccomp filters: {err}")
@@ -680,13 +678,9 @@ class PoolAgent(Actor):
         log.warning("pool %s: its template %s failed: %s", pool, tmpl.id, error)
         self.metrics.refill_failures.labels(pool).inc()
         self.publish(PoolRefillEvent(pool=pool, handle=tmpl.id, duration_ns=0, error=error), container_id=tmpl.id)
-        _at, delay = self.backoff.get(pool, (0.0, 0.5))
-        delay = min(delay * 2, 30.0)
-        self.backoff[pool] = (time.monotonic() + delay, delay)
+        self._back_off(pool)
         self._end_template(tmpl)
-        while self.waiting[pool]:
-            req, _msg, _deadline = self.waiting[pool].popleft()
-            req.reply(Error(code=SystemFailure.code, message=f"node {self.config.node}: pool {pool}: cannot start a sandbox: {error}"))
+        self._refuse_waiting(pool, error)
 
     def _template_ended(self, tmpl: Template) -> None:
         """The spawner is gone: so is every sandbox it made."""
@@ -738,9 +732,9 @@ class PoolAgent(Actor):
 
     def _child_done(self, tmpl: Template, what: str, status: int) -> None:
         if what == "start":
-            tmpl.start_status = exit_status(status)
-            if tmpl.start_status != 0:
-                self._template_failed(tmpl, sbmod.log_tail(tmpl.log_path) or f"zentry run exited with {tmpl.start_status}")
+            code = exit_status(status)
+            if code != 0:
+                self._template_failed(tmpl, sbmod.log_tail(tmpl.log_path) or f"zentry run exited with {code}")
         else:  # deleted
             sbmod.remove_bundle(tmpl.bundle_dir)
             if tmpl.pool.name in self.pools:
@@ -815,14 +809,22 @@ class PoolAgent(Actor):
         self.publish(PoolRefillEvent(pool=pool, handle=sb.id, duration_ns=time.perf_counter_ns() - sb.start_ns, error=error),
                      parent=sb.parent, container_id=sb.id)
         log.warning("pool %s: cannot start sandbox %s: %s", pool, sb.id, error)
+        self._back_off(pool)
+        self._kill(sb)
+        if not self._starting(pool) and not self.warm[pool]:
+            self._refuse_waiting(pool, error)
+
+    def _back_off(self, pool: str) -> None:
+        """A start failed: the pool's next waits longer (0.5 s doubling to 30 s)."""
         _at, delay = self.backoff.get(pool, (0.0, 0.5))
         delay = min(delay * 2, 30.0)
         self.backoff[pool] = (time.monotonic() + delay, delay)
-        self._kill(sb)
-        if not self._starting(pool) and not self.warm[pool]:
-            while self.waiting[pool]:
-                req, _msg, _deadline = self.waiting[pool].popleft()
-                req.reply(Error(code=SystemFailure.code, message=f"node {self.config.node}: pool {pool}: cannot start a sandbox: {error}"))
+
+    def _refuse_waiting(self, pool: str, error: str) -> None:
+        """The claims waiting for a sandbox of ``pool`` get the start's error."""
+        while self.waiting[pool]:
+            req, _msg, _deadline = self.waiting[pool].popleft()
+            req.reply(Error(code=SystemFailure.code, message=f"node {self.config.node}: pool {pool}: cannot start a sandbox: {error}"))
 
     def _destroy(self, sb: PoolSandbox, reason: str, parent: str = "", how: str = "") -> None:
         """End a warm or claimed sandbox; it is gone when its spawner reports its init's exit.

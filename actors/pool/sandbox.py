@@ -94,7 +94,8 @@ def template_config(pool: PoolConfig, init_bin: str, *, node: str) -> dict:
     process["args"] = [INIT_PATH, "--spawner"]
     process["terminal"] = False
     process["user"] = {"uid": 0, "gid": 0}
-    process["capabilities"] = {kind: own_caps() for kind in ("bounding", "effective", "permitted")}
+    everything = own_caps()
+    process["capabilities"] = {kind: everything for kind in ("bounding", "effective", "permitted")}
     process["noNewPrivileges"] = False
     config.setdefault("root", {})["readonly"] = True
     config.setdefault("mounts", []).append(
@@ -120,8 +121,9 @@ def sandbox_resources(pool: PoolConfig) -> dict:
     return resources
 
 
-def filters(pool: PoolConfig) -> bytes:
-    """The spawner's ``filters`` request: the OCI profile's program (if any), then zentry's with its listener."""
+def filters(pool: PoolConfig) -> tuple[bytes, int]:
+    """The spawner's ``filters`` request: the OCI profile's program (if any), then zentry's
+    with its listener; and how many programs it holds."""
     from zentry.sentry import filter as sentry_filter
     from zentry.sentry import oci
 
@@ -134,7 +136,7 @@ def filters(pool: PoolConfig) -> bytes:
     data = struct.pack("II", OP_FILTERS, len(programs))
     for flags, bpf in programs:
         data += struct.pack("II", flags, len(bpf) // 8) + bpf
-    return data
+    return data, len(programs)
 
 
 #: clone(2) flags (<linux/sched.h>)
@@ -210,7 +212,7 @@ class Job:
     """A request the exec server runs: exec, put or get."""
 
     __slots__ = ("rid", "op", "req", "sandbox", "pipes", "buffers", "started_ns", "status", "timed_out", "stream",
-                 "args", "limit", "truncated", "writer", "timer_due")
+                 "args", "limit", "truncated")
 
     def __init__(self, rid: int, op: int, req, sandbox: "PoolSandbox", *, stream: bool = False, args=(), limit: int = 0) -> None:
         self.rid = rid
@@ -226,8 +228,6 @@ class Job:
         self.args = list(args)
         self.limit = limit
         self.truncated = False
-        self.writer = None
-        self.timer_due = 0.0
 
 
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -314,10 +314,7 @@ class Template:
         self.bundle_dir = bundle_dir
         self.state = "starting"
         self.chan: Channel | None = None
-        self.start_status: int | None = None
-        self.hello = False
         self.filters = 0  # how many seccomp programs its spawner was given
-        self.error = ""
 
     @property
     def log_path(self) -> str:
@@ -346,11 +343,6 @@ class Template:
 
         return Endpoints(bus_dir_for(os.path.join(root, self.id))).fd_socket
 
-    def close_channel(self) -> None:
-        if self.chan is not None:
-            self.chan.close()
-            self.chan = None
-
 
 class PoolSandbox:
     """One sandbox of a pool; ``state`` is starting, warm, claimed or dying."""
@@ -377,7 +369,6 @@ class PoolSandbox:
         self.owner = ""
         self.parent = ""  # the request that caused its start
         self.jobs: dict[int, Job] = {}
-        self.busy = 0
 
     def send(self, op: int, rid: int, args: list[str], *, env: list[str] = (), cwd: str = "", uid: int = 0, gid: int = 0,
              groups: list[int] = (), mode: int = 0, fds: list[int] = ()) -> None:
@@ -388,11 +379,6 @@ class PoolSandbox:
             self.chan.send(data, list(fds))
         except SystemFailure as err:
             raise SystemFailure(f"sandbox {self.id}: {err}") from err
-
-    def close_channel(self) -> None:
-        if self.chan is not None:
-            self.chan.close()
-            self.chan = None
 
 
 def remove_bundle(bundle_dir: str) -> None:
