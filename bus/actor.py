@@ -147,7 +147,6 @@ class Actor:
         self._timer_seq = itertools.count()
         self._fd_watches: dict[int, Callable[[int], None]] = {}
         self._poller = zmq.Poller()
-        self.router: zmq.Socket | None = None  # the main socket, once bound
 
     # --- lifecycle hooks (override) ----------------------------------------
     def on_start(self) -> None:
@@ -165,12 +164,6 @@ class Actor:
         return 0.0
 
     # --- services for subclasses --------------------------------------------
-    def requests_waiting(self) -> bool:
-        """A request is queued on the main socket (or a socket registered like it):
-        background work may wait for the next turn of the loop."""
-        socks = [self.router, *(s for s in self._fd_watches if isinstance(s, zmq.Socket))]
-        return any(s is not None and s.getsockopt(zmq.EVENTS) & zmq.POLLIN for s in socks)
-
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn))
 
@@ -222,7 +215,7 @@ class Actor:
         self.ctx = zmq.Context()
         router = control = None
         try:
-            router = self.router = self._bind(self.endpoints.actor(self.name))
+            router = self._bind(self.endpoints.actor(self.name))
             control = self._bind(self.endpoints.control(self.name))
             self._poller.register(control, zmq.POLLIN)
             self._poller.register(router, zmq.POLLIN)

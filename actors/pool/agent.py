@@ -149,7 +149,6 @@ class PoolAgent(Actor):
         self.by_chan: dict[int, PoolSandbox | Template] = {}
         self.by_rid: dict[int, PoolSandbox] = {}  # spawn request -> its sandbox, until the spawner says it exited
         self.cgroups = CgroupWorker()  # mkdir/rmdir in cgroupfs wait on the kernel's cgroup mutex: never in this loop
-        self.refill_due: set[str] = set()  # pools whose refill waits for the queued requests
         self.handovers: dict[int, tuple[object, PoolSandbox]] = {}  # fds.sock connections awaiting the sentry's answer
         self.by_pidfd: dict[int, tuple[Template, str, int]] = {}
         self.ended: collections.OrderedDict[str, str] = collections.OrderedDict()  # recent handles -> how they ended
@@ -942,17 +941,7 @@ class PoolAgent(Actor):
                 return
             if self._starting() >= self.config.parallel_starts or self._room(pool):
                 return
-            if self.warm[name] and not self.waiting[name] and self.requests_waiting():
-                # requests first: a start is ~2 ms of this loop, and the pool is not empty
-                if name not in self.refill_due:
-                    self.refill_due.add(name)
-                    self.call_later(0.001, lambda: self._refill_now(name, parent))
-                return
             self._start(pool, parent)
-
-    def _refill_now(self, name: str, parent: str) -> None:
-        self.refill_due.discard(name)
-        self._refill(name, parent)
 
     def _sweep(self) -> None:
         now = time.monotonic()
