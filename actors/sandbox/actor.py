@@ -658,16 +658,15 @@ class SandboxViews:
 
     def sandbox_cgroup(self, pid: int) -> str | None:
         """The cgroup path of ``pid``'s sandbox, or None (not in one, or gone)."""
+        from zentry.actors.sandbox.cgroups import read_proc_cgroup
+
         try:
-            with open(f"/proc/{pid}/cgroup") as f:
-                text = f.read()
+            path = read_proc_cgroup(f"/proc/{pid}/cgroup").get(self.controller, "")
         except OSError:
             return None
-        for line in text.splitlines():
-            _num, controllers, path = line.split(":", 2)
-            if (controllers.split(",") if controllers else [""]).count(self.controller) and path.startswith(self.prefix):
-                return self.prefix + path[len(self.prefix):].split("/", 1)[0]
-        return None
+        if not path.startswith(self.prefix):
+            return None
+        return self.prefix + path[len(self.prefix):].split("/", 1)[0]
 
     def view_for(self, pid: int):
         """``pid``'s sandbox's view (``init_pid`` is ``pid``: its procfs lists the sandbox's pids),

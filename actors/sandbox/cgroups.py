@@ -74,7 +74,7 @@ class Hierarchy(Value):
     def detect(cls, mountinfo: str = "/proc/self/mountinfo", proc_cgroup: str = "/proc/self/cgroup") -> "Hierarchy":
         """The layout of this host (see the module docstring)."""
         mounts = list(_read_mountinfo(mountinfo))
-        own = _read_proc_cgroup(proc_cgroup)
+        own = read_proc_cgroup(proc_cgroup)
         for point, fstype, _ in mounts:
             if point == CGROUP_ROOT and fstype == "cgroup2":
                 return cls(version=2, root=point, own={"": own.get("", "/")})
@@ -120,7 +120,7 @@ def _read_mountinfo(path: str) -> Iterator[tuple[str, str, str]]:
                 yield _unescape_mount(fields[4]), rest[0], rest[2]
 
 
-def _read_proc_cgroup(path: str) -> dict[str, str]:
+def read_proc_cgroup(path: str) -> dict[str, str]:
     """controller -> cgroup path of a process (``""`` for the v2 hierarchy)."""
     out: dict[str, str] = {}
     with open(path) as f:
