@@ -143,17 +143,24 @@ def test_discover_groups_containers_by_sandbox(tmp_path):
     os.chmod(tmp_path, 0o700)
 
 
-@pytest.fixture
-def fake_root():
-    """A root with one fake sandbox ``sb`` whose stream runs in this process."""
-    root = tempfile.mkdtemp(prefix="zt-", dir="/tmp")
-    ctx = zmq.Context()
-    sdir = os.path.join(root, "sb")
+def _stream(ctx, root: str, name: str) -> tuple[Endpoints, EventStream]:
+    """A fake sandbox ``name`` under ``root``: its directory and its event stream, running in this process."""
+    sdir = os.path.join(root, name)
     os.makedirs(sdir)
     ep = Endpoints(sdir)
     stream = EventStream(ctx, ep.events_in, ep.events)
     stream.start()
     stream.wait_ready()
+    return ep, stream
+
+
+@pytest.fixture
+def fake_root():
+    """A root with one fake sandbox ``sb`` whose stream runs in this process."""
+    root = tempfile.mkdtemp(prefix="zt-", dir="/tmp")
+    ctx = zmq.Context()
+    ep, stream = _stream(ctx, root, "sb")
+    sdir = os.path.join(root, "sb")
     with open(os.path.join(sdir, "state.json"), "w") as f:
         json.dump({"id": "sb", "sandbox_id": "sb", "bus_dir": sdir, "controller_pid": os.getpid()}, f)
     try:
@@ -225,12 +232,8 @@ def test_tap_finds_sandboxes_created_after_it_started(tmp_path):
     try:
         with Tap(root=root, ctx=ctx, rescan_interval=0.05, history_timeout=0.2) as tap:
             assert tap.streams == {}
+            ep, stream = _stream(ctx, root, "late")
             sdir = os.path.join(root, "late")
-            os.makedirs(sdir)
-            ep = Endpoints(sdir)
-            stream = EventStream(ctx, ep.events_in, ep.events)
-            stream.start()
-            stream.wait_ready()
             list(tap.drain(0.5))
             assert set(tap.streams) == {"late"}
             pub = Publisher(ctx, ep.events_in, sandbox_id="late", actor="gofer")
@@ -261,12 +264,7 @@ def test_a_new_sandbox_is_found_when_its_stream_appears_not_at_the_next_rescan()
     try:
         with Tap(root=root, ctx=ctx, rescan_interval=60) as tap:  # no rescan during the test
             list(tap.drain(0.1))
-            sdir = os.path.join(root, "quick")
-            os.makedirs(sdir)
-            ep = Endpoints(sdir)
-            stream = EventStream(ctx, ep.events_in, ep.events)
-            stream.start()
-            stream.wait_ready()
+            _ep, stream = _stream(ctx, root, "quick")
             deadline = time.monotonic() + 2
             while "quick" not in tap.streams and time.monotonic() < deadline:
                 list(tap.poll(50))
@@ -284,12 +282,8 @@ def test_a_ring_from_a_controller_gone_for_good_is_not_waited_for():
     without answering: the tap goes on at once, not after HISTORY_TIMEOUT."""
     root = tempfile.mkdtemp(prefix="zt-", dir="/tmp")
     ctx = zmq.Context()
+    ep, stream = _stream(ctx, root, "gone")
     sdir = os.path.join(root, "gone")
-    os.makedirs(sdir)
-    ep = Endpoints(sdir)
-    stream = EventStream(ctx, ep.events_in, ep.events)
-    stream.start()
-    stream.wait_ready()
     silent = ctx.socket(zmq.ROUTER)  # a controller that never answers
     silent.setsockopt(zmq.LINGER, 0)
     silent.bind(ep.actor("controller"))
